@@ -1,0 +1,45 @@
+# Two entry points for a fresh machine with only Python 3.10+ and make:
+#   make demo   creates .venv, installs nnxp with the demo extra, trains on the digits data
+#   make test   creates .venv, installs the test extra, runs ruff, mypy and pytest
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# The CPU build of torch runs the torch oracles. It is installed only when pip finds it without
+# an index (a local wheel, e.g. in PIP_FIND_LINKS); otherwise the torch tests skip.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,demo,plot]'
+	$(BIN)/python -m pip install -q --no-index '$(TORCH_SPEC)' 2>/dev/null \
+	  || echo "note: $(TORCH_SPEC) has no local wheel here; the torch oracles will skip"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/nnxp train
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check nnxp tests benchmarks
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-installed
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-only
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks

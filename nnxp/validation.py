@@ -1,0 +1,106 @@
+"""Input checks with messages that name the argument, the expected and the received value.
+
+Checks run through the array namespace, on the array's own device, and cost one small
+device-to-host transfer each; they run once per ``fit``/``predict`` call, never per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backend
+
+Array = Any
+
+
+def describe(x: Any) -> str:
+    """``"numpy float64 array of shape (3, 4)"`` for messages."""
+    if backend.is_array(x):
+        return (f"{backend.backend_name_of(x)} {backend.dtype_name(x.dtype)} array of shape "
+                f"{tuple(x.shape)}")
+    return type(x).__name__
+
+
+def to_backend(x: Any, *, argument: str, xp: Any, device: Any) -> Array:
+    """Bring user data onto ``xp``/``device`` or raise a TypeError naming ``argument``."""
+    if x is None:
+        raise TypeError(f"{argument} is required, got None")
+    try:
+        return backend.asarray(x, xp=xp, device=device)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{argument} must be an array or nested list of numbers, got "
+                        f"{describe(x)}: {exc}") from None
+
+
+def check_features(
+    X: Any, *, n_features: int | None, dtype: Any, xp: Any, device: Any, argument: str = "X"
+) -> Array:
+    """A finite ``(n_samples, n_features)`` float array of ``dtype`` on the backend."""
+    X = to_backend(X, argument=argument, xp=xp, device=device)
+    if X.ndim != 2:
+        hint = " (reshape a single sample with x[None, :])" if X.ndim == 1 else ""
+        raise ValueError(f"{argument} must be 2-D (n_samples, n_features), got shape "
+                         f"{tuple(X.shape)}{hint}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{argument} has no samples (shape {tuple(X.shape)})")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{argument} has {X.shape[1]} features per sample but the model expects "
+                         f"{n_features} (shape {tuple(X.shape)})")
+    if not (xp.isdtype(X.dtype, "real floating") or xp.isdtype(X.dtype, "integral")
+            or xp.isdtype(X.dtype, "bool")):
+        raise TypeError(f"{argument} must be numeric, got dtype {backend.dtype_name(X.dtype)}")
+    if X.dtype != dtype:
+        X = xp.astype(X, dtype)
+    if not backend.isfinite_all(X, xp):
+        n_bad = int(backend.to_float(xp.sum(xp.astype(~xp.isfinite(X), xp.int64))))
+        raise ValueError(f"{argument} contains {n_bad} NaN or infinite value(s) (after casting "
+                         f"to {backend.dtype_name(dtype)}); clean or impute them first")
+    return X
+
+
+def check_class_labels(
+    y: Any, n_classes: int, *, xp: Any, device: Any, n_samples: int | None = None,
+    argument: str = "y",
+) -> Array:
+    """Integer class labels of shape ``(n_samples,)`` in ``[0, n_classes)``, as int64.
+
+    Float arrays are accepted when every value is integral (as scikit-learn does); anything
+    else gets an error that says what was expected and what arrived.
+    """
+    y = to_backend(y, argument=argument, xp=xp, device=device)
+    if y.ndim != 1:
+        raise ValueError(f"{argument} must be 1-D integer class labels of shape (n_samples,), "
+                         f"got shape {tuple(y.shape)}")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(f"{argument} has {y.shape[0]} labels but X has {n_samples} samples")
+    if xp.isdtype(y.dtype, "real floating"):
+        if not backend.isfinite_all(y, xp):
+            raise ValueError(f"{argument} contains NaN or inf; class labels must be integers")
+        if not backend.to_float(xp.all(y == xp.round(y))):
+            bad = backend.to_numpy(y)[backend.to_numpy(y != xp.round(y))][0]
+            raise ValueError(f"{argument} must hold integer class labels, got the non-integer "
+                             f"value {float(bad)!r} (dtype {backend.dtype_name(y.dtype)})")
+    elif not (xp.isdtype(y.dtype, "integral") or xp.isdtype(y.dtype, "bool")):
+        raise TypeError(f"{argument} must hold integer class labels, got dtype "
+                        f"{backend.dtype_name(y.dtype)}")
+    labels = xp.astype(y, xp.int64)
+    lo, hi = int(backend.to_float(xp.min(labels))), int(backend.to_float(xp.max(labels)))
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            f"{argument} has labels in [{lo}, {hi}], but the model has {n_classes} outputs, so "
+            f"labels must lie in [0, {n_classes}); widen the last layer or re-encode the labels"
+        )
+    return labels
+
+
+def check_positive(value: Any, *, argument: str, integer: bool = False,
+                   allow_zero: bool = False) -> Any:
+    """A positive (or non-negative) number, else a ValueError naming ``argument``."""
+    ok_type = (isinstance(value, int) if integer else isinstance(value, (int, float)))
+    if isinstance(value, bool) or not ok_type:
+        kind = "an int" if integer else "a number"
+        raise TypeError(f"{argument} must be {kind}, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{argument} must be {bound}, got {value!r}")
+    return value
