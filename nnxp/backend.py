@@ -292,7 +292,7 @@ def dtype_name(dtype: Any) -> str:
 
 
 def resolve_dtype(dtype: Any, xp: Any) -> Any:
-    """The dtype object of namespace ``xp`` for ``dtype`` given as a string or any library's dtype."""
+    """The dtype of namespace ``xp`` for ``dtype`` given as a string or any library's dtype."""
     name = dtype_name(dtype)
     try:
         return getattr(xp, name)

@@ -111,7 +111,7 @@ class Sequential:
         """Input width expected by the first layer that declares one."""
         for layer in self.layers:
             if getattr(layer, "in_features", None) is not None:
-                return int(layer.in_features)
+                return int(getattr(layer, "in_features"))
         return None
 
     @property
@@ -119,7 +119,7 @@ class Sequential:
         """Output width of the last layer that declares one."""
         for layer in reversed(self.layers):
             if getattr(layer, "out_features", None) is not None:
-                return int(layer.out_features)
+                return int(getattr(layer, "out_features"))
         return None
 
     def parameters(self) -> list[ParamRef]:

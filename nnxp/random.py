@@ -78,7 +78,7 @@ class Generator:
     @property
     def state(self) -> dict[str, Any]:
         """The bit generator's state, for checkpoints (JSON-serialisable)."""
-        return self._rng.bit_generator.state
+        return dict(self._rng.bit_generator.state)
 
     @state.setter
     def state(self, value: dict[str, Any]) -> None:

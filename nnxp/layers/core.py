@@ -1,4 +1,4 @@
-"""Layers: thin stateful objects over the kernels.
+"""The layer protocol, its base class, and the dense layer.
 
 The layer protocol, which the model, the optimizers and users' own layers rely on:
 
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import backend
-from .init import Initializer, get_initializer
-from .kernels import activations as act
-from .kernels import dense as dense_k
-from .random import Generator
+from .. import backend
+from ..init import Initializer, get_initializer
+from ..kernels import dense as dense_k
+from ..random import Generator
 
 Array = Any
 
@@ -131,15 +130,3 @@ class Dense(Layer):
 
     def __repr__(self) -> str:
         return f"Dense({self.in_features}, {self.out_features})"
-
-
-class ReLU(Layer):
-    """Rectified linear unit ``y = max(x, 0)``; derivative 1 for x > 0, else 0."""
-
-    def forward(self, x: Array, *, training: bool = True) -> Array:
-        y = act.relu(x, xp=self.xp)
-        self._cache = y if training else None
-        return y
-
-    def backward(self, dy: Array) -> Array:
-        return act.relu_backward(dy, self._take_cache(), xp=self.xp)
