@@ -110,16 +110,18 @@ class Sequential:
     def n_features(self) -> int | None:
         """Input width expected by the first layer that declares one."""
         for layer in self.layers:
-            if getattr(layer, "in_features", None) is not None:
-                return int(getattr(layer, "in_features"))
+            width = getattr(layer, "in_features", None)
+            if width is not None:
+                return int(width)
         return None
 
     @property
     def n_outputs(self) -> int | None:
         """Output width of the last layer that declares one."""
         for layer in reversed(self.layers):
-            if getattr(layer, "out_features", None) is not None:
-                return int(getattr(layer, "out_features"))
+            width = getattr(layer, "out_features", None)
+            if width is not None:
+                return int(width)
         return None
 
     def parameters(self) -> list[ParamRef]:
