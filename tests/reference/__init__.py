@@ -1,0 +1,1 @@
+"""Independent float64 NumPy references for the kernels; never imports nnxp."""

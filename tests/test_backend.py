@@ -1,0 +1,203 @@
+"""The backend flag: set/use/get, NNXP_BACKEND, errors a user can act on, data in and out."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import backend
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    previous = nnxp.get_backend()
+    yield
+    nnxp.set_backend(previous.xp, previous.device)
+
+
+def test_default_backend_is_numpy() -> None:
+    info = nnxp.get_backend()
+    assert info.name == "numpy" and info.device == "cpu"
+    assert info.xp.__name__ == "array_api_compat.numpy"
+
+
+@pytest.mark.parametrize("name", ["numpy", "array_api_strict"] + (["torch"] if HAS_TORCH else []))
+def test_set_backend_by_name(name: str) -> None:
+    nnxp.set_backend(name)
+    info = nnxp.get_backend()
+    assert info.name == name
+    assert tuple(info) == (info.name, info.xp, info.device)
+
+
+def test_set_backend_returns_previous_and_accepts_namespaces() -> None:
+    import array_api_strict
+
+    previous = nnxp.set_backend(array_api_strict, device="device1")
+    assert previous.name == "numpy"
+    assert nnxp.get_backend().name == "array_api_strict"
+    assert str(nnxp.get_backend().device) == str(array_api_strict.Device("device1"))
+    nnxp.set_backend(np)  # the plain numpy module maps to the compat namespace
+    assert nnxp.get_backend().xp.__name__ == "array_api_compat.numpy"
+
+
+def test_name_with_device_suffix() -> None:
+    nnxp.set_backend("array_api_strict:device1")
+    assert "device1" in str(nnxp.get_backend().device)
+
+
+def test_use_backend_restores_on_exit_and_on_exception() -> None:
+    with nnxp.use_backend("array_api_strict") as info:
+        assert info.name == "array_api_strict" == nnxp.get_backend().name
+    assert nnxp.get_backend().name == "numpy"
+    with pytest.raises(RuntimeError, match="boom"):
+        with nnxp.use_backend("array_api_strict"):
+            raise RuntimeError("boom")
+    assert nnxp.get_backend().name == "numpy"
+
+
+def test_use_backend_nests() -> None:
+    with nnxp.use_backend("array_api_strict"):
+        with nnxp.use_backend("numpy"):
+            assert nnxp.get_backend().name == "numpy"
+        assert nnxp.get_backend().name == "array_api_strict"
+
+
+@pytest.mark.parametrize("bad", ["tensorflow", "nump", ""])
+def test_unknown_name_lists_valid_names(bad: str) -> None:
+    with pytest.raises(ValueError, match="valid names are numpy, cupy, torch, array_api_strict"):
+        nnxp.set_backend(bad)
+    assert nnxp.get_backend().name == "numpy"  # a failed switch changes nothing
+
+
+def test_not_a_namespace_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="backend name or an array-API namespace"):
+        nnxp.set_backend(42)
+
+
+def test_bad_device_is_explained() -> None:
+    with pytest.raises(ValueError, match="only the 'cpu' device"):
+        nnxp.set_backend("numpy", device="cuda")
+    with pytest.raises(ValueError, match="array_api_strict has no device 'gpu7'"):
+        nnxp.set_backend("array_api_strict", device="gpu7")
+
+
+def test_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = backend.importlib.import_module
+
+    def fake_import(name: str, *args, **kwargs):
+        if name.split(".")[0] == "cupy":
+            raise ImportError("No module named 'cupy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(backend.importlib, "import_module", fake_import)
+    with pytest.raises(nnxp.BackendError, match=r"nnxp\[cuda12\] or nnxp\[cuda13\]"):
+        nnxp.set_backend("cupy")
+
+
+def test_cupy_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CuPy installed but CUDA unusable: a BackendError, not a CUDA traceback."""
+    import types
+
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(nnxp.BackendError, match="no usable NVIDIA GPU"):
+        backend._check_cupy_device(None)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_cuda_without_gpu_is_a_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(nnxp.BackendError, match="sees no usable GPU"):
+        nnxp.set_backend("torch", device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("array_api_strict", "array_api_strict"), ("numpy", "numpy"), ("", "numpy")]
+    + ([("torch", "torch")] if HAS_TORCH else []),
+)
+def test_environment_variable_sets_the_default(value: str, expected: str) -> None:
+    code = "import nnxp; print(nnxp.get_backend().name)"
+    env = {"NNXP_BACKEND": value, "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_bad_environment_variable_fails_loudly() -> None:
+    out = subprocess.run([sys.executable, "-c", "import nnxp"], env={"NNXP_BACKEND": "tpu"},
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "NNXP_BACKEND='tpu'" in out.stderr and "valid names are" in out.stderr
+
+
+# --- data in and out -------------------------------------------------------------------------
+
+
+def _sources() -> list:
+    import array_api_strict
+
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = [host, host.tolist(),
+           array_api_strict.asarray(host, device=array_api_strict.Device("device1"))]
+    if HAS_TORCH:
+        import torch
+
+        out.append(torch.from_numpy(host.copy()))
+    return out
+
+
+@pytest.mark.parametrize("source", _sources(), ids=lambda s: type(s).__module__.split(".")[0])
+def test_asarray_and_to_numpy_round_trip_on_every_backend(bk, source) -> None:
+    x = nnxp.asarray(source)
+    assert backend.namespace_of(x) is bk.xp or backend.namespace_of(x).__name__ == bk.xp.__name__
+    assert str(backend.device_of(x)) == str(bk.device)
+    np.testing.assert_array_equal(nnxp.to_numpy(x), np.arange(6).reshape(2, 3))
+
+
+def test_asarray_dtype_and_copy(bk) -> None:
+    x = nnxp.asarray([[1, 2], [3, 4]], dtype="float64")
+    assert x.dtype == bk.xp.float64
+    y = nnxp.asarray(x)
+    assert y is x  # already on the backend and device: no copy
+    z = nnxp.asarray(x, dtype="float32")
+    assert z.dtype == bk.xp.float32
+
+
+def test_asarray_rejects_ragged_lists() -> None:
+    with pytest.raises((TypeError, ValueError)):
+        nnxp.asarray([[1.0, 2.0], [3.0]])
+
+
+def test_to_numpy_accepts_scalars_and_lists() -> None:
+    np.testing.assert_array_equal(nnxp.to_numpy([1, 2]), [1, 2])
+    assert nnxp.backend.to_float(nnxp.asarray(2.5)) == 2.5
+
+
+def test_supports_inplace() -> None:
+    import array_api_strict
+
+    assert backend.supports_inplace(nnxp.get_backend().xp)
+    assert not backend.supports_inplace(array_api_strict)
+
+
+def test_dtype_names_are_library_independent(bk) -> None:
+    assert backend.dtype_name(bk.xp.float32) == "float32"
+    assert backend.resolve_dtype("float64", bk.xp) == bk.xp.float64
+    with pytest.raises(ValueError, match="not a dtype"):
+        backend.resolve_dtype("float8", bk.xp)
