@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 # index); otherwise the torch tests skip rather than pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test docs lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,16 @@ pytest: $(VENV)/.test-installed
 
 test: lint typecheck pytest
 
+$(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+# The documentation site, from docs/ and the numpydoc docstrings; warnings are errors.
+docs: $(VENV)/.docs-installed
+	$(BIN)/mkdocs build --strict -q
+
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks
