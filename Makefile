@@ -48,8 +48,15 @@ $(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
 docs: $(VENV)/.docs-installed
 	$(BIN)/mkdocs build --strict -q
 
+# Benchmarks (docs/benchmarks.md). Environment: NNXP_BENCH_BACKENDS=cupy,torch:cuda,numpy,
+# NNXP_BENCH_SIZES=quick|default|full|32x128,..., NNXP_BENCH_OPTIMIZERS=sgd,adam, NNXP_BENCH_BUDGET.
+BENCH_OUT ?= benchmarks/results/latest
 bench: $(VENV)/.test-installed
-	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-only
+	mkdir -p $(dir $(BENCH_OUT))
+	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-only \
+	  --benchmark-json=$(BENCH_OUT).json --benchmark-columns=median,min,rounds \
+	  --benchmark-sort=name
+	$(BIN)/python benchmarks/report.py $(BENCH_OUT).json
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks

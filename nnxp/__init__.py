@@ -4,7 +4,7 @@ The same source runs on NumPy (CPU), CuPy (NVIDIA GPUs), PyTorch and array-api-s
 with :func:`set_backend`, :func:`use_backend` or the ``NNXP_BACKEND`` environment variable.
 """
 
-from . import init, kernels, layers, losses, optim
+from . import callbacks, diagnostics, init, io, kernels, layers, losses, metrics, optim, schedules
 from .backend import (
     BACKENDS,
     BackendError,
@@ -16,8 +16,11 @@ from .backend import (
     use_backend,
 )
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
+from .init import SymmetryWarning
+from .io import FormatError, load
 from .layers import BackwardError
 from .model import History, Sequential, TrainingDivergedError
+from .perceptron import Perceptron
 
 __version__ = "0.1.0"
 
@@ -26,20 +29,29 @@ __all__ = [
     "BackendError",
     "BackendInfo",
     "BackwardError",
+    "FormatError",
     "GradcheckError",
     "GradcheckResult",
     "History",
+    "Perceptron",
     "Sequential",
+    "SymmetryWarning",
     "TrainingDivergedError",
     "__version__",
     "asarray",
+    "callbacks",
+    "diagnostics",
     "get_backend",
     "gradcheck",
     "init",
+    "io",
+    "load",
     "kernels",
     "layers",
     "losses",
+    "metrics",
     "optim",
+    "schedules",
     "set_backend",
     "to_numpy",
     "use_backend",

@@ -18,7 +18,7 @@ import importlib
 import os
 import types
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import array_api_compat
 import numpy as np
@@ -331,7 +331,8 @@ def asarray(
 ) -> Array:
     """Bring ``x`` onto a backend and device (by default the active ones).
 
-    ``x`` may be a NumPy, CuPy, torch or array_api_strict array, a nested list or a scalar.
+    ``x`` may be a NumPy, CuPy, torch or array_api_strict array, a nested list, a scalar, or a
+    table with a ``to_numpy()`` method (a pandas DataFrame or Series; pandas is never imported).
     Arrays already on the target namespace and device are returned as they are (no copy) unless a
     ``dtype`` conversion or ``copy=True`` is asked for. Arrays from another library cross by
     DLPack where both ends allow it, and through host memory otherwise (e.g. GPU to CPU).
@@ -348,7 +349,8 @@ def asarray(
     elif ns is not None:
         out = _from_foreign(x, xp, device)
     else:
-        host = np.asarray(x)
+        to_host = getattr(x, "to_numpy", None)  # pandas DataFrame / Series, duck-typed
+        host = np.asarray(to_host() if callable(to_host) else x)
         if host.dtype == object:
             raise TypeError(f"cannot convert {type(x).__name__} with ragged or object entries")
         out = _from_numpy(host, xp, device)
@@ -391,7 +393,13 @@ def _from_numpy(host: np.ndarray, xp: Any, device: Any) -> Array:
 
 
 def _from_foreign(x: Any, xp: Any, device: Any) -> Array:
-    """A different library's array onto ``xp``/``device``: DLPack when it works, else via host."""
+    """A different library's array onto ``xp``/``device``: DLPack when it works, else via host.
+
+    NumPy arrays always take the host route: ``_from_numpy`` makes them contiguous first, which
+    DLPack importers need (torch aborts the process on a negative-stride view such as ``a[::-1]``).
+    """
+    if isinstance(x, np.ndarray):
+        return _from_numpy(x, xp, device)
     if hasattr(xp, "from_dlpack") and hasattr(x, "__dlpack__"):
         try:
             out = xp.from_dlpack(x)
@@ -432,6 +440,97 @@ def synchronize(device: Any = None) -> None:
             torch.cuda.synchronize(dev)
 
 
+def device_memory(*, reset_peak: bool = False) -> dict[str, int] | None:
+    """Allocator statistics of the active GPU backend, for peak-memory benchmarks.
+
+    Returns ``{"current": bytes in use, "peak": high-water mark}``, or ``None`` on CPU backends
+    (there, NumPy reports its allocations to :mod:`tracemalloc`; torch CPU has no counter).
+
+    * torch CUDA: ``memory_allocated`` / ``max_memory_allocated``; ``reset_peak`` calls
+      ``reset_peak_memory_stats``.
+    * cupy: the default memory pool's ``used_bytes`` / ``total_bytes``. The pool keeps freed
+      blocks, so after ``reset_peak`` (which returns the free blocks to the driver with
+      ``free_all_blocks``) its total size is the high-water mark of what was in use, rounded up
+      to the pool's block sizes: an upper bound.
+    """
+    name = _current.name
+    if name == "cupy":
+        import cupy  # noqa: PLC0415
+
+        pool = cupy.get_default_memory_pool()
+        if reset_peak:
+            pool.free_all_blocks()
+        return {"current": int(pool.used_bytes()), "peak": int(pool.total_bytes())}
+    if name == "torch" and getattr(_current.device, "type", None) == "cuda":
+        import torch  # noqa: PLC0415
+
+        dev = _current.device
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats(dev)
+        return {"current": int(torch.cuda.memory_allocated(dev)),
+                "peak": int(torch.cuda.max_memory_allocated(dev))}
+    return None
+
+
 def isfinite_all(x: Array, xp: Any) -> bool:
     """Whether every entry of ``x`` is finite (one device-to-host transfer)."""
     return bool(to_numpy(xp.all(xp.isfinite(x))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: the NPZ container of nnxp.io (NumPy's own format, never pickle)
+# ----------------------------------------------------------------------------------------------
+
+
+def save_npz(file: Any, arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` (name → array of any backend) into the open binary ``file`` as NPZ.
+
+    Uncompressed ``numpy.savez``; every array is brought to the host first. Object arrays are
+    refused, so the file never holds pickled data.
+    """
+    host = {name: to_numpy(a) for name, a in arrays.items()}
+    for name, a in host.items():
+        if a.dtype.hasobject:
+            raise TypeError(f"array {name!r} has dtype object, which NPZ can store only by "
+                            "pickling; nnxp never writes pickles")
+    np.savez(file, **cast(dict[str, Any], host))
+
+
+def load_npz(path: Any) -> dict[str, np.ndarray]:
+    """Every array of the NPZ file ``path`` as host NumPy arrays, read with ``allow_pickle=False``.
+
+    Raises
+    ------
+    ValueError
+        when ``path`` is not an NPZ archive (a pickle, a bare ``.npy``, a truncated or corrupt
+        file) or holds an object array; the message says which.
+    """
+    import zipfile  # noqa: PLC0415 - only needed here
+
+    with open(path, "rb") as file:  # our own handle: closed even when numpy gives up midway
+        try:
+            archive = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is not an NPZ archive that can be read without pickle: "
+                             f"{exc}") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} holds a single .npy array, not an NPZ archive")
+        try:
+            with archive:
+                return {name: archive[name] for name in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ValueError(f"{path} is a truncated or corrupt NPZ archive "
+                             f"({type(exc).__name__}: {exc})") from None
+
+
+def host_scalar(x: Any) -> Any:
+    """A NumPy scalar (``np.float64(1.5)``) as the Python number it holds; anything else as is."""
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def host_array(x: Any, dtype: Any = None) -> np.ndarray:
+    """``x`` (nested lists, scalars, any backend's array) as a host NumPy array of ``dtype``."""
+    out = to_numpy(x)
+    return out if dtype is None else out.astype(dtype_name(dtype), copy=False)

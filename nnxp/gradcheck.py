@@ -190,9 +190,16 @@ def _layer_checks(layer: Any, x: Any, rng: Generator) -> list[_Check]:
     out = layer.forward(x, training=True)
     dy, reduce = _scalarise(out, rng)
     dx = layer.backward(dy)
-    checks = [_Check("x", x, dx, lambda v: reduce(layer.forward(v, training=True)))]
-    checks += _param_checks([layer], lambda: reduce(layer.forward(x, training=True)),
-                            lambda _: "")
+
+    def objective(v: Array) -> float:
+        # A weight penalty (Dense(l1=, l2=)) is part of the loss whose gradient backward fills.
+        value = reduce(layer.forward(v, training=True))
+        if getattr(layer, "has_penalty", False):
+            value += backend.to_float(layer.penalty())
+        return value
+
+    checks = [_Check("x", x, dx, objective)]
+    checks += _param_checks([layer], lambda: objective(x), lambda _: "")
     return checks
 
 
@@ -209,6 +216,8 @@ def _model_checks(model: Any, X: Any, y: Any, loss: Any) -> list[_Check]:
 
     def loss_fn() -> float:
         value, _ = loss_obj.forward(model.forward(X, training=True), targets, xp=xp)
+        if hasattr(model, "penalty"):
+            value = value + model.penalty()
         return backend.to_float(value)
 
     return _param_checks(model.layers, loss_fn, lambda i: f"layers[{i}].")

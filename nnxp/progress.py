@@ -7,7 +7,8 @@ from typing import Any
 
 
 class EpochProgress:
-    """One progress bar per epoch over its batches; a summary line with loss and metrics."""
+    """One progress bar per epoch over its batches; a summary line with the loss and metrics,
+    validation ones included (``verbose=0``: nothing)."""
 
     def __init__(self, *, epochs: int, n_batches: int, verbose: int) -> None:
         self.epochs = epochs
@@ -34,7 +35,7 @@ class EpochProgress:
     def end_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         if not self.verbose:
             return
-        text = " ".join(f"{k}={v:.4f}" for k, v in logs.items())
+        text = format_logs(logs)
         if self._bar is not None:
             self._bar.set_postfix_str(text)
             self._bar.close()
@@ -46,3 +47,17 @@ class EpochProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+HIDDEN_KEYS = ("lr", "epoch_time")
+"""Log entries left out of the progress line (tqdm shows the time; the rate rarely changes)."""
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    """``"loss=0.3120 accuracy=0.9100 val_loss=0.3500 val_accuracy=0.8900"``: the training
+    entries first, then the validation ones."""
+    shown = [(k, v) for k, v in logs.items()
+             if k not in HIDDEN_KEYS and isinstance(v, (int, float))]
+    ordered = [kv for kv in shown if not kv[0].startswith("val_")]
+    ordered += [kv for kv in shown if kv[0].startswith("val_")]
+    return " ".join(f"{k}={v:.4f}" for k, v in ordered)

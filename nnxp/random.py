@@ -9,12 +9,18 @@ torch and cupy.
 What stays backend-dependent is the arithmetic after that: matrix products and reductions are
 summed in different orders by different libraries, so training results agree across backends
 only within floating-point tolerance (about 1e-6 relative per step in float32), not bit for bit.
+
+Dropout masks are the exception: they are drawn anew for every training batch, so they come from
+the backend's own generator (:class:`BackendGenerator`: NumPy's, torch's on the device, CuPy's;
+a host NumPy generator for array_api_strict). A seed makes them reproducible on one backend, but
+the masks differ from one backend to another.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from . import backend
@@ -88,3 +94,82 @@ class Generator:
     def _move(host: np.ndarray, dtype: Any, xp: Any, device: Any) -> Array:
         host = host.astype(backend.dtype_name(dtype), copy=False)
         return backend.asarray(host, xp=xp, device=device)
+
+
+class BackendGenerator:
+    """A seeded generator that draws on the backend itself, with the backend's own generator.
+
+    Used where draws are too many or too frequent to make on the host and move (dropout masks,
+    one per training batch). The policy, per backend:
+
+    * numpy — ``numpy.random.Generator(PCG64(seed))``;
+    * torch — a ``torch.Generator`` on the arrays' device (CPU or CUDA), seeded with ``seed``;
+    * cupy — ``cupy.random.default_rng(seed)`` created on the arrays' GPU;
+    * anything else (array_api_strict has no random numbers) — a NumPy ``Generator`` on the
+      host, whose draws are then moved to the device.
+
+    So the same ``seed`` gives the same sequence of draws every time on one backend and device,
+    but different draws on different backends: unlike :class:`Generator`, a
+    ``BackendGenerator`` is reproducible per backend, not across backends.
+
+    Parameters
+    ----------
+    seed
+        A non-negative int (below 2**63), or ``None`` for fresh entropy.
+    xp, device
+        The namespace and device the draws are made for.
+    """
+
+    def __init__(self, seed: int | None, xp: Any, device: Any) -> None:
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+            0 <= seed < 2**63
+        ):
+            raise ValueError(f"seed must be an int in [0, 2**63) or None, got {seed!r}")
+        self.seed = int(seed)
+        self.xp = xp
+        self.device = device
+        if array_api_compat.is_torch_namespace(xp):
+            import torch  # noqa: PLC0415 - only this module and backend.py may name torch
+
+            self.kind = "torch"
+            self._rng: Any = torch.Generator(device=device)
+            self._rng.manual_seed(self.seed)
+        elif array_api_compat.is_cupy_namespace(xp):
+            import cupy  # noqa: PLC0415
+
+            self.kind = "cupy"
+            with device:
+                self._rng = cupy.random.default_rng(self.seed)
+        else:
+            self.kind = "numpy" if array_api_compat.is_numpy_namespace(xp) else "host"
+            self._rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """Entries drawn from U[0, 1) in ``dtype`` (float32 or float64), on the device."""
+        shape = tuple(int(s) for s in shape)
+        dt = backend.resolve_dtype(dtype, self.xp)
+        if self.kind == "torch":
+            import torch  # noqa: PLC0415
+
+            return torch.rand(shape, generator=self._rng, dtype=dt, device=self.device)
+        if self.kind == "cupy":
+            with self.device:
+                return self._rng.random(shape, dtype=dt)
+        name = backend.dtype_name(dtype)
+        if name in ("float32", "float64"):
+            host = np.asarray(self._rng.random(shape, dtype=np.dtype(name)))
+        else:
+            host = np.asarray(self._rng.random(shape)).astype(name)
+        if self.kind == "numpy":
+            return host
+        return backend.asarray(host, xp=self.xp, device=self.device)
+
+    def bernoulli_mask(self, shape: tuple[int, ...], keep: float, dtype: Any) -> Array:
+        """A 0/1 mask in ``dtype`` whose entries are 1 with probability ``keep`` (``u < keep``)."""
+        u = self.uniform(shape, dtype)
+        return self.xp.astype(u < keep, backend.resolve_dtype(dtype, self.xp))
+
+    def __repr__(self) -> str:
+        return f"BackendGenerator(seed={self.seed}, kind={self.kind!r})"

@@ -104,3 +104,68 @@ def check_positive(value: Any, *, argument: str, integer: bool = False,
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{argument} must be {bound}, got {value!r}")
     return value
+
+
+def check_float_targets(
+    y: Any, n_outputs: int, *, xp: Any, device: Any, n_samples: int | None = None,
+    dtype: Any = None, probabilities: bool = False, argument: str = "y", hint: str = "",
+) -> Array:
+    """Float targets of shape ``(n_samples, n_outputs)`` (regression or binary losses).
+
+    A 1-D ``y`` of shape ``(n_samples,)`` is accepted for a 1-output model and returned as
+    ``(n_samples, 1)``. Integers and booleans become floats: ``dtype`` when given, else float32;
+    float targets keep their dtype unless ``dtype`` is given. With ``probabilities``, every value
+    must lie in ``[0, 1]``. ``hint`` is appended to the shape errors.
+    """
+    y = to_backend(y, argument=argument, xp=xp, device=device)
+    if not (xp.isdtype(y.dtype, "real floating") or xp.isdtype(y.dtype, "integral")
+            or xp.isdtype(y.dtype, "bool")):
+        raise TypeError(f"{argument} must hold numbers, got dtype {backend.dtype_name(y.dtype)}")
+    expected = f"(n_samples, {n_outputs})" + (" or (n_samples,)" if n_outputs == 1 else "")
+    if y.ndim == 1 and n_outputs == 1:
+        y = xp.reshape(y, (y.shape[0], 1))
+    if y.ndim != 2 or y.shape[1] != n_outputs:
+        raise ValueError(f"{argument} must have shape {expected} for a model with {n_outputs} "
+                         f"output(s), got shape {tuple(y.shape)}{hint}")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(f"{argument} has {y.shape[0]} rows but X has {n_samples} samples")
+    if y.shape[0] == 0:
+        raise ValueError(f"{argument} has no samples (shape {tuple(y.shape)})")
+    if dtype is not None:
+        target = backend.resolve_dtype(dtype, xp)
+    else:
+        target = y.dtype if xp.isdtype(y.dtype, "real floating") else xp.float32
+    if y.dtype != target:
+        y = xp.astype(y, target)
+    if not backend.isfinite_all(y, xp):
+        n_bad = int(backend.to_float(xp.sum(xp.astype(~xp.isfinite(y), xp.int64))))
+        raise ValueError(f"{argument} contains {n_bad} NaN or infinite value(s); targets must "
+                         "be finite")
+    if probabilities:
+        lo, hi = backend.to_float(xp.min(y)), backend.to_float(xp.max(y))
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{argument} must hold probabilities in [0, 1], got values in "
+                             f"[{lo:g}, {hi:g}]")
+    return y
+
+
+def check_sample_weight(
+    sample_weight: Any, n_samples: int, *, dtype: Any, xp: Any, device: Any,
+    argument: str = "sample_weight",
+) -> Array:
+    """Finite, non-negative per-sample weights of shape ``(n_samples,)`` in ``dtype``."""
+    w = to_backend(sample_weight, argument=argument, xp=xp, device=device)
+    if not (xp.isdtype(w.dtype, "real floating") or xp.isdtype(w.dtype, "integral")
+            or xp.isdtype(w.dtype, "bool")):
+        raise TypeError(f"{argument} must hold numbers, got dtype {backend.dtype_name(w.dtype)}")
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"{argument} must have shape ({n_samples},), one weight per sample, "
+                         f"got shape {tuple(w.shape)}")
+    if w.dtype != dtype:
+        w = xp.astype(w, dtype)
+    if not backend.isfinite_all(w, xp):
+        raise ValueError(f"{argument} contains NaN or infinite values; weights must be finite")
+    if n_samples and backend.to_float(xp.min(w)) < 0.0:
+        raise ValueError(f"{argument} must be >= 0, got a minimum of "
+                         f"{backend.to_float(xp.min(w)):g}")
+    return w

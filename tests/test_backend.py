@@ -201,3 +201,10 @@ def test_dtype_names_are_library_independent(bk) -> None:
     assert backend.resolve_dtype("float64", bk.xp) == bk.xp.float64
     with pytest.raises(ValueError, match="not a dtype"):
         backend.resolve_dtype("float8", bk.xp)
+
+
+def test_asarray_accepts_non_contiguous_numpy_views(bk) -> None:
+    """Reversed and strided views (negative strides) cross to every backend intact."""
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for view in (host[::-1], host[:, ::2], host.T):
+        np.testing.assert_array_equal(nnxp.to_numpy(nnxp.asarray(view)), view)

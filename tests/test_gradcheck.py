@@ -64,9 +64,11 @@ def test_layer_passes_and_restores_float32_params(bk, rng) -> None:
 
 
 def test_layer_with_wrong_parameter_gradient_fails(bk, rng) -> None:
-    result = nnxp.gradcheck(ScaledWrongDense(4, 3), bk.asarray(rng.standard_normal((2, 4))))
+    result = nnxp.gradcheck(ScaledWrongDense(4, 3, seed=0),
+                            bk.asarray(rng.standard_normal((2, 4))))
     assert not result.passed
-    assert result.errors["W"] > 1e-3 and result.errors["b"] < 1e-7 and result.errors["x"] < 1e-7
+    # the 1 % error in dW stands out; the correct gradients sit at float64 round-off
+    assert result.errors["W"] > 1e-3 and result.errors["b"] < 1e-6 and result.errors["x"] < 1e-6
 
 
 def test_layer_with_wrong_input_gradient_fails(bk, rng) -> None:
@@ -88,7 +90,7 @@ def test_model_with_a_broken_layer_fails(rng) -> None:
     model = nnxp.Sequential([ScaledWrongDense(4, 5), ReLU(), Dense(5, 3)], seed=0)
     result = nnxp.gradcheck(model, rng.standard_normal((6, 4)), y=rng.integers(0, 3, 6))
     assert not result.passed and result.errors["layers[0].W"] > 1e-3
-    assert result.errors["layers[2].W"] < 1e-7
+    assert result.errors["layers[2].W"] < 1e-6
 
 
 def test_max_entries_samples_a_subset(rng) -> None:
@@ -102,3 +104,13 @@ def test_bad_targets_are_rejected() -> None:
         nnxp.gradcheck(42, np.ones(3))
     with pytest.raises(TypeError, match="y="):
         nnxp.gradcheck(nnxp.Sequential([Dense(2, 2)]), np.ones((1, 2)))
+
+
+def test_weight_penalties_are_part_of_the_checked_loss(bk, rng) -> None:
+    """Dense(l1=, l2=) adds the penalty's gradient in backward; gradcheck must include it."""
+    layer = Dense(4, 3, l1=0.05, l2=0.1)
+    assert nnxp.gradcheck(layer, bk.asarray(rng.standard_normal((3, 4))), tol=1e-5).passed
+    model = nnxp.Sequential([Dense(4, 5, l2=0.2), ReLU(), Dense(5, 3, l1=0.1)], seed=0)
+    result = nnxp.gradcheck(model, bk.asarray(rng.standard_normal((6, 4))),
+                            y=rng.integers(0, 3, 6))
+    assert result.passed, result.errors

@@ -1,22 +1,503 @@
-"""Optimizer update kernels: (parameter, gradient, state) → new parameter (and state).
+"""Optimizer update kernels: (parameter, gradient, state) → (new parameter, new state).
 
-They follow ``torch.optim``'s update rules exactly, so a trajectory can be compared step by step.
+Every kernel follows ``torch.optim``'s single-tensor update rule for the same optimizer, operation
+for operation (where the eps goes, when the bias corrections apply, how a momentum buffer starts),
+so a trajectory can be compared with torch's step by step. The objects in :mod:`nnxp.optim` own the
+per-parameter state and call these functions; the kernels themselves hold nothing.
+
+Conventions shared by every kernel here:
+
+* ``param`` and ``grad`` are arrays of one shape and dtype on one device; ``state`` is a ``dict``
+  made by the matching ``*_init`` function (arrays shaped like ``param`` plus a Python int
+  ``"step"``, and Python floats where torch keeps a scalar).
+* ``inplace=True`` (numpy, cupy, torch — see :func:`nnxp.backend.supports_inplace`) overwrites the
+  buffers of ``param`` and of the state arrays and returns the very same objects; ``inplace=False``
+  leaves every input untouched and returns new arrays (array-api-strict, any immutable backend).
+  Both paths perform the same floating-point operations in the same order, so they agree bit for
+  bit.
+* ``weight_decay`` is the L2 penalty folded into the gradient, ``g ← g + λ θ`` (torch's coupled
+  form), except in :func:`adamw_update` and NAdam's ``decoupled_weight_decay``, where the
+  parameter shrinks directly, ``θ ← θ (1 − γ λ)``.
+* Hyperparameters are Python numbers, validated by the optimizer objects, not here.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Array = Any
+State = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers: one spelling for the in-place and the functional path
+# ----------------------------------------------------------------------------------------------
+
+
+def _axpby(y: Array, a: float, x: Array, b: float, inplace: bool) -> Array:
+    """``a·y + b·x``, written into ``y`` when ``inplace``."""
+    if inplace:
+        y *= a
+        y += b * x
+        return y
+    return a * y + b * x
+
+
+def _add_scaled(y: Array, x: Array, b: float, inplace: bool) -> Array:
+    """``y + b·x``, written into ``y`` when ``inplace``."""
+    if inplace:
+        y += b * x
+        return y
+    return y + b * x
+
+
+def _assign(dst: Array, value: Array, inplace: bool) -> Array:
+    """``value``, copied into the buffer of ``dst`` when ``inplace``."""
+    if inplace:
+        dst[...] = value
+        return dst
+    return value
+
+
+def _l2(grad: Array, param: Array, weight_decay: float) -> Array:
+    """The coupled weight decay of torch.optim: ``g + λ θ`` (a new array; ``grad`` is kept)."""
+    return grad + weight_decay * param if weight_decay != 0 else grad
+
+
+def _decay(param: Array, lr: float, weight_decay: float, inplace: bool) -> Array:
+    """Decoupled weight decay: ``θ (1 − γ λ)``."""
+    if weight_decay == 0:
+        return param
+    if inplace:
+        param *= 1 - lr * weight_decay
+        return param
+    return param * (1 - lr * weight_decay)
+
+
+def _zeros_like(param: Array, xp: Any) -> Array:
+    return xp.zeros(param.shape, dtype=param.dtype, device=param.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# SGD
+# ----------------------------------------------------------------------------------------------
 
 
 def sgd_update(param: Array, grad: Array, *, lr: float, inplace: bool = False) -> Array:
-    """Plain gradient descent: ``θ ← θ − lr · g``.
+    """Plain gradient descent: ``θ ← θ − γ g``.
 
     With ``inplace=True`` the parameter's buffer is overwritten (numpy, cupy, torch) and returned;
-    otherwise a new array is returned and ``param`` is left untouched.
+    otherwise a new array is returned and ``param`` is left untouched. See
+    :func:`sgd_momentum_update` for momentum, dampening, Nesterov and weight decay.
     """
     if inplace:
         param -= lr * grad
         return param
     return param - lr * grad
+
+
+def sgd_init(param: Array, *, xp: Any) -> State:
+    """SGD's state: the step count; the momentum buffer ``b`` is created on the first step."""
+    return {"step": 0}
+
+
+def sgd_momentum_update(
+    param: Array, grad: Array, state: State, *, lr: float, momentum: float = 0.0,
+    dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+    xp: Any, inplace: bool = False,
+) -> tuple[Array, State]:
+    """SGD with momentum (torch.optim.SGD).
+
+    .. math::
+        g_t &= ∇f(θ_{t-1}) + λ θ_{t-1} \\\\
+        b_1 &= g_1, \\quad b_t = μ b_{t-1} + (1 − τ) g_t \\quad (t > 1) \\\\
+        d_t &= g_t + μ b_t \\text{ (Nesterov)} \\quad\\text{or}\\quad d_t = b_t \\\\
+        θ_t &= θ_{t-1} − γ d_t
+
+    with learning rate γ, momentum μ, dampening τ and weight decay λ. The buffer starts as a copy
+    of the first gradient (no dampening on step 1), as in torch. Without momentum (μ = 0) this is
+    plain gradient descent and no buffer is kept. Sutskever et al. (2013), "On the importance of
+    initialization and momentum in deep learning" (ICML) describe the Nesterov form.
+
+    Other libraries: Keras' SGD applies momentum as ``v ← μ v − γ g; θ ← θ + v`` (the learning rate
+    inside the buffer), which differs from torch's when the learning rate changes during training.
+
+    Shapes: ``param``, ``grad`` and ``state["momentum_buffer"]`` share one shape.
+    """
+    g = _l2(grad, param, weight_decay)
+    state["step"] = state["step"] + 1
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = xp.asarray(g, copy=True)
+        else:
+            buf = _axpby(buf, momentum, g, 1 - dampening, inplace)
+        state["momentum_buffer"] = buf
+        g = g + momentum * buf if nesterov else buf
+    return _add_scaled(param, g, -lr, inplace), state
+
+
+# ----------------------------------------------------------------------------------------------
+# Adagrad
+# ----------------------------------------------------------------------------------------------
+
+
+def adagrad_init(param: Array, *, initial_accumulator_value: float = 0.0, xp: Any) -> State:
+    """Adagrad's state: ``sum`` filled with ``initial_accumulator_value``, step 0."""
+    acc = xp.full(param.shape, initial_accumulator_value, dtype=param.dtype, device=param.device)
+    return {"step": 0, "sum": acc}
+
+
+def adagrad_update(
+    param: Array, grad: Array, state: State, *, lr: float, lr_decay: float = 0.0,
+    weight_decay: float = 0.0, eps: float = 1e-10, xp: Any, inplace: bool = False,
+) -> tuple[Array, State]:
+    """Adagrad (torch.optim.Adagrad).
+
+    .. math::
+        g_t &= ∇f(θ_{t-1}) + λ θ_{t-1} \\\\
+        \\tilde γ_t &= γ / (1 + (t − 1) η) \\\\
+        G_t &= G_{t-1} + g_t^2, \\quad G_0 = \\text{initial\\_accumulator\\_value} \\\\
+        θ_t &= θ_{t-1} − \\tilde γ_t \\, g_t / (\\sqrt{G_t} + ε)
+
+    with learning-rate decay η. Duchi, Hazan & Singer (2011), "Adaptive subgradient methods for
+    online learning and stochastic optimization", JMLR 12.
+
+    Other libraries: Keras starts the accumulator at 0.1 (torch at 0) and uses ε = 1e-7 (torch
+    1e-10); both put ε outside the square root.
+    """
+    g = _l2(grad, param, weight_decay)
+    step = state["step"] + 1
+    clr = lr / (1 + (step - 1) * lr_decay)
+    acc = _add_scaled(state["sum"], g * g, 1.0, inplace)
+    std = xp.sqrt(acc) + eps
+    param = _add_scaled(param, g / std, -clr, inplace)
+    state["step"], state["sum"] = step, acc
+    return param, state
+
+
+# ----------------------------------------------------------------------------------------------
+# RMSprop
+# ----------------------------------------------------------------------------------------------
+
+
+def rmsprop_init(param: Array, *, momentum: float = 0.0, centered: bool = False,
+                 xp: Any) -> State:
+    """RMSprop's state: ``square_avg`` (and ``grad_avg``, ``momentum_buffer``) at zero."""
+    state: State = {"step": 0, "square_avg": _zeros_like(param, xp)}
+    if centered:
+        state["grad_avg"] = _zeros_like(param, xp)
+    if momentum > 0:
+        state["momentum_buffer"] = _zeros_like(param, xp)
+    return state
+
+
+def rmsprop_update(
+    param: Array, grad: Array, state: State, *, lr: float, alpha: float = 0.99,
+    eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+    xp: Any, inplace: bool = False,
+) -> tuple[Array, State]:
+    """RMSprop (torch.optim.RMSprop).
+
+    .. math::
+        g_t &= ∇f(θ_{t-1}) + λ θ_{t-1} \\\\
+        v_t &= α v_{t-1} + (1 − α) g_t^2 \\\\
+        \\bar g_t &= α \\bar g_{t-1} + (1 − α) g_t \\quad\\text{(centered only)} \\\\
+        s_t &= \\sqrt{v_t − \\bar g_t^2} + ε \\quad\\text{(centered)}, \\qquad
+              s_t = \\sqrt{v_t} + ε \\quad\\text{(otherwise)} \\\\
+        b_t &= μ b_{t-1} + g_t / s_t, \\quad θ_t = θ_{t-1} − γ b_t \\quad (μ > 0) \\\\
+        θ_t &= θ_{t-1} − γ g_t / s_t \\quad (μ = 0)
+
+    Every average starts at zero. Hinton, Srivastava & Swersky, *Neural Networks for Machine
+    Learning*, lecture 6e (2012); the centered form is Graves (2013), "Generating sequences with
+    recurrent neural networks", eq. 38–45.
+
+    Other libraries: Keras' RMSprop defaults to ρ = 0.9 and ε = 1e-7 (torch: α = 0.99, ε = 1e-8);
+    TensorFlow 1's RMSPropOptimizer put ε inside the square root, ``√(v + ε)``.
+    """
+    g = _l2(grad, param, weight_decay)
+    sq = _axpby(state["square_avg"], alpha, g * g, 1 - alpha, inplace)
+    state["square_avg"] = sq
+    if centered:
+        gavg = _axpby(state["grad_avg"], alpha, g, 1 - alpha, inplace)
+        state["grad_avg"] = gavg
+        avg = xp.sqrt(sq - gavg * gavg) + eps
+    else:
+        avg = xp.sqrt(sq) + eps
+    if momentum > 0:
+        buf = _axpby(state["momentum_buffer"], momentum, g / avg, 1.0, inplace)
+        state["momentum_buffer"] = buf
+        param = _add_scaled(param, buf, -lr, inplace)
+    else:
+        param = _add_scaled(param, g / avg, -lr, inplace)
+    state["step"] = state["step"] + 1
+    return param, state
+
+
+# ----------------------------------------------------------------------------------------------
+# Adadelta
+# ----------------------------------------------------------------------------------------------
+
+
+def adadelta_init(param: Array, *, xp: Any) -> State:
+    """Adadelta's state: ``square_avg`` and ``acc_delta`` at zero."""
+    return {"step": 0, "square_avg": _zeros_like(param, xp), "acc_delta": _zeros_like(param, xp)}
+
+
+def adadelta_update(
+    param: Array, grad: Array, state: State, *, lr: float = 1.0, rho: float = 0.9,
+    eps: float = 1e-6, weight_decay: float = 0.0, xp: Any, inplace: bool = False,
+) -> tuple[Array, State]:
+    """Adadelta (torch.optim.Adadelta).
+
+    .. math::
+        g_t &= ∇f(θ_{t-1}) + λ θ_{t-1} \\\\
+        v_t &= ρ v_{t-1} + (1 − ρ) g_t^2 \\\\
+        Δ_t &= \\frac{\\sqrt{u_{t-1} + ε}}{\\sqrt{v_t + ε}} \\, g_t \\\\
+        u_t &= ρ u_{t-1} + (1 − ρ) Δ_t^2 \\\\
+        θ_t &= θ_{t-1} − γ Δ_t
+
+    Zeiler (2012), "ADADELTA: an adaptive learning rate method", arXiv:1212.5701. Here ε sits
+    inside both square roots, as in the paper. The paper has no learning rate (γ = 1, torch's
+    default); Keras' Adadelta defaults to γ = 0.001, ρ = 0.95, ε = 1e-7.
+    """
+    g = _l2(grad, param, weight_decay)
+    sq = _axpby(state["square_avg"], rho, g * g, 1 - rho, inplace)
+    std = xp.sqrt(sq + eps)
+    delta = xp.sqrt(state["acc_delta"] + eps) / std * g
+    acc = _axpby(state["acc_delta"], rho, delta * delta, 1 - rho, inplace)
+    param = _add_scaled(param, delta, -lr, inplace)
+    state["square_avg"], state["acc_delta"] = sq, acc
+    state["step"] = state["step"] + 1
+    return param, state
+
+
+# ----------------------------------------------------------------------------------------------
+# Adam, AdamW
+# ----------------------------------------------------------------------------------------------
+
+
+def adam_init(param: Array, *, amsgrad: bool = False, xp: Any) -> State:
+    """Adam's state: first and second moments (and their running max for AMSGrad) at zero."""
+    state: State = {"step": 0, "exp_avg": _zeros_like(param, xp),
+                    "exp_avg_sq": _zeros_like(param, xp)}
+    if amsgrad:
+        state["max_exp_avg_sq"] = _zeros_like(param, xp)
+    return state
+
+
+def adam_update(
+    param: Array, grad: Array, state: State, *, lr: float = 1e-3, beta1: float = 0.9,
+    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
+    decoupled: bool = False, xp: Any, inplace: bool = False,
+) -> tuple[Array, State]:
+    """Adam (torch.optim.Adam), and AdamW with ``decoupled=True``.
+
+    .. math::
+        g_t &= ∇f(θ_{t-1}) + λ θ_{t-1}
+               \\quad (\\text{AdamW instead: } θ_{t-1} ← θ_{t-1}(1 − γλ)) \\\\
+        m_t &= β_1 m_{t-1} + (1 − β_1) g_t \\\\
+        v_t &= β_2 v_{t-1} + (1 − β_2) g_t^2 \\\\
+        \\hat v_t &= \\max(\\hat v_{t-1}, v_t) \\text{ (AMSGrad) or } v_t \\\\
+        θ_t &= θ_{t-1} − \\frac{γ}{1 − β_1^t} \\,
+               \\frac{m_t}{\\sqrt{\\hat v_t} / \\sqrt{1 − β_2^t} + ε}
+
+    Kingma & Ba (2015), "Adam: a method for stochastic optimization", ICLR; AMSGrad: Reddi, Kale &
+    Kumar (2018), "On the convergence of Adam and beyond", ICLR (torch keeps the max of the raw
+    second moments and bias-corrects it afterwards); AdamW: Loshchilov & Hutter (2019),
+    "Decoupled weight decay regularization", ICLR.
+
+    ε is added *after* the bias-corrected square root, as in torch and Algorithm 1 of the paper.
+    Keras/TensorFlow write the same update as ``γ √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε̂)``, i.e. the ε
+    they add is not bias-corrected (and their default ε is 1e-7): the two agree only for ε → 0.
+    """
+    if decoupled:
+        param = _decay(param, lr, weight_decay, inplace)
+        g = grad
+    else:
+        g = _l2(grad, param, weight_decay)
+    step = state["step"] + 1
+    m = _axpby(state["exp_avg"], beta1, g, 1 - beta1, inplace)
+    v = _axpby(state["exp_avg_sq"], beta2, g * g, 1 - beta2, inplace)
+    bc1 = 1 - beta1**step
+    bc2_sqrt = math.sqrt(1 - beta2**step)
+    if amsgrad:
+        vmax = _assign(state["max_exp_avg_sq"], xp.maximum(state["max_exp_avg_sq"], v), inplace)
+        state["max_exp_avg_sq"] = vmax
+        denom = xp.sqrt(vmax) / bc2_sqrt + eps
+    else:
+        denom = xp.sqrt(v) / bc2_sqrt + eps
+    param = _add_scaled(param, m / denom, -lr / bc1, inplace)
+    state["step"], state["exp_avg"], state["exp_avg_sq"] = step, m, v
+    return param, state
+
+
+def adamw_update(
+    param: Array, grad: Array, state: State, *, lr: float = 1e-3, beta1: float = 0.9,
+    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
+    xp: Any, inplace: bool = False,
+) -> tuple[Array, State]:
+    """AdamW (torch.optim.AdamW): Adam with decoupled weight decay ``θ ← θ (1 − γ λ)``.
+
+    The decay multiplies the parameter before the Adam step and never enters the moments, so it
+    is not rescaled by the adaptive denominator (Loshchilov & Hutter, 2019). See
+    :func:`adam_update` for the rest of the equations.
+    """
+    return adam_update(param, grad, state, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                       weight_decay=weight_decay, amsgrad=amsgrad, decoupled=True, xp=xp,
+                       inplace=inplace)
+
+
+# ----------------------------------------------------------------------------------------------
+# Adamax
+# ----------------------------------------------------------------------------------------------
+
+
+def adamax_init(param: Array, *, xp: Any) -> State:
+    """Adamax's state: ``exp_avg`` and the infinity norm ``exp_inf`` at zero."""
+    return {"step": 0, "exp_avg": _zeros_like(param, xp), "exp_inf": _zeros_like(param, xp)}
+
+
+def adamax_update(
+    param: Array, grad: Array, state: State, *, lr: float = 2e-3, beta1: float = 0.9,
+    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, xp: Any,
+    inplace: bool = False,
+) -> tuple[Array, State]:
+    """Adamax (torch.optim.Adamax), Adam with the infinity norm.
+
+    .. math::
+        g_t &= ∇f(θ_{t-1}) + λ θ_{t-1} \\\\
+        m_t &= β_1 m_{t-1} + (1 − β_1) g_t \\\\
+        u_t &= \\max(β_2 u_{t-1}, |g_t| + ε) \\\\
+        θ_t &= θ_{t-1} − \\frac{γ}{1 − β_1^t} \\, \\frac{m_t}{u_t}
+
+    Kingma & Ba (2015), section 7.1. torch adds ε to ``|g|`` inside the max (so ``u`` is never 0);
+    Keras computes ``max(β₂ u, |g|)`` and adds ε to the denominator instead.
+    """
+    g = _l2(grad, param, weight_decay)
+    step = state["step"] + 1
+    m = _axpby(state["exp_avg"], beta1, g, 1 - beta1, inplace)
+    u_old = state["exp_inf"]
+    if inplace:
+        u_old *= beta2
+        u = _assign(u_old, xp.maximum(u_old, xp.abs(g) + eps), True)
+    else:
+        u = xp.maximum(beta2 * u_old, xp.abs(g) + eps)
+    param = _add_scaled(param, m / u, -lr / (1 - beta1**step), inplace)
+    state["step"], state["exp_avg"], state["exp_inf"] = step, m, u
+    return param, state
+
+
+# ----------------------------------------------------------------------------------------------
+# NAdam
+# ----------------------------------------------------------------------------------------------
+
+
+def nadam_init(param: Array, *, xp: Any) -> State:
+    """NAdam's state: moments at zero and the running product of the momentum schedule at 1."""
+    return {"step": 0, "mu_product": 1.0, "exp_avg": _zeros_like(param, xp),
+            "exp_avg_sq": _zeros_like(param, xp)}
+
+
+def nadam_update(
+    param: Array, grad: Array, state: State, *, lr: float = 2e-3, beta1: float = 0.9,
+    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, xp: Any,
+    inplace: bool = False,
+) -> tuple[Array, State]:
+    """NAdam (torch.optim.NAdam): Adam with Nesterov momentum and Dozat's momentum schedule.
+
+    .. math::
+        μ_t &= β_1 (1 − ½ · 0.96^{t ψ}), \\quad Π_t = \\prod_{i \\le t} μ_i \\\\
+        m_t &= β_1 m_{t-1} + (1 − β_1) g_t, \\quad v_t = β_2 v_{t-1} + (1 − β_2) g_t^2 \\\\
+        s_t &= \\sqrt{v_t / (1 − β_2^t)} + ε \\\\
+        θ_t &= θ_{t-1} − γ \\frac{1 − μ_t}{1 − Π_t} \\frac{g_t}{s_t}
+               − γ \\frac{μ_{t+1}}{1 − Π_t μ_{t+1}} \\frac{m_t}{s_t}
+
+    with momentum decay ψ (``momentum_decay``) and ``g_t = ∇f + λθ`` (or decoupled decay
+    ``θ ← θ(1 − γλ)`` with ``decoupled_weight_decay=True``). Dozat (2016), "Incorporating Nesterov
+    momentum into Adam", ICLR workshop. ``state["mu_product"]`` holds Π_t.
+
+    Other libraries: Keras' Nadam uses the same schedule with ψ fixed at 0.004 but its own ε
+    placement (``m̂ / (√v̂ + ε)`` with ε = 1e-7).
+    """
+    step = state["step"] + 1
+    if decoupled_weight_decay:
+        param = _decay(param, lr, weight_decay, inplace)
+        g = grad
+    else:
+        g = _l2(grad, param, weight_decay)
+    bc2 = 1 - beta2**step
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = state["mu_product"] * mu
+    m = _axpby(state["exp_avg"], beta1, g, 1 - beta1, inplace)
+    v = _axpby(state["exp_avg_sq"], beta2, g * g, 1 - beta2, inplace)
+    denom = xp.sqrt(v / bc2) + eps
+    param = _add_scaled(param, g / denom, -lr * (1.0 - mu) / (1.0 - mu_product), inplace)
+    param = _add_scaled(param, m / denom, -lr * mu_next / (1.0 - mu_product * mu_next), inplace)
+    state.update(step=step, mu_product=mu_product, exp_avg=m, exp_avg_sq=v)
+    return param, state
+
+
+# ----------------------------------------------------------------------------------------------
+# L-BFGS pieces (the driver with its closure lives in nnxp.optim.LBFGS)
+# ----------------------------------------------------------------------------------------------
+
+
+def lbfgs_direction(
+    grad: Array, old_dirs: Sequence[Array], old_stps: Sequence[Array], ro: Sequence[float],
+    h_diag: float, *, dot: Callable[[Array, Array], float],
+) -> Array:
+    """The L-BFGS search direction ``d = −H g`` by the two-loop recursion.
+
+    With curvature pairs ``s_i = θ_{i+1} − θ_i`` (``old_stps``), ``y_i = g_{i+1} − g_i``
+    (``old_dirs``) and ``ρ_i = 1 / (y_iᵀ s_i)``, oldest first:
+
+    .. math::
+        q &← −g; \\quad α_i = ρ_i s_iᵀ q, \\; q ← q − α_i y_i \\quad (i = k−1, …, 0) \\\\
+        r &← γ_k q \\text{ with } γ_k = s_{k-1}ᵀ y_{k-1} / y_{k-1}ᵀ y_{k-1} \\text{ (h\\_diag)} \\\\
+        β_i &= ρ_i y_iᵀ r, \\; r ← r + (α_i − β_i) s_i \\quad (i = 0, …, k−1)
+
+    Nocedal & Wright, *Numerical Optimization* (2nd ed.), Algorithm 7.4. ``dot`` returns a Python
+    float (one device-to-host transfer); every vector is 1-D of the same length.
+    """
+    q = -grad
+    k = len(old_dirs)
+    al = [0.0] * k
+    for i in range(k - 1, -1, -1):
+        al[i] = dot(old_stps[i], q) * ro[i]
+        q = q - al[i] * old_dirs[i]
+    r = q * h_diag
+    for i in range(k):
+        be_i = dot(old_dirs[i], r) * ro[i]
+        r = r + (al[i] - be_i) * old_stps[i]
+    return r
+
+
+def cubic_interpolate(
+    x1: float, f1: float, g1: float, x2: float, f2: float, g2: float,
+    bounds: tuple[float, float] | None = None,
+) -> float:
+    """Minimiser of the cubic through ``(x1, f1, f1')`` and ``(x2, f2, f2')``, clipped to bounds.
+
+    .. math::
+        d_1 = g_1 + g_2 − 3 \\frac{f_1 − f_2}{x_1 − x_2}, \\quad d_2 = \\sqrt{d_1^2 − g_1 g_2},
+        \\quad x^* = x_2 − (x_2 − x_1) \\frac{g_2 + d_2 − d_1}{g_2 − g_1 + 2 d_2}
+
+    (Nocedal & Wright, eq. 3.59), for ``x1 <= x2`` and symmetrically otherwise; the midpoint of the
+    bounds when the cubic has no minimiser (``d_1² < g_1 g_2``).
+    """
+    lo, hi = bounds if bounds is not None else ((x1, x2) if x1 <= x2 else (x2, x1))
+    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+    d2_square = d1 * d1 - g1 * g2
+    if d2_square >= 0:
+        d2 = math.sqrt(d2_square)
+        if x1 <= x2:
+            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+        else:
+            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+        return min(max(min_pos, lo), hi)
+    return (lo + hi) / 2.0

@@ -3,7 +3,55 @@
 See :mod:`nnxp.layers.core` for the layer protocol every layer follows.
 """
 
-from .activations import ReLU
+from .activations import (
+    ACTIVATIONS,
+    ELU,
+    GELU,
+    SELU,
+    Identity,
+    LeakyReLU,
+    Maxout,
+    PiecewiseLinear,
+    PReLU,
+    ReLU,
+    RReLU,
+    Sigmoid,
+    Sign,
+    SiLU,
+    Softmax,
+    Softplus,
+    Step,
+    Tanh,
+    get_activation,
+)
 from .core import BackwardError, Dense, Layer
+from .normalization import BatchNorm1d, LayerNorm
+from .regularization import Dropout
 
-__all__ = ["BackwardError", "Dense", "Layer", "ReLU"]
+__all__ = [
+    "ACTIVATIONS",
+    "ELU",
+    "GELU",
+    "Identity",
+    "LeakyReLU",
+    "Maxout",
+    "PReLU",
+    "PiecewiseLinear",
+    "RReLU",
+    "SELU",
+    "SiLU",
+    "Sigmoid",
+    "Sign",
+    "Softmax",
+    "Softplus",
+    "Step",
+    "Tanh",
+    "get_activation",
+    "BackwardError",
+    "BatchNorm1d",
+    "Dense",
+    "Dropout",
+    "Layer",
+    "LayerNorm",
+    "ReLU",
+]

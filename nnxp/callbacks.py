@@ -1,0 +1,583 @@
+"""Callbacks: hooks that ``Sequential.fit`` calls around epochs and batches.
+
+The callback protocol
+---------------------
+A callback is an object with any of the methods below (subclass :class:`Callback`, which
+provides them all as no-ops, and override the ones you need). ``fit`` first calls
+``set_model(model)`` and then, in this order::
+
+    on_train_begin(logs)
+    for every epoch:
+        on_epoch_begin(epoch, logs)
+        for every batch:   on_batch_end(batch, logs)
+        on_epoch_end(epoch, logs)          # may set model.stop_training = True
+    on_train_end(logs)
+
+* ``epoch`` counts from 1 (the numbering of :attr:`History.epoch`); ``batch`` counts from 0
+  within the epoch.
+* ``logs`` in ``on_epoch_end`` maps ``"loss"``, the metric names (``"accuracy"``, ...), their
+  validation counterparts (``"val_loss"``, ``"val_accuracy"``, ...), ``"lr"`` and
+  ``"epoch_time"`` to Python floats. A callback may add entries; they are recorded in the
+  :class:`~nnxp.model.History` too.
+* ``logs`` in ``on_batch_end`` holds ``"size"`` (samples in the batch, an int) and ``"loss"``, the
+  batch loss as a **0-d array on the model's device**: reading it with ``float()`` or
+  :func:`nnxp.backend.to_float` forces a device-to-host synchronisation, so a callback that does
+  so every batch slows GPU training down. Leave it on the device when you can.
+* Setting ``model.stop_training = True`` in any hook ends training after the current epoch
+  (``on_epoch_end`` and ``on_train_end`` are still called).
+* When ``fit`` raises (``TrainingDivergedError`` without :class:`TerminateOnNaN`, a bad
+  argument, an interrupt), ``on_train_end`` is not called.
+
+Callbacks run in the order given to ``fit``. The epoch's entry is appended to the
+:class:`~nnxp.model.History` after ``on_epoch_end`` has run for all of them, so what a callback
+adds to ``logs`` is seen by the later callbacks and recorded in the history.
+
+Writing your own::
+
+    class PrintEvery(Callback):
+        def __init__(self, n):
+            self.n = n
+
+        def on_epoch_end(self, epoch, logs):
+            if epoch % self.n == 0:
+                print(epoch, logs["loss"])
+
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - imports only for the type checker (no cycle at runtime)
+    from .model import Sequential
+
+Logs = dict[str, Any]
+
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "TerminateOnNaN",
+    "get_lr",
+    "set_lr",
+]
+
+
+class Callback:
+    """Base class for callbacks: every hook is a no-op; override the ones you need.
+
+    Attributes
+    ----------
+    model
+        The :class:`~nnxp.model.Sequential` being trained (set by ``fit`` through
+        :meth:`set_model` before ``on_train_begin``); ``None`` before.
+    """
+
+    model: Sequential | None = None
+
+    def set_model(self, model: Sequential) -> None:
+        """Called by ``fit`` before training starts."""
+        self.model = model
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Before the first epoch."""
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Before epoch ``epoch`` (from 1)."""
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """After the optimizer step on batch ``batch`` (from 0 within the epoch).
+
+        ``logs["loss"]`` is the batch loss as a 0-d array on the device (reading it costs a
+        synchronisation), ``logs["size"]`` the number of samples in the batch.
+        """
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        """After epoch ``epoch``; ``logs`` holds its losses and metrics as floats.
+
+        Set ``self.model.stop_training = True`` to end training after this epoch.
+        """
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        """After the last epoch (also after an early stop or a quiet stop on divergence)."""
+
+
+class CallbackList(Callback):
+    """Several callbacks called in order; what ``fit`` uses internally."""
+
+    def __init__(self, callbacks: Iterable[Any] | None = None) -> None:
+        self.callbacks = list(callbacks or [])
+        for i, cb in enumerate(self.callbacks):
+            if isinstance(cb, type):
+                raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not an instance; "
+                                f"write {cb.__name__}(...)")
+            hooks = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end",
+                     "on_train_end")
+            if not any(callable(getattr(cb, h, None)) for h in hooks):
+                raise TypeError(f"callbacks[{i}] ({cb!r}) has none of the callback hooks "
+                                f"({', '.join(hooks)}); subclass nnxp.callbacks.Callback")
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            method = getattr(cb, hook, None)
+            if method is not None:
+                method(*args)
+
+    def set_model(self, model: Sequential) -> None:
+        self.model = model
+        self._call("set_model", model)
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._call("on_train_begin", logs)
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        self._call("on_batch_end", batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        self._call("on_train_end", logs)
+
+    @property
+    def has_batch_hooks(self) -> bool:
+        """Whether any callback overrides ``on_batch_end`` (else the loop skips building logs)."""
+        for cb in self.callbacks:
+            method = getattr(type(cb), "on_batch_end", None)
+            if method is not None and method is not Callback.on_batch_end:
+                return True
+        return False
+
+    def __iter__(self) -> Any:
+        return iter(self.callbacks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and setting an optimizer's learning rate
+# ----------------------------------------------------------------------------------------------
+
+
+def get_lr(optimizer: Any) -> float | None:
+    """The optimizer's learning rate (``optimizer.lr``, which for ``nnxp.optim`` optimizers is
+    the default parameter group's), else its last group's ``"lr"``; None if it has none."""
+    lr = getattr(optimizer, "lr", None)
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        return float(lr)
+    groups = getattr(optimizer, "param_groups", None)
+    if groups and isinstance(groups[-1], dict) and groups[-1].get("lr") is not None:
+        return float(groups[-1]["lr"])
+    return None
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    """Set the learning rate of ``optimizer`` (``optimizer.lr`` and every parameter group's)."""
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) \
+            or lr < 0:
+        raise ValueError(f"a schedule returned the learning rate {lr!r}; expected a finite "
+                         "float >= 0")
+    if hasattr(optimizer, "lr"):
+        optimizer.lr = float(lr)
+    for group in getattr(optimizer, "param_groups", None) or []:
+        if isinstance(group, dict):
+            group["lr"] = float(lr)
+        elif hasattr(group, "lr"):
+            group.lr = float(lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# EarlyStopping
+# ----------------------------------------------------------------------------------------------
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored quantity has not improved for ``patience`` epochs.
+
+    After each epoch, the value ``v = logs[monitor]`` counts as an improvement on the best value
+    ``b`` seen so far when ``v < b − min_delta`` (``mode="min"``) or ``v > b + min_delta``
+    (``mode="max"``). Training stops at the end of the ``patience``-th epoch in a row without
+    improvement: with ``patience=2`` and the best value in epoch 3, training stops after epoch 5
+    (as in Keras).
+
+    Parameters
+    ----------
+    monitor
+        Key of the epoch logs to watch: ``"val_loss"`` (the default; ``"loss"`` is used instead,
+        with a note in :attr:`monitor_used`, when ``fit`` has no validation data), ``"loss"``,
+        ``"val_accuracy"``, ...
+    patience
+        Epochs in a row without improvement after which training stops (>= 0; 0 and 1 both
+        stop at the end of the first epoch that does not improve).
+    min_delta
+        Smallest change that counts as an improvement (>= 0).
+    mode
+        ``"min"``, ``"max"``, or ``"auto"``: ``"max"`` for names containing ``accuracy`` or
+        ending in ``r2``, ``"min"`` otherwise.
+    restore_best_weights
+        At the end of training, put back the parameters (and buffers) of the best epoch. The
+        snapshot is a copy on the device, taken at every improvement.
+    baseline
+        When given, it is the value to beat: training also stops when no epoch has beaten it
+        within the first ``patience`` epochs.
+
+    Attributes
+    ----------
+    best, best_epoch
+        The best monitored value and the epoch (from 1) it was reached in.
+    stopped_epoch
+        The epoch after which training was stopped, 0 when it ran to the end.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        *,
+        patience: int = 0,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = False,
+        baseline: float | None = None,
+    ) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
+        if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+            raise ValueError(f"min_delta must be a float >= 0, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be the name of a logged quantity, got {monitor!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.mode = _resolve_mode(mode, monitor)
+        self.restore_best_weights = restore_best_weights
+        self.baseline = baseline
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        if self.baseline is not None:
+            self.best = float(self.baseline)
+        self.best_epoch = 0
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.monitor_used = self.monitor
+        self.best_weights: Any = None
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._reset()
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        key = self.monitor
+        if key not in logs and key.startswith("val_") and key[4:] in logs:
+            key = key[4:]  # no validation data: watch the training value instead
+        if key not in logs:
+            raise KeyError(f"EarlyStopping(monitor={self.monitor!r}): the epoch logs have no "
+                           f"{self.monitor!r}; available: {', '.join(sorted(logs))}")
+        self.monitor_used = key
+        value = float(logs[key])
+        if math.isfinite(value) and self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights and self.model is not None:
+                self.best_weights = self.model._snapshot_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.patience and self.model is not None:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        if self.restore_best_weights and self.best_weights is not None \
+                and self.model is not None:
+            self.model._restore_weights(self.best_weights)
+
+    def __repr__(self) -> str:
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+                f"min_delta={self.min_delta}, mode={self.mode!r}, "
+                f"restore_best_weights={self.restore_best_weights})")
+
+
+def _resolve_mode(mode: str, monitor: str) -> str:
+    if mode != "auto":
+        return mode
+    name = monitor.lower()
+    if "acc" in name or name.endswith("r2"):
+        return "max"
+    return "min"
+
+
+# ----------------------------------------------------------------------------------------------
+# LearningRateScheduler
+# ----------------------------------------------------------------------------------------------
+
+
+class LearningRateScheduler(Callback):
+    """Change the optimizer's learning rate between epochs from a schedule.
+
+    ``schedule`` may be
+
+    * a callable ``schedule(epoch) -> lr`` or ``schedule(epoch, lr) -> lr`` (the current rate is
+      passed when it takes two arguments). It is called in ``on_epoch_begin`` with the number of
+      epochs completed so far (0 before the first epoch, as in Keras and torch), and the
+      result is written to the optimizer (``optimizer.lr`` and each parameter group's ``lr``);
+    * a schedule object with a ``step()`` method (:mod:`nnxp.schedules`,
+      torch.optim.lr_scheduler style). One created without an optimizer
+      (``StepLR(step_size=10)``) is attached to the model's optimizer when training begins.
+      Its ``step()`` is called in ``on_epoch_end``, once per epoch, after the epoch's
+      updates. A plateau schedule — one whose ``step`` takes the monitored value (it has a
+      ``requires_metric = True`` attribute, or its class name contains "Plateau") — gets
+      ``step(logs[monitor])``.
+
+    A callable sets one rate for every parameter group; a schedule object scales each group
+    from its own base rate.
+
+    Parameters
+    ----------
+    schedule
+        The callable or schedule object.
+    monitor
+        The log entry passed to a plateau schedule (``"val_loss"``, falling back to ``"loss"``
+        without validation data).
+    verbose
+        Print the new rate when it changes.
+    """
+
+    def __init__(self, schedule: Any, *, monitor: str = "val_loss",
+                 verbose: int = 0) -> None:
+        has_step = callable(getattr(schedule, "step", None))
+        if not has_step and not callable(schedule):
+            raise TypeError("schedule must be a callable epoch -> lr or an object with a step() "
+                            f"method, got {schedule!r}")
+        self.schedule = schedule
+        self.monitor = monitor
+        self.verbose = verbose
+        self._stepper = has_step
+        self._needs_metric = has_step and (
+            bool(getattr(schedule, "requires_metric", False))
+            or "plateau" in type(schedule).__name__.lower()
+        )
+        self._n_args = 1 if has_step else _positional_arity(schedule)
+        self._completed = 0
+
+    @property
+    def optimizer(self) -> Any:
+        opt = getattr(self.model, "optimizer", None)
+        if opt is None:
+            raise RuntimeError("LearningRateScheduler needs a model with an optimizer; use it "
+                               "through fit(..., callbacks=[...])")
+        return opt
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._completed = 0
+        bind = getattr(self.schedule, "bind", None)
+        if self._stepper and callable(bind) and getattr(self.schedule, "optimizer", 0) is None:
+            bind(self.optimizer)  # a schedule created without an optimizer: attach it now
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        if self._stepper:
+            return
+        opt = self.optimizer
+        old = get_lr(opt)
+        if self._n_args >= 2:
+            lr = self.schedule(self._completed, old)
+        else:
+            lr = self.schedule(self._completed)
+        set_lr(opt, float(lr))
+        if self.verbose and old != float(lr):
+            print(f"epoch {epoch}: learning rate {old} -> {float(lr)}")
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        self._completed += 1
+        if not self._stepper:
+            return
+        old = get_lr(getattr(self.model, "optimizer", None))
+        if self._needs_metric:
+            key = self.monitor
+            if key not in logs and key.startswith("val_") and key[4:] in logs:
+                key = key[4:]
+            if key not in logs:
+                raise KeyError(f"LearningRateScheduler(monitor={self.monitor!r}): the epoch logs "
+                               f"have no {self.monitor!r}; available: {', '.join(sorted(logs))}")
+            self.schedule.step(float(logs[key]))
+        else:
+            self.schedule.step()
+        new = get_lr(getattr(self.model, "optimizer", None))
+        if self.verbose and old != new:
+            print(f"epoch {epoch}: learning rate {old} -> {new}")
+
+    def __repr__(self) -> str:
+        return f"LearningRateScheduler({self.schedule!r})"
+
+
+def _positional_arity(fn: Any) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(1 for p in params if p.kind in kinds)
+
+
+# ----------------------------------------------------------------------------------------------
+# TerminateOnNaN
+# ----------------------------------------------------------------------------------------------
+
+
+class TerminateOnNaN(Callback):
+    """Stop training quietly, instead of raising, when the loss becomes NaN or infinite.
+
+    Without this callback ``fit`` raises :class:`~nnxp.model.TrainingDivergedError` on
+    divergence. With it, ``fit`` restores the last finite weights (see the divergence policy in
+    ``Sequential.fit``), records the event in ``history.diverged``, stops, calls
+    ``on_train_end`` and returns the history. It also stops training when any loss in the epoch
+    logs (e.g. ``val_loss``) is not finite.
+
+    Attributes
+    ----------
+    triggered
+        The divergence message, or None while training went well.
+    """
+
+    handles_divergence = True
+
+    def __init__(self) -> None:
+        self.triggered: str | None = None
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self.triggered = None
+
+    def on_divergence(self, message: str) -> None:
+        """Called by ``fit`` when it detects a non-finite loss (before it stops)."""
+        self.triggered = message
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        bad = [k for k, v in logs.items()
+               if k.endswith("loss") and isinstance(v, float) and not math.isfinite(v)]
+        if bad and self.model is not None:
+            self.triggered = f"{bad[0]} became {logs[bad[0]]} in epoch {epoch}"
+            self.model.stop_training = True
+
+    def __repr__(self) -> str:
+        return "TerminateOnNaN()"
+
+
+# ----------------------------------------------------------------------------------------------
+# ModelCheckpoint
+# ----------------------------------------------------------------------------------------------
+
+
+class ModelCheckpoint(Callback):
+    """Save the model after epochs: weights and, by default, everything needed to resume.
+
+    Each save is :meth:`Sequential.save <nnxp.model.Sequential.save>` (atomic: a crash
+    mid-save keeps the previous file). With ``include_optimizer=True`` the file is a full
+    checkpoint — optimizer state, step and epoch counters, the shuffling generator — that
+    ``fit(..., resume_from=path)`` continues from, bit-identically.
+
+    Parameters
+    ----------
+    filepath
+        Destination; may hold ``str.format`` fields filled from ``epoch`` and the epoch logs,
+        e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``. A fixed name is overwritten each time.
+    monitor
+        The logged quantity that decides what "best" is with ``save_best_only``
+        (``"val_loss"``, falling back to ``"loss"`` when ``fit`` has no validation data).
+    save_best_only
+        Save only when the monitored value improves on the best one so far (by more than
+        ``min_delta``); otherwise save after every ``period``-th epoch.
+    mode
+        ``"min"``, ``"max"`` or ``"auto"`` (``"max"`` for accuracies and R², else ``"min"``).
+    period
+        Consider saving every ``period`` epochs (>= 1).
+    include_optimizer
+        Store the optimizer state and counters (a resumable checkpoint) or the weights only.
+    min_delta
+        Smallest change that counts as an improvement (>= 0).
+
+    Attributes
+    ----------
+    best, best_epoch
+        The best monitored value seen and its epoch (with ``save_best_only``).
+    saved
+        The paths written, in order.
+    """
+
+    def __init__(self, filepath: Any, *, monitor: str = "val_loss",
+                 save_best_only: bool = False, mode: str = "auto", period: int = 1,
+                 include_optimizer: bool = True, min_delta: float = 0.0) -> None:
+        import os  # noqa: PLC0415 - only this callback needs it
+
+        try:
+            self.filepath = os.fspath(filepath)
+        except TypeError:
+            raise TypeError(f"filepath must be a str or path, got {filepath!r}") from None
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be the name of a logged quantity, got {monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"period must be an int >= 1, got {period!r}")
+        if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+            raise ValueError(f"min_delta must be a float >= 0, got {min_delta!r}")
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.mode = _resolve_mode(mode, monitor)
+        self.period = period
+        self.include_optimizer = bool(include_optimizer)
+        self.min_delta = float(min_delta)
+        self.saved: list[str] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._reset()
+
+    def _path(self, epoch: int, logs: Logs) -> str:
+        try:
+            return self.filepath.format(epoch=epoch, **logs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"ModelCheckpoint(filepath={self.filepath!r}) cannot be filled "
+                             f"from epoch and the logs ({', '.join(sorted(logs))}): "
+                             f"{type(exc).__name__}: {exc}") from None
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        if epoch % self.period or self.model is None:
+            return
+        if self.save_best_only:
+            key = self.monitor
+            if key not in logs and key.startswith("val_") and key[4:] in logs:
+                key = key[4:]  # no validation data: watch the training value
+            if key not in logs:
+                raise KeyError(f"ModelCheckpoint(monitor={self.monitor!r}): the epoch logs "
+                               f"have no {self.monitor!r}; available: "
+                               f"{', '.join(sorted(logs))}")
+            value = float(logs[key])
+            better = (value < self.best - self.min_delta if self.mode == "min"
+                      else value > self.best + self.min_delta)
+            if not (math.isfinite(value) and better):
+                return
+            self.best, self.best_epoch = value, epoch
+        path = self._path(epoch, logs)
+        self.model.save(path, include_optimizer=self.include_optimizer)
+        self.saved.append(path)
+
+    def __repr__(self) -> str:
+        return (f"ModelCheckpoint({self.filepath!r}, monitor={self.monitor!r}, "
+                f"save_best_only={self.save_best_only}, mode={self.mode!r})")

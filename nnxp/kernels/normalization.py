@@ -1,0 +1,194 @@
+"""Batch normalisation (Ioffe & Szegedy, 2015) and layer normalisation (Ba et al., 2016).
+
+Both normalise ``x̂ = (x − μ) · invstd`` with ``invstd = 1/√(σ² + eps)`` and apply a learned
+affine map ``y = γ · x̂ + β`` per feature. They differ in the axis the statistics run over:
+
+* batch norm — per feature, over the batch (axis 0): ``μ, σ²`` have shape ``(features,)``;
+* layer norm — per sample, over the features (the last axis): ``μ, σ²`` have shape ``(batch, 1)``.
+
+Conventions follow ``torch.nn.BatchNorm1d`` / ``torch.nn.LayerNorm``: ``σ²`` is the *biased*
+variance ``(1/N) Σ (x − μ)²`` in the normalisation, ``eps = 1e-5`` is added to the variance
+inside the square root, and batch norm's running variance stores the *unbiased* estimate
+``N/(N − 1) · σ²``, updated as ``running ← (1 − momentum) · running + momentum · batch_stat``.
+
+Means and variances are computed in two passes (the mean first, then the mean of squared
+deviations), never as ``E[x²] − E[x]²``, which cancels catastrophically for features whose mean
+is large next to their spread (e.g. values around 1e4 with unit spread in float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+Array = Any
+
+
+class NormCache(NamedTuple):
+    """What the backward passes need: the normalised input and the inverse std."""
+
+    xhat: Array  # same shape as x: (x − μ) · invstd
+    invstd: Array  # (features,) for batch norm, (batch, 1) for layer norm
+    gamma: Array | None  # (features,) or None without an affine map
+
+
+def moments(x: Array, *, axis: int, xp: Any) -> tuple[Array, Array]:
+    """Two-pass mean and biased variance of ``x`` along ``axis`` (kept as a size-1 axis).
+
+    ``μ = (1/N) Σ x``, ``σ² = (1/N) Σ (x − μ)²`` with ``N = x.shape[axis]``.
+    """
+    n = x.shape[axis]
+    mean = xp.sum(x, axis=axis, keepdims=True) / n
+    centred = x - mean
+    var = xp.sum(centred * centred, axis=axis, keepdims=True) / n
+    return mean, var
+
+
+def _affine(xhat: Array, gamma: Array | None, beta: Array | None) -> Array:
+    y = xhat if gamma is None else xhat * gamma
+    return y if beta is None else y + beta
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+def batch_norm_forward_train(
+    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
+) -> tuple[Array, NormCache, Array, Array]:
+    """Batch norm in training mode: normalise with the statistics of this batch.
+
+    ``μ_j = (1/N) Σ_i x_ij``, ``σ²_j = (1/N) Σ_i (x_ij − μ_j)²``,
+    ``x̂_ij = (x_ij − μ_j) / √(σ²_j + eps)``, ``y_ij = γ_j x̂_ij + β_j``.
+
+    Parameters
+    ----------
+    x : (N, C) array, N ≥ 2 (a batch of one has no spread: the caller refuses it)
+    gamma, beta : (C,) arrays, or None for no scale / no shift
+    eps : added to the variance
+
+    Returns
+    -------
+    y : (N, C); cache : :class:`NormCache`; mean : (C,); var : (C,) the *biased* batch variance
+    (the caller turns it into the unbiased running estimate with :func:`update_running_stats`).
+    """
+    mean, var = moments(x, axis=0, xp=xp)
+    invstd = 1.0 / xp.sqrt(var + eps)
+    xhat = (x - mean) * invstd
+    y = _affine(xhat, gamma, beta)
+    return y, NormCache(xhat, invstd[0, ...], gamma), mean[0, ...], var[0, ...]
+
+
+def batch_norm_forward_eval(
+    x: Array, gamma: Array | None, beta: Array | None, running_mean: Array, running_var: Array,
+    *, eps: float, xp: Any,
+) -> Array:
+    """Batch norm in evaluation mode: ``y = γ (x − running_mean) / √(running_var + eps) + β``.
+
+    ``x`` : (N, C); the running statistics, ``gamma`` and ``beta`` : (C,). Any N ≥ 1.
+    """
+    xhat = (x - running_mean) / xp.sqrt(running_var + eps)
+    return _affine(xhat, gamma, beta)
+
+
+def update_running_stats(
+    running_mean: Array, running_var: Array, mean: Array, var: Array, *, n: int,
+    momentum: float,
+) -> tuple[Array, Array]:
+    """Exponential moving averages of the batch statistics (torch's convention).
+
+    ``running_mean ← (1 − m) · running_mean + m · μ``,
+    ``running_var ← (1 − m) · running_var + m · σ² · N/(N − 1)`` (the unbiased variance),
+    where ``m = momentum`` is the weight of the *new* statistic (Keras' ``momentum`` is ``1 − m``).
+    All arrays are ``(C,)``; new arrays are returned.
+    """
+    unbiased = var * (n / (n - 1))
+    new_mean = (1.0 - momentum) * running_mean + momentum * mean
+    new_var = (1.0 - momentum) * running_var + momentum * unbiased
+    return new_mean, new_var
+
+
+def batch_norm_backward(
+    dy: Array, cache: NormCache, *, xp: Any
+) -> tuple[Array, Array | None, Array]:
+    """Gradients of batch norm in training mode, the batch statistics included.
+
+    With ``g = γ · dy`` (per feature) and every sum over the batch axis:
+
+    * ``dβ = Σ_i dy_ij``                                             (C,)
+    * ``dγ = Σ_i dy_ij · x̂_ij``                                       (C,)
+    * ``dx = (1/N) · γ · invstd · (N · dy − Σ_i dy − x̂ · Σ_i dy · x̂)``  (N, C)
+
+    The last line is the compact form of the chain rule through ``μ`` and ``σ²``: the terms
+    ``−Σ dy`` and ``−x̂ Σ dy·x̂`` remove the components of ``dy`` along the constant and along
+    ``x̂``, the two directions that the normalisation is invariant to.
+
+    Returns
+    -------
+    dx : (N, C); dgamma : (C,) or None without ``gamma``; dbeta : (C,)
+    """
+    xhat, invstd, gamma = cache
+    n = dy.shape[0]
+    dbeta = xp.sum(dy, axis=0)
+    dgamma = xp.sum(dy * xhat, axis=0)
+    scale = invstd / n if gamma is None else gamma * invstd / n
+    dx = scale * (n * dy - dbeta - xhat * dgamma)
+    return dx, (None if gamma is None else dgamma), dbeta
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_norm_forward(
+    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
+) -> tuple[Array, NormCache]:
+    """Layer norm: normalise every sample over its features (the last axis).
+
+    ``μ_i = (1/D) Σ_j x_ij``, ``σ²_i = (1/D) Σ_j (x_ij − μ_i)²``,
+    ``x̂_ij = (x_ij − μ_i) / √(σ²_i + eps)``, ``y_ij = γ_j x̂_ij + β_j``.
+    The same in training and evaluation (no running statistics).
+
+    Parameters
+    ----------
+    x : (N, D) array (any leading shape works; the statistics run over the last axis)
+    gamma, beta : (D,) arrays or None
+
+    Returns
+    -------
+    y : same shape as ``x``; cache : :class:`NormCache` with ``invstd`` of shape (N, 1).
+    """
+    mean, var = moments(x, axis=-1, xp=xp)
+    invstd = 1.0 / xp.sqrt(var + eps)
+    xhat = (x - mean) * invstd
+    return _affine(xhat, gamma, beta), NormCache(xhat, invstd, gamma)
+
+
+def layer_norm_backward(
+    dy: Array, cache: NormCache, *, xp: Any
+) -> tuple[Array, Array | None, Array]:
+    """Gradients of layer norm.
+
+    With ``g = γ · dy`` (``dy`` itself without ``γ``) and ``D`` features per sample:
+
+    * ``dβ = Σ_i dy_ij``,  ``dγ = Σ_i dy_ij · x̂_ij``  (sums over the batch; shape (D,))
+    * ``dx_ij = invstd_i · (g_ij − (1/D) Σ_k g_ik − x̂_ij · (1/D) Σ_k g_ik x̂_ik)``
+
+    the same projection as batch norm's, taken per sample over the features.
+
+    Returns
+    -------
+    dx : same shape as ``dy``; dgamma : (D,) or None; dbeta : (D,)
+    """
+    xhat, invstd, gamma = cache
+    d = dy.shape[-1]
+    g = dy if gamma is None else dy * gamma
+    mean_g = xp.sum(g, axis=-1, keepdims=True) / d
+    mean_gx = xp.sum(g * xhat, axis=-1, keepdims=True) / d
+    dx = invstd * (g - mean_g - xhat * mean_gx)
+    flat_dy = xp.reshape(dy, (-1, d))
+    flat_xhat = xp.reshape(xhat, (-1, d))
+    dbeta = xp.sum(flat_dy, axis=0)
+    dgamma = xp.sum(flat_dy * flat_xhat, axis=0)
+    return dx, (None if gamma is None else dgamma), dbeta

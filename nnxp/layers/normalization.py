@@ -1,0 +1,215 @@
+"""Normalisation layers: ``BatchNorm1d`` and ``LayerNorm``, with torch.nn's conventions.
+
+Parameter names follow torch: ``params["weight"]`` is γ and ``params["bias"]`` is β;
+batch norm's running statistics are ``buffers["running_mean"]`` and ``buffers["running_var"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend
+from ..kernels import normalization as k
+from ..random import Generator
+from ..validation import check_positive
+from .core import Layer
+
+Array = Any
+
+
+def _check_features(value: Any, argument: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{argument} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_input(x: Array, width: int, layer: str) -> None:
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"{layer} expects input of shape (batch, {width}), got shape "
+                         f"{tuple(x.shape)}")
+
+
+class BatchNorm1d(Layer):
+    """Batch normalisation over a ``(batch, num_features)`` input (torch.nn.BatchNorm1d).
+
+    Training: ``y = γ · (x − μ_B) / √(σ²_B + eps) + β`` with the batch mean ``μ_B`` and *biased*
+    batch variance ``σ²_B`` (two-pass), and the running statistics move towards the batch's:
+    ``running_mean ← (1 − momentum) · running_mean + momentum · μ_B``,
+    ``running_var ← (1 − momentum) · running_var + momentum · σ²_B · N/(N − 1)``.
+    Evaluation: the same map with ``running_mean`` and ``running_var`` in place of the batch's.
+    Gradients (see :func:`nnxp.kernels.normalization.batch_norm_backward`) run through the batch
+    statistics.
+
+    Parameters
+    ----------
+    num_features
+        C, the width of the input (and output).
+    eps
+        Added to the variance inside the square root (1e-5).
+    momentum
+        Weight of the new batch statistic in the running averages (0.1, torch's convention;
+        Keras' ``momentum=0.99`` is ``1 − 0.01``). ``None`` gives the cumulative average over all
+        batches seen, as in torch.
+    affine
+        Learn γ (``params["weight"]``, initially 1) and β (``params["bias"]``, initially 0).
+    track_running_stats
+        Keep running statistics; without them evaluation also uses the batch's statistics.
+    dtype
+        Dtype of parameters and buffers, ``"float32"`` by default.
+
+    Raises
+    ------
+    ValueError
+        in training mode for a batch of one sample (no variance to estimate, as torch refuses),
+        and for an input whose shape is not ``(batch, num_features)``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: Any = "float32",
+    ) -> None:
+        super().__init__()
+        self.num_features = _check_features(num_features, "num_features")
+        self.in_features = self.out_features = num_features
+        self.eps = float(check_positive(eps, argument="eps"))
+        if momentum is not None:
+            check_positive(momentum, argument="momentum", allow_zero=True)
+            if momentum > 1:
+                raise ValueError(f"momentum must lie in [0, 1] (or be None), got {momentum!r}")
+            momentum = float(momentum)
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.num_batches_tracked = 0
+        self.reset_parameters(Generator(0))
+
+    def reset_parameters(self, rng: Generator) -> None:
+        """γ = 1, β = 0, running_mean = 0, running_var = 1 (nothing random is drawn)."""
+        xp, kw = self.xp, {"dtype": self.dtype, "device": self.device}
+        shape = (self.num_features,)
+        if self.affine:
+            self.params["weight"] = xp.ones(shape, **kw)
+            self.params["bias"] = xp.zeros(shape, **kw)
+        if self.track_running_stats:
+            self.buffers["running_mean"] = xp.zeros(shape, **kw)
+            self.buffers["running_var"] = xp.ones(shape, **kw)
+        self.num_batches_tracked = 0
+        self.grads.clear()
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        _check_input(x, self.num_features, "BatchNorm1d")
+        gamma, beta = self.params.get("weight"), self.params.get("bias")
+        if not training and self.track_running_stats:
+            self._cache = None
+            return k.batch_norm_forward_eval(
+                x, gamma, beta, self.buffers["running_mean"], self.buffers["running_var"],
+                eps=self.eps, xp=self.xp)
+        n = x.shape[0]
+        if n < 2 and training:
+            raise ValueError(f"BatchNorm1d needs more than 1 sample per feature to estimate a "
+                             f"variance in training mode, got input of shape {tuple(x.shape)}; "
+                             "use batches of at least 2 (or evaluation mode)")
+        y, cache, mean, var = k.batch_norm_forward_train(x, gamma, beta, eps=self.eps, xp=self.xp)
+        if training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            m = (1.0 / self.num_batches_tracked) if self.momentum is None else self.momentum
+            self.buffers["running_mean"], self.buffers["running_var"] = k.update_running_stats(
+                self.buffers["running_mean"], self.buffers["running_var"], mean, var, n=n,
+                momentum=m)
+        self._cache = cache if training else None
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        dx, dgamma, dbeta = k.batch_norm_backward(dy, self._take_cache(), xp=self.xp)
+        if self.affine:
+            self.grads["weight"] = dgamma
+            self.grads["bias"] = dbeta
+        return dx
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine, "track_running_stats": self.track_running_stats,
+                "dtype": backend.dtype_name(self.dtype)}
+
+    def __repr__(self) -> str:
+        return (f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine})")
+
+
+class LayerNorm(Layer):
+    """Layer normalisation over the features of each sample (torch.nn.LayerNorm).
+
+    ``y_i = γ · (x_i − μ_i) / √(σ²_i + eps) + β`` with ``μ_i`` and the biased ``σ²_i`` taken over
+    sample ``i``'s features. No running statistics: training and evaluation compute the same.
+
+    Parameters
+    ----------
+    normalized_shape
+        D, the number of features (the last axis of the input).
+    eps
+        Added to the variance (1e-5).
+    elementwise_affine
+        Learn γ (``params["weight"]``, initially 1) and, with ``bias``, β (``params["bias"]``,
+        initially 0), one per feature.
+    bias
+        Learn β (only with ``elementwise_affine``).
+    dtype
+        Parameter dtype, ``"float32"`` by default.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int,
+        *,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype: Any = "float32",
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = _check_features(normalized_shape, "normalized_shape")
+        self.in_features = self.out_features = normalized_shape
+        self.eps = float(check_positive(eps, argument="eps"))
+        self.elementwise_affine = elementwise_affine
+        self.use_bias = bias and elementwise_affine
+        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.reset_parameters(Generator(0))
+
+    def reset_parameters(self, rng: Generator) -> None:
+        """γ = 1, β = 0 (nothing random is drawn)."""
+        kw = {"dtype": self.dtype, "device": self.device}
+        if self.elementwise_affine:
+            self.params["weight"] = self.xp.ones((self.normalized_shape,), **kw)
+        if self.use_bias:
+            self.params["bias"] = self.xp.zeros((self.normalized_shape,), **kw)
+        self.grads.clear()
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        _check_input(x, self.normalized_shape, "LayerNorm")
+        y, cache = k.layer_norm_forward(x, self.params.get("weight"), self.params.get("bias"),
+                                        eps=self.eps, xp=self.xp)
+        self._cache = cache if training else None
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        dx, dgamma, dbeta = k.layer_norm_backward(dy, self._take_cache(), xp=self.xp)
+        if self.elementwise_affine:
+            self.grads["weight"] = dgamma
+        if self.use_bias:
+            self.grads["bias"] = dbeta
+        return dx
+
+    def get_config(self) -> dict[str, Any]:
+        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.use_bias,
+                "dtype": backend.dtype_name(self.dtype)}
+
+    def __repr__(self) -> str:
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps})"

@@ -1,0 +1,352 @@
+"""Metrics by name, computed on the device and accumulated over the batches of an epoch.
+
+A metric object works in two steps so that ``fit`` can evaluate it on every mini-batch without a
+device-to-host transfer:
+
+* ``state = metric.update(state, outputs, targets, xp=xp)`` folds one batch into a running
+  state (a tuple of device arrays and Python ints; ``state=None`` starts afresh);
+* ``metric.result(state, xp=xp)`` turns the state into a 0-d float64 array on the device.
+
+``fit`` stacks every metric's result with the losses into one vector and moves it to the host
+once per epoch. Calling a metric, ``metric(outputs, targets)``, does both steps for one batch.
+
+Names in :data:`METRICS` (and :func:`get_metric`):
+
+================== =====================================================================
+``accuracy``        fraction of samples whose predicted class is the label (alias ``acc``)
+``top_k_accuracy``  fraction whose label is among the ``k = 5`` highest scores; ``top_3_accuracy``
+                    and the like choose ``k``
+``mse``             mean squared error over every output (alias ``mean_squared_error``)
+``mae``             mean absolute error (alias ``mean_absolute_error``)
+``r2``              coefficient of determination, averaged over outputs (alias ``r2_score``)
+================== =====================================================================
+
+Shapes: ``outputs`` is the model's ``(n, k)`` output (logits for classifiers). Classification
+targets are integer labels ``(n,)`` (one-hot rows ``(n, k)`` are also accepted); with a single
+output column the prediction is ``outputs[:, 0] > 0`` (a logit threshold). Regression targets
+have the outputs' shape, or ``(n,)`` when ``k = 1``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import backend
+
+Array = Any
+State = Any
+
+__all__ = [
+    "METRICS",
+    "Accuracy",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
+    "Metric",
+    "R2Score",
+    "TopKAccuracy",
+    "get_metric",
+    "get_metrics",
+]
+
+
+class Metric:
+    """Base class: a named quantity computed from model outputs and targets.
+
+    Subclasses implement :meth:`update` and :meth:`result`; ``greater_is_better`` tells
+    ``EarlyStopping(mode="auto")`` which way is an improvement.
+    """
+
+    name = "metric"
+    greater_is_better = True
+    task = "any"  # "classification", "regression" or "any"
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        """Fold one batch into ``state`` (``None`` at the start of an epoch)."""
+        raise NotImplementedError
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        """The metric value over everything folded into ``state``, as a 0-d float64 array."""
+        raise NotImplementedError
+
+    def __call__(self, outputs: Array, targets: Array, *, xp: Any = None) -> Array:
+        """The metric on a single batch (a 0-d float64 array on the outputs' device)."""
+        if xp is None:
+            xp = backend.namespace_of(outputs)
+        return self.result(self.update(None, outputs, targets, xp=xp), xp=xp)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _float64(x: Array, xp: Any) -> Array:
+    return xp.astype(x, xp.float64)
+
+
+def _shape_error(metric: Metric, outputs: Array, targets: Array, expected: str) -> ValueError:
+    return ValueError(f"metric {metric.name!r} expects {expected}; got outputs of shape "
+                      f"{tuple(outputs.shape)} and targets of shape {tuple(targets.shape)}")
+
+
+def _class_predictions(metric: Metric, outputs: Array, targets: Array, xp: Any
+                       ) -> tuple[Array, Array]:
+    """(predicted labels, true labels), both int64 of shape (n,)."""
+    if outputs.ndim != 2:
+        raise _shape_error(metric, outputs, targets, "2-D outputs (n, n_classes)")
+    n = outputs.shape[0]
+    if targets.ndim == 2 and targets.shape == outputs.shape and outputs.shape[1] > 1:
+        targets = xp.argmax(targets, axis=1)  # one-hot or probability rows
+    elif targets.ndim == 2 and targets.shape == (n, 1):
+        targets = targets[:, 0]
+    if targets.ndim != 1 or targets.shape[0] != n:
+        raise _shape_error(metric, outputs, targets, "integer labels of shape (n,)")
+    if outputs.shape[1] == 1:  # one logit per sample: class 1 when it is positive
+        pred = xp.astype(outputs[:, 0] > 0, xp.int64)
+    else:
+        pred = xp.argmax(outputs, axis=1)
+    if not xp.isdtype(targets.dtype, "integral"):
+        targets = xp.astype(targets, xp.int64)
+    return xp.astype(pred, xp.int64), xp.astype(targets, xp.int64)
+
+
+class Accuracy(Metric):
+    """``(1/n) Σ_i [argmax_j outputs_ij = y_i]``; state: (hits as 0-d int64, n).
+
+    Parameters
+    ----------
+    loss
+        When given (``fit`` passes the model's loss), the loss object's ``n_correct`` decides
+        what a correct prediction is — e.g. a 0.5 threshold on probabilities for
+        ``binary_cross_entropy``, every label right for a multi-label model. Without it, the
+        rule of the module docstring applies (argmax, or a logit threshold at 0).
+    """
+
+    name = "accuracy"
+    task = "classification"
+
+    def __init__(self, *, loss: Any = None) -> None:
+        self.loss = loss
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        if self.loss is not None and hasattr(self.loss, "n_correct"):
+            hits = self.loss.n_correct(outputs, targets, xp=xp)
+        else:
+            pred, true = _class_predictions(self, outputs, targets, xp)
+            hits = xp.sum(xp.astype(pred == true, xp.int64))
+        if state is None:
+            return hits, outputs.shape[0]
+        return state[0] + hits, state[1] + outputs.shape[0]
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        return _float64(state[0], xp) / max(state[1], 1)
+
+
+class TopKAccuracy(Metric):
+    """Fraction of samples whose label is among the ``k`` highest outputs.
+
+    Computed without sorting: the label is in the top ``k`` when fewer than ``k`` classes score
+    strictly higher than it, ``Σ_j [outputs_ij > outputs_{i,y_i}] < k`` (ties count in the
+    label's favour). With ``k >= n_classes`` every sample counts as a hit.
+    """
+
+    task = "classification"
+
+    def __init__(self, k: int = 5, *, name: str | None = None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        self.k = k
+        self.name = name if name is not None else f"top_{k}_accuracy"
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        if outputs.ndim != 2 or outputs.shape[1] < 2:
+            raise _shape_error(self, outputs, targets, "outputs (n, n_classes >= 2)")
+        _, true = _class_predictions(self, outputs, targets, xp)
+        classes = xp.arange(outputs.shape[1], dtype=xp.int64, device=_device(outputs))
+        is_true = true[:, None] == classes[None, :]
+        zero = xp.zeros((), dtype=outputs.dtype, device=_device(outputs))
+        true_score = xp.sum(xp.where(is_true, outputs, zero), axis=1)
+        rank = xp.sum(xp.astype(outputs > true_score[:, None], xp.int64), axis=1)
+        hits = xp.sum(xp.astype(rank < self.k, xp.int64))
+        if state is None:
+            return hits, outputs.shape[0]
+        return state[0] + hits, state[1] + outputs.shape[0]
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        return _float64(state[0], xp) / max(state[1], 1)
+
+    def __repr__(self) -> str:
+        return f"TopKAccuracy(k={self.k})"
+
+
+def _device(x: Array) -> Any:
+    return backend.device_of(x)
+
+
+def _regression_pair(metric: Metric, outputs: Array, targets: Array, xp: Any
+                     ) -> tuple[Array, Array]:
+    """Outputs and targets as matching 2-D arrays of the outputs' float dtype."""
+    if outputs.ndim == 1:
+        outputs = outputs[:, None]
+    if targets.ndim == 1 and outputs.shape[1] == 1:
+        targets = targets[:, None]
+    if targets.shape != outputs.shape:
+        raise _shape_error(metric, outputs, targets, "targets of the outputs' shape")
+    if targets.dtype != outputs.dtype:
+        targets = xp.astype(targets, outputs.dtype)
+    return outputs, targets
+
+
+class MeanSquaredError(Metric):
+    """``(1/(n k)) Σ_ij (outputs_ij − y_ij)²``; state: (sum of squares, count)."""
+
+    name = "mse"
+    greater_is_better = False
+    task = "regression"
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        out, y = _regression_pair(self, outputs, targets, xp)
+        diff = out - y
+        total = xp.sum(diff * diff)
+        count = out.shape[0] * out.shape[1]
+        if state is None:
+            return total, count
+        return state[0] + total, state[1] + count
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        return _float64(state[0], xp) / max(state[1], 1)
+
+
+class MeanAbsoluteError(Metric):
+    """``(1/(n k)) Σ_ij |outputs_ij − y_ij|``; state: (sum of absolute errors, count)."""
+
+    name = "mae"
+    greater_is_better = False
+    task = "regression"
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        out, y = _regression_pair(self, outputs, targets, xp)
+        total = xp.sum(xp.abs(out - y))
+        count = out.shape[0] * out.shape[1]
+        if state is None:
+            return total, count
+        return state[0] + total, state[1] + count
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        return _float64(state[0], xp) / max(state[1], 1)
+
+
+class R2Score(Metric):
+    """Coefficient of determination, averaged uniformly over the ``k`` outputs.
+
+    ``R²_j = 1 − SS_res,j / SS_tot,j`` with ``SS_res,j = Σ_i (y_ij − outputs_ij)²`` and
+    ``SS_tot,j = Σ_i (y_ij − ȳ_j)²``; a constant target column scores 1 when it is predicted
+    exactly and 0 otherwise (scikit-learn's ``force_finite``). The per-batch statistics
+    ``(n, ȳ, SS_tot, SS_res)`` are merged with Chan et al.'s pairwise update
+    ``ȳ = ȳ_a + δ n_b/n``, ``SS_tot = SS_a + SS_b + δ² n_a n_b / n`` (``δ = ȳ_b − ȳ_a``), which
+    avoids the cancellation of ``Σy² − (Σy)²/n`` in float32. The statistics are kept in float64.
+    """
+
+    name = "r2"
+    task = "regression"
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        out, y = _regression_pair(self, outputs, targets, xp)
+        out, y = _float64(out, xp), _float64(y, xp)
+        n_b = out.shape[0]
+        mean_b = xp.mean(y, axis=0)
+        centred = y - mean_b[None, :]
+        ss_b = xp.sum(centred * centred, axis=0)
+        res = y - out
+        res_b = xp.sum(res * res, axis=0)
+        if state is None:
+            return n_b, mean_b, ss_b, res_b
+        n_a, mean_a, ss_a, res_a = state
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * (n_b / n)
+        ss = ss_a + ss_b + delta * delta * (n_a * n_b / n)
+        return n, mean, ss, res_a + res_b
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        _, _, ss_tot, ss_res = state
+        constant = ss_tot == 0
+        safe_tot = xp.where(constant, xp.ones_like(ss_tot), ss_tot)
+        score = 1.0 - ss_res / safe_tot
+        exact = xp.astype(ss_res == 0, ss_tot.dtype)
+        score = xp.where(constant, exact, score)
+        return xp.mean(score)
+
+
+METRICS: dict[str, type[Metric]] = {
+    "accuracy": Accuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "mse": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "r2": R2Score,
+}
+"""Metric classes by name; :func:`get_metric` also understands the aliases and ``top_<k>_...``."""
+
+_ALIASES = {
+    "acc": "accuracy",
+    "mean_squared_error": "mse",
+    "mean_absolute_error": "mae",
+    "r2_score": "r2",
+}
+
+_TOP_K = re.compile(r"top_(\d+)_accuracy")
+
+
+def get_metric(metric: str | Metric, *, loss: Any = None) -> Metric:
+    """A metric object from a name (see :data:`METRICS`) or an instance.
+
+    ``"top_k_accuracy"`` is top-5 accuracy, logged as ``"top_k_accuracy"``; ``"top_3_accuracy"``
+    is top-3 accuracy, logged under that name. Aliases log under their canonical name.
+    ``loss`` is handed to :class:`Accuracy` (see there).
+    """
+    if isinstance(metric, Metric):
+        return metric
+    if not isinstance(metric, str):
+        raise TypeError(f"metrics must be names (str) or nnxp.metrics.Metric objects, got "
+                        f"{metric!r}")
+    key = metric.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key == "accuracy":
+        return Accuracy(loss=loss)
+    if key == "top_k_accuracy":
+        return TopKAccuracy(5, name="top_k_accuracy")
+    match = _TOP_K.fullmatch(key)
+    if match:
+        return TopKAccuracy(int(match.group(1)))
+    try:
+        return METRICS[key]()
+    except KeyError:
+        valid = sorted([*METRICS, *_ALIASES, "top_<k>_accuracy"])
+        raise ValueError(f"metric {metric!r} is not known; valid names are "
+                         f"{', '.join(valid)}") from None
+
+
+def get_metrics(metrics: Any, *, is_classifier: bool, loss: Any = None) -> list[Metric]:
+    """The metric list for ``fit``: ``None`` gives ``["accuracy"]`` for classifiers and nothing
+    for regression; a single name or object is wrapped in a list. Duplicate names are an error.
+    """
+    if metrics is None:
+        return [Accuracy(loss=loss)] if is_classifier else []
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
+    try:
+        resolved = [get_metric(m, loss=loss) for m in metrics]
+    except TypeError:
+        if not hasattr(metrics, "__iter__"):
+            raise TypeError(f"metrics must be a list of names or Metric objects, got "
+                            f"{metrics!r}") from None
+        raise
+    names = [m.name for m in resolved]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"metrics lists {', '.join(dupes)} more than once: {names}")
+    reserved = {"loss", "lr", "epoch_time"}
+    clash = [n for n in names if n in reserved or n.startswith("val_")]
+    if clash:
+        raise ValueError(f"metric names may not be {', '.join(clash)}: these log keys are "
+                         "reserved for the training loop")
+    return resolved

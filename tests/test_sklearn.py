@@ -1,0 +1,166 @@
+"""nnxp.sklearn: scikit-learn's own estimator checks, Pipeline, GridSearchCV, pickling,
+partial_fit, early stopping, string labels and the backend parameter."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn.base import clone
+from sklearn.datasets import load_iris, make_regression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import nnxp
+from nnxp.sklearn import MLPClassifier, MLPRegressor
+
+
+def _small(cls, **kw):
+    """Small, fast defaults for the check suite (sklearn's own MLP checks use max_iter ~ 200)."""
+    options = dict(hidden_layer_sizes=(16,), max_iter=60, learning_rate_init=0.02,
+                   random_state=0)
+    options.update(kw)
+    return cls(**options)
+
+
+# Checks expected to fail, with the reason; none is needed at present.
+EXPECTED_FAILURES: dict[str, str] = {}
+
+
+@parametrize_with_checks([_small(MLPClassifier), _small(MLPRegressor)],
+                         expected_failed_checks=lambda est: EXPECTED_FAILURES)
+def test_scikit_learn_estimator_checks(estimator, check) -> None:
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return X, y
+
+
+def test_string_labels_are_mapped_to_outputs_and_back(iris) -> None:
+    X, y = iris
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    clf = _small(MLPClassifier, max_iter=150).fit(StandardScaler().fit_transform(X), names)
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
+    Xs = StandardScaler().fit_transform(X)
+    pred = clf.predict(Xs)
+    assert pred.dtype == names.dtype and set(pred) <= set(names)
+    assert clf.score(Xs, names) > 0.9
+    proba = clf.predict_proba(Xs)
+    assert isinstance(proba, np.ndarray) and proba.shape == (150, 3)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], pred)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(Xs)), proba, rtol=1e-6)
+    assert len(clf.loss_curve_) == clf.n_iter_ and clf.loss_curve_[-1] < clf.loss_curve_[0]
+
+
+def test_pipeline_and_grid_search(iris) -> None:
+    X, y = iris
+    pipe = Pipeline([("scale", StandardScaler()), ("mlp", _small(MLPClassifier, max_iter=80))])
+    grid = GridSearchCV(pipe, {"mlp__hidden_layer_sizes": [(4,), (16,)],
+                               "mlp__learning_rate_init": [0.001, 0.03]}, cv=3)
+    grid.fit(X, y)
+    assert grid.best_params_["mlp__learning_rate_init"] == 0.03
+    assert grid.best_score_ > 0.85
+    assert grid.score(X, y) > 0.9
+    assert grid.best_estimator_.named_steps["mlp"].get_params()["hidden_layer_sizes"] in [
+        (4,), (16,)]
+
+
+def test_regressor_learns_and_supports_multioutput() -> None:
+    X, y = make_regression(n_samples=200, n_features=5, n_targets=2, noise=0.1, random_state=0)
+    y = y / y.std(axis=0)
+    reg = _small(MLPRegressor, hidden_layer_sizes=(32,), max_iter=200).fit(X, y)
+    assert reg.predict(X).shape == (200, 2) and reg.score(X, y) > 0.9
+    reg1 = _small(MLPRegressor, max_iter=200).fit(X, y[:, 0])
+    assert reg1.predict(X).shape == (200,) and reg1.score(X, y[:, 0]) > 0.9
+
+
+def test_partial_fit_needs_classes_first_and_continues(iris) -> None:
+    X, y = iris
+    X = StandardScaler().fit_transform(X)
+    clf = _small(MLPClassifier)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[:75], y[:75], classes=[0, 1, 2])
+    weights = nnxp.to_numpy(clf.model_.layers[0].params["W"]).copy()
+    clf.partial_fit(X[75:], y[75:])
+    assert clf.n_iter_ == 2 and clf.t_ == 150
+    assert not np.array_equal(weights, nnxp.to_numpy(clf.model_.layers[0].params["W"]))
+    with pytest.raises(ValueError, match="not in classes"):
+        clf.partial_fit(X[:3], [0, 1, 7])
+    for _ in range(40):
+        clf.partial_fit(X, y)
+    assert clf.score(X, y) > 0.9
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(iris) -> None:
+    X, y = iris
+    X = StandardScaler().fit_transform(X)
+    clf = _small(MLPClassifier, early_stopping=True, validation_fraction=0.2, max_iter=300,
+                 n_iter_no_change=5, learning_rate_init=0.05).fit(X, y)
+    assert clf.n_iter_ < 300
+    assert len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    plain = _small(MLPClassifier, max_iter=300, n_iter_no_change=3, tol=0.5).fit(X, y)
+    assert plain.n_iter_ == 5 and plain.validation_scores_ is None  # 1 + (3 + 1) no-improves
+
+
+def test_same_random_state_same_model_and_pickle_round_trip(iris) -> None:
+    X, y = iris
+    a = _small(MLPClassifier).fit(X, y)
+    b = clone(a).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    c = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(c.predict_proba(X), a.predict_proba(X))
+    c.partial_fit(X, y)  # the optimizer state travelled too
+    assert c.n_iter_ == a.n_iter_ + 1
+
+
+@pytest.mark.parametrize("spec", ["array_api_strict:device1", "torch"])
+def test_backend_parameter_trains_there_and_returns_numpy(spec, iris) -> None:
+    pytest.importorskip(spec.split(":")[0])
+    X, y = iris
+    X = StandardScaler().fit_transform(X)
+    clf = _small(MLPClassifier, backend=spec, max_iter=30).fit(X, y)
+    assert nnxp.backend.backend_name_of(clf.model_.layers[0].params["W"]) == spec.split(":")[0]
+    assert nnxp.get_backend().name == "numpy"
+    assert isinstance(clf.predict(X), np.ndarray) and isinstance(clf.predict_proba(X),
+                                                                 np.ndarray)
+    ref = _small(MLPClassifier, max_iter=30).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), ref.predict_proba(X), rtol=1e-6,
+                               atol=1e-8)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes"),
+    ({"solver": "lbfgs"}, "solver='lbfgs' is not supported"),
+    ({"solver": "nope"}, "valid names"),
+    ({"max_iter": 0}, "max_iter must be an int >= 1"),
+    ({"learning_rate_init": -1.0}, "learning_rate_init must be > 0"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"early_stopping": True, "validation_fraction": 1.5}, "validation_fraction"),
+    ({"activation": "nope"}, "nope"),
+])
+def test_bad_hyperparameters_are_reported_in_fit(params, match, iris) -> None:
+    X, y = iris
+    clf = MLPClassifier(**params)  # __init__ never validates (scikit-learn's rule)
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X, y)
+
+
+def test_importing_nnxp_does_not_import_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, nnxp; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
