@@ -229,18 +229,38 @@ class Sequential:
             x = layer.forward(x, training=training)
         return x
 
-    def backward(self, dy: Array) -> Array:
-        """Backpropagate ``dy = ∂L/∂outputs`` through every layer; fills each ``layer.grads``."""
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
-        return dy
+    def backward(self, dy: Array, *, need_input_grad: bool = True) -> Array | None:
+        """Backpropagate ``dy = ∂L/∂outputs`` through every layer; fills each ``layer.grads``.
+
+        Returns ``∂L/∂inputs``. With ``need_input_grad=False`` (what training uses) it returns
+        None and stops at the first layer that has parameters: that layer is asked not to
+        compute its input gradient (``layer.needs_input_grad``), and the parameter-free layers
+        before it (e.g. a ``Standardize`` first layer) are not differentiated at all.
+        """
+        layers = self.layers
+        if need_input_grad:
+            for layer in reversed(layers):
+                dy = layer.backward(dy)
+            return dy
+        first = next((i for i, layer in enumerate(layers) if layer.params), len(layers))
+        for i in range(len(layers) - 1, first, -1):
+            dy = layers[i].backward(dy)
+        if first < len(layers):
+            layer = layers[first]
+            previous = getattr(layer, "needs_input_grad", True)
+            layer.needs_input_grad = False
+            try:
+                layer.backward(dy)
+            finally:
+                layer.needs_input_grad = previous
+        return None
 
     def loss_and_grads(self, x: Array, y: Array, loss: Loss | None = None) -> Array:
         """One forward and backward pass on a batch; returns the 0-d loss (weight penalties
         included), fills the grads."""
         loss = self.loss if loss is None else loss
         value, cache = loss.forward(self.forward(x, training=True), y, xp=self.xp)
-        self.backward(loss.backward(cache, xp=self.xp))
+        self.backward(loss.backward(cache, xp=self.xp), need_input_grad=False)
         return value + self.penalty() if self._regularized() else value
 
     # --- weight penalties and constraints ---------------------------------------------------
@@ -561,7 +581,7 @@ class Sequential:
                                                  validate_sample_weight=False)
             if self._regularized():  # weight penalties, at the weights of this forward
                 value = value + self.penalty()
-            self.backward(self.loss.backward(cache, xp=xp))
+            self.backward(self.loss.backward(cache, xp=xp), need_input_grad=False)
             return value, out
 
         if getattr(optimizer, "requires_closure", False):
@@ -647,15 +667,12 @@ class Sequential:
                 lr = get_lr(optimizer)
                 started = time.perf_counter()
                 progress.start_epoch(epoch)
-                Xe, ye, we = X, y, sample_weight
-                if shuffle:
-                    order = self._data_rng.permutation(n, xp=xp, device=self.device)
-                    Xe, ye = xp.take(X, order, axis=0), xp.take(y, order, axis=0)
-                    if we is not None:
-                        we = xp.take(we, order, axis=0)
+                order = (self._data_rng.permutation(n, xp=xp, device=self.device)
+                         if shuffle else None)
                 loss_sum = xp.zeros((), dtype=xp.float64, device=self.device)
                 states: list[Any] = [None] * len(metrics)
-                for batch, (xb, yb, wb) in enumerate(_batches(Xe, ye, bs, we)):
+                for batch, (xb, yb, wb) in enumerate(
+                        _batches(X, y, bs, sample_weight, order, xp=xp)):
                     value, out = self._step(xb, yb, optimizer, before_update=before_update,
                                             wb=wb)
                     step += 1
@@ -804,13 +821,23 @@ class Sequential:
         return text
 
 
-def _batches(X: Array, y: Array, batch_size: int, w: Array | None = None
-             ) -> Iterator[tuple[Array, Array, Array | None]]:
+def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array | None, *,
+             xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
+    """The epoch's batches: slices in order, or gathered batch by batch along ``order``.
+
+    Gathering each batch from the permutation (rather than taking a shuffled copy of the
+    whole data set up front) keeps the extra memory of shuffling at one batch.
+    y: (n,) labels or (n, k) targets; w: (n,) sample weights or None.
+    """
     n = X.shape[0]
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)  # the standard leaves out-of-bounds stops unspecified
-        # y: (n,) labels or (n, k) targets; w: (n,) sample weights or None
-        yield X[start:stop, ...], y[start:stop, ...], None if w is None else w[start:stop]
+        if order is None:
+            yield X[start:stop, ...], y[start:stop, ...], None if w is None else w[start:stop]
+        else:
+            idx = order[start:stop]
+            yield (xp.take(X, idx, axis=0), xp.take(y, idx, axis=0),
+                   None if w is None else xp.take(w, idx, axis=0))
 
 
 @contextlib.contextmanager

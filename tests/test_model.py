@@ -207,3 +207,45 @@ def test_progress_output_can_be_silenced(capsys) -> None:
     mlp().fit(np.zeros((4, 64)), np.zeros(4, int), epochs=2, verbose=0)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+# --- the training backward skips what nobody reads --------------------------------------------
+
+
+class _NoBackward(nnxp.layers.Layer):
+    """A parameter-free first layer (like Standardize) whose backward must not run in training."""
+
+    def forward(self, x, *, training=True):
+        return x
+
+    def backward(self, dy):
+        raise AssertionError("the training backward differentiated a leading parameter-free "
+                             "layer")
+
+
+def test_training_backward_skips_the_data_gradient(bk, rng) -> None:
+    X = bk.asarray(rng.standard_normal((6, 5)), "float32")
+    y = bk.asarray(rng.integers(0, 3, 6))
+    full = nnxp.Sequential([Dense(5, 4), ReLU(), Dense(4, 3)], seed=0)
+    lean = nnxp.Sequential([_NoBackward(), Dense(5, 4), ReLU(), Dense(4, 3)], seed=0)
+    for a, b in zip(full.layers, lean.layers[1:]):
+        b.params.update(a.params)  # the same weights (seed streams are per layer position)
+    loss = full.loss
+    value, cache = loss.forward(full.forward(X, training=True), y, xp=bk.xp)
+    dx = full.backward(loss.backward(cache, xp=bk.xp))
+    assert tuple(dx.shape) == (6, 5)  # the default still returns ∂L/∂inputs
+    value, cache = loss.forward(lean.forward(X, training=True), y, xp=bk.xp)
+    assert lean.backward(loss.backward(cache, xp=bk.xp), need_input_grad=False) is None
+    for a, b in zip(full.layers, lean.layers[1:]):
+        for key in a.grads:
+            np.testing.assert_allclose(nnxp.to_numpy(b.grads[key]), nnxp.to_numpy(a.grads[key]),
+                                       rtol=1e-6, atol=1e-7)
+    assert lean.layers[1].needs_input_grad  # restored after the pass
+
+
+def test_dense_returns_no_input_gradient_when_told() -> None:
+    layer = Dense(3, 2)
+    layer.forward(nnxp.asarray(np.ones((2, 3), np.float32)))
+    layer.needs_input_grad = False
+    assert layer.backward(nnxp.asarray(np.ones((2, 2), np.float32))) is None
+    assert set(layer.grads) == {"W", "b"}

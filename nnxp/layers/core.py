@@ -7,7 +7,10 @@ The layer protocol, which the model, the optimizers and users' own layers rely o
 * ``buffers`` — dict of non-trainable state (e.g. running statistics);
 * ``forward(x, *, training=True) -> y`` keeps what ``backward`` needs only when ``training``;
 * ``backward(dy) -> dx`` fills ``grads``, drops the cache and returns ``∂L/∂x``. Calling it
-  without a training-mode forward first raises :class:`BackwardError`.
+  without a training-mode forward first raises :class:`BackwardError`;
+* ``needs_input_grad`` — True by default. A model sets it to False on its first trainable
+  layer for the duration of a training backward pass, whose ``∂L/∂x`` (the gradient with
+  respect to the data) nobody reads; a layer may then skip that computation and return None.
 
 A layer is bound to the backend (namespace and device) that was active when it was created.
 """
@@ -49,6 +52,9 @@ class Layer:
     their constructor arguments with :meth:`get_config`, so that ``model.save`` / ``nnxp.load``
     handle every layer that follows the protocol.
     """
+
+    needs_input_grad: bool = True
+    """Whether :meth:`backward` must return ``∂L/∂x`` (see the module docstring)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,13 +211,17 @@ class Dense(Layer):
             y = self.activation.forward(y, training=training)
         return y
 
-    def backward(self, dy: Array) -> Array:
+    def backward(self, dy: Array) -> Array | None:
+        """Fill ``grads`` and return ``dx = dy Wᵀ`` (None when ``needs_input_grad`` is False:
+        the first layer of a model in training, whose ``dx`` would be a gradient with respect
+        to the data — a third matrix product, about a seventh of a big MLP's step, saved)."""
         cache = self._take_cache()
         if self.activation is not None:
             dy = self.activation.backward(dy)
             for key, grad in self.activation.grads.items():
                 self.grads[f"activation.{key}"] = grad
-        dx, dW, db = dense_k.dense_backward(dy, cache, xp=self.xp)
+        dx, dW, db = dense_k.dense_backward(dy, cache, xp=self.xp,
+                                            need_dx=self.needs_input_grad)
         if self.has_penalty:
             dW = dW + reg_k.l1_l2_penalty_grad(self.params["W"], l1=self.l1, l2=self.l2,
                                                xp=self.xp)
