@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from . import backend, bench
 from . import io as nio
 from .backend import BACKENDS, BackendError
-from .layers import Dense, get_activation
+from .layers import Dense, Standardize, get_activation
 from .model import Sequential, TrainingDivergedError
 from .optim import OPTIMIZERS, get_optimizer
 from .random import Generator
@@ -429,7 +429,7 @@ def train(args: argparse.Namespace) -> int:
     tr, te = parts[0], parts[-1]
     va = parts[1] if len(parts) == 3 else None
     n_out = len(meta["classes"]) if task == "classify" else 1
-    standardize = nio.Standardize(X.shape[1])
+    standardize = Standardize(X.shape[1])
     if args.data is None:  # pixel intensities 0..16 → [0, 1]
         standardize.buffers["scale"] = standardize.xp.full(
             (X.shape[1],), 16.0, dtype=standardize.dtype, device=standardize.device)

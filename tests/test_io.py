@@ -460,7 +460,7 @@ def test_summary_counts_and_memory(capsys) -> None:
 def test_standardize_layer_applies_training_statistics(data, tmp_path) -> None:
     X, y = data
     scaled = X * 10 + 3
-    std = nio.Standardize(5).fit(scaled)
+    std = nnxp.layers.Standardize(5).fit(scaled)
     z = nnxp.to_numpy(std(nnxp.asarray(scaled)))
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(z.std(axis=0), 1, rtol=1e-4)
@@ -469,7 +469,7 @@ def test_standardize_layer_applies_training_statistics(data, tmp_path) -> None:
     model.save(tmp_path / "m.npz")
     loaded = nnxp.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(loaded.predict_proba(scaled), model.predict_proba(scaled))
-    layer = nio.Standardize(5, dtype="float64").fit(np.asarray(scaled, np.float64))
+    layer = nnxp.layers.Standardize(5, dtype="float64").fit(np.asarray(scaled, np.float64))
     assert nnxp.gradcheck(layer, np.asarray(scaled[:4], np.float64)).passed
 
 

@@ -26,6 +26,7 @@ from .activations import (
 )
 from .core import BackwardError, Dense, Layer
 from .normalization import BatchNorm1d, LayerNorm
+from .preprocessing import Standardize
 from .regularization import Dropout
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Sign",
     "Softmax",
     "Softplus",
+    "Standardize",
     "Step",
     "Tanh",
     "get_activation",

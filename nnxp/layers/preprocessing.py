@@ -1,0 +1,65 @@
+"""Preprocessing layers: fixed transformations of the input, stored in the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend
+from .core import Layer
+
+Array = Any
+
+
+class Standardize(Layer):
+    """Feature standardisation ``y = (x − mean) / scale`` as a layer (no trainable parameters).
+
+    Putting the training set's statistics inside the model means that every later
+    ``predict`` — from Python or from ``nnxp predict`` — applies the same transformation.
+    Backward: ``dx = dy / scale``.
+
+    Parameters
+    ----------
+    n_features
+        Input (and output) width; ``mean`` and ``scale`` are buffers of shape ``(n_features,)``.
+    dtype
+        Dtype of the buffers (``"float32"`` by default).
+
+    Use :meth:`fit` (or assign the buffers) to set the statistics; a ``scale`` of 0 (a constant
+    feature) is stored as 1, so that feature maps to 0.
+    """
+
+    def __init__(self, n_features: int, *, dtype: Any = "float32") -> None:
+        super().__init__()
+        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+            raise ValueError(f"n_features must be a positive int, got {n_features!r}")
+        self.in_features = self.out_features = n_features
+        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.buffers["mean"] = self.xp.zeros((n_features,), dtype=self.dtype, device=self.device)
+        self.buffers["scale"] = self.xp.ones((n_features,), dtype=self.dtype, device=self.device)
+
+    def fit(self, X: Any) -> Standardize:
+        """Set ``mean`` and ``scale`` (population standard deviation) from the rows of ``X``."""
+        X = backend.asarray(X, dtype=self.dtype, xp=self.xp, device=self.device)
+        if X.ndim != 2 or X.shape[1] != self.in_features:
+            raise ValueError(f"X must have shape (n_samples, {self.in_features}), got "
+                             f"{tuple(X.shape)}")
+        xp = self.xp
+        mean = xp.mean(X, axis=0)
+        std = xp.sqrt(xp.mean((X - mean) ** 2, axis=0))
+        self.buffers["mean"] = mean
+        self.buffers["scale"] = xp.where(std > 0, std, xp.ones_like(std))
+        return self
+
+    def get_config(self) -> dict[str, Any]:
+        return {"n_features": self.in_features, "dtype": backend.dtype_name(self.dtype)}
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        self._cache = True if training else None
+        return (x - self.buffers["mean"]) / self.buffers["scale"]
+
+    def backward(self, dy: Array) -> Array:
+        self._take_cache()
+        return dy / self.buffers["scale"]
+
+    def __repr__(self) -> str:
+        return f"Standardize({self.in_features})"
