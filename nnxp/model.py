@@ -136,12 +136,18 @@ class Sequential:
         When given, every layer's parameters are redrawn from it (one independent stream per
         layer) and it fixes the shuffling order, so the same seed gives bit-identical initial
         weights and batches on every backend.
+    loss
+        The training objective (a name from ``nnxp.losses.LOSSES`` or a loss object), used by
+        ``fit``, ``evaluate`` and ``predict`` unless they are given another; softmax
+        cross-entropy by default. A regression model says so here (``loss="mse"``) so that
+        ``evaluate`` and ``predict`` treat it as one before it is trained.
 
     The model works on the backend that was active when it was created; inputs from any other
     library (NumPy, CuPy, torch, nested lists) are moved there.
     """
 
-    def __init__(self, layers: Iterable[Layer], *, seed: int | None = None) -> None:
+    def __init__(self, layers: Iterable[Layer], *, seed: int | None = None,
+                 loss: str | Loss = "softmax_cross_entropy") -> None:
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("layers must hold at least one layer, got an empty list")
@@ -164,7 +170,7 @@ class Sequential:
             for layer in self.layers:
                 layer.reset_parameters(rng.spawn())
         self.dtype = self._param_dtype()
-        self.loss: Loss = get_loss("softmax_cross_entropy")
+        self.loss: Loss = get_loss(loss)
         self.optimizer: Any = None  # an Optimizer, bound by fit/partial_fit/train_on_batch
         self.metrics: list[Metric] | None = None  # resolved by fit (None: the default)
         self.epochs_trained = 0  # epochs completed over every fit/partial_fit call
@@ -306,7 +312,7 @@ class Sequential:
         X: Any,
         y: Any,
         *,
-        loss: str | Loss = "softmax_cross_entropy",
+        loss: str | Loss | None = None,
         optimizer: Optimizer | None = None,
         epochs: int = 10,
         batch_size: int | None = 32,
@@ -331,7 +337,8 @@ class Sequential:
         ----------
         X : (n_samples, n_features) array-like
         y : targets; for classification losses, integer labels of shape (n_samples,)
-        loss : a name from ``nnxp.losses.LOSSES`` or a loss object
+        loss : a name from ``nnxp.losses.LOSSES`` or a loss object; ``None`` keeps the model's
+            (set by the constructor or an earlier fit; softmax cross-entropy by default)
         optimizer : an ``nnxp.optim`` optimizer. ``None`` reuses the model's optimizer from an
             earlier ``fit``/``partial_fit``/load, or creates ``SGD(lr=0.01)``. An optimizer is
             bound to the model's parameters once; fitting again with the same optimizer
@@ -394,7 +401,8 @@ class Sequential:
         of one synchronisation and one parameter copy per check.
         """
         check_positive(epochs, argument="epochs", integer=True)
-        self.loss = get_loss(loss)
+        if loss is not None:
+            self.loss = get_loss(loss)
         X, y = self._prepare(X, y, self.loss)
         w = self._sample_weight(sample_weight, X.shape[0])
         X, y, val = self._validation_sets(X, y, validation_split, validation_data)

@@ -249,3 +249,18 @@ def test_dense_returns_no_input_gradient_when_told() -> None:
     layer.needs_input_grad = False
     assert layer.backward(nnxp.asarray(np.ones((2, 2), np.float32))) is None
     assert set(layer.grads) == {"W", "b"}
+
+
+def test_the_loss_can_be_chosen_before_training() -> None:
+    """A regression model evaluates and predicts as one before fit, and fit keeps its loss."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    y = X @ np.array([1.0, -2.0, 0.5], np.float32)
+    model = nnxp.Sequential([Dense(3, 8), ReLU(), Dense(8, 1)], seed=0, loss="mse")
+    before = model.evaluate(X, y)
+    assert set(before) == {"loss"} and before["loss"] > 0
+    assert tuple(model.predict(X).shape) == (40, 1)
+    model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.05), epochs=20, batch_size=8, verbose=0)
+    assert model.loss.name == "mse" and model.evaluate(X, y)["loss"] < before["loss"]
+    with pytest.raises(ValueError, match="loss='hinge2' is not a known loss"):
+        nnxp.Sequential([Dense(3, 1)], loss="hinge2")
