@@ -196,43 +196,46 @@ def _regression_pair(metric: Metric, outputs: Array, targets: Array, xp: Any
     return outputs, targets
 
 
-class MeanSquaredError(Metric):
+class _MeanElementwiseError(Metric):
+    """``(1/(n k)) Σ_ij e(outputs_ij − y_ij)``; state: (sum of the errors, count)."""
+
+    greater_is_better = False
+    task = "regression"
+
+    @staticmethod
+    def _error(diff: Array, xp: Any) -> Array:
+        raise NotImplementedError
+
+    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
+        out, y = _regression_pair(self, outputs, targets, xp)
+        total = xp.sum(self._error(out - y, xp))
+        count = out.shape[0] * out.shape[1]
+        if state is None:
+            return total, count
+        return state[0] + total, state[1] + count
+
+    def result(self, state: State, *, xp: Any) -> Array:
+        return _float64(state[0], xp) / max(state[1], 1)
+
+
+class MeanSquaredError(_MeanElementwiseError):
     """``(1/(n k)) Σ_ij (outputs_ij − y_ij)²``; state: (sum of squares, count)."""
 
     name = "mse"
-    greater_is_better = False
-    task = "regression"
 
-    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
-        out, y = _regression_pair(self, outputs, targets, xp)
-        diff = out - y
-        total = xp.sum(diff * diff)
-        count = out.shape[0] * out.shape[1]
-        if state is None:
-            return total, count
-        return state[0] + total, state[1] + count
-
-    def result(self, state: State, *, xp: Any) -> Array:
-        return _float64(state[0], xp) / max(state[1], 1)
+    @staticmethod
+    def _error(diff: Array, xp: Any) -> Array:
+        return diff * diff
 
 
-class MeanAbsoluteError(Metric):
+class MeanAbsoluteError(_MeanElementwiseError):
     """``(1/(n k)) Σ_ij |outputs_ij − y_ij|``; state: (sum of absolute errors, count)."""
 
     name = "mae"
-    greater_is_better = False
-    task = "regression"
 
-    def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
-        out, y = _regression_pair(self, outputs, targets, xp)
-        total = xp.sum(xp.abs(out - y))
-        count = out.shape[0] * out.shape[1]
-        if state is None:
-            return total, count
-        return state[0] + total, state[1] + count
-
-    def result(self, state: State, *, xp: Any) -> Array:
-        return _float64(state[0], xp) / max(state[1], 1)
+    @staticmethod
+    def _error(diff: Array, xp: Any) -> Array:
+        return xp.abs(diff)
 
 
 class R2Score(Metric):
