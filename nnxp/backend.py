@@ -343,6 +343,10 @@ def asarray(
     elif device is None:
         device = _default_device(xp)
     target_dtype = None if dtype is None else resolve_dtype(dtype, xp)
+    if getattr(x, "requires_grad", False) and array_api_compat.is_torch_array(x):
+        # data, not a graph: computing on it would drag torch's autograd into every update
+        # (the weights would start requiring grad) and grow the caller's graph each step
+        x = x.detach()
     ns = _safe_namespace(x) if is_array(x) else None
     if ns is not None and _same_namespace(ns, xp):
         out = x if _same_device(device_of(x), device) else xp.asarray(x, device=device)
@@ -350,7 +354,11 @@ def asarray(
         out = _from_foreign(x, xp, device)
     else:
         to_host = getattr(x, "to_numpy", None)  # pandas DataFrame / Series, duck-typed
-        host = np.asarray(to_host() if callable(to_host) else x)
+        try:
+            host = np.asarray(to_host() if callable(to_host) else x)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"cannot convert {type(x).__name__} to an array: the nested "
+                             f"sequences have different lengths ({exc})") from None
         if host.dtype == object:
             raise TypeError(f"cannot convert {type(x).__name__} with ragged or object entries")
         out = _from_numpy(host, xp, device)
@@ -508,6 +516,11 @@ def load_npz(path: Any) -> dict[str, np.ndarray]:
     import zipfile  # noqa: PLC0415 - only needed here
 
     with open(path, "rb") as file:  # our own handle: closed even when numpy gives up midway
+        head = file.read(6)
+        file.seek(0)
+        if not head.startswith((b"PK", b"\x93NUMPY")):  # NumPy would try to unpickle it
+            what = f"it begins with {head!r}" if head else "it is empty"
+            raise ValueError(f"{path} is not an NPZ archive (a zip file): {what}")
         try:
             archive = np.load(file, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:

@@ -51,6 +51,8 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .validation import check_flag
+
 if TYPE_CHECKING:  # pragma: no cover - imports only for the type checker (no cycle at runtime)
     from .model import Sequential
 
@@ -111,6 +113,10 @@ class CallbackList(Callback):
     """Several callbacks called in order; what ``fit`` uses internally."""
 
     def __init__(self, callbacks: Iterable[Any] | None = None) -> None:
+        if (isinstance(callbacks, Callback) and not isinstance(callbacks, CallbackList)) or (
+                callbacks is not None and not isinstance(callbacks, Iterable)):
+            raise TypeError(f"callbacks must be a list of callbacks, got "
+                            f"{type(callbacks).__name__} {callbacks!r}; write callbacks=[...]")
         self.callbacks = list(callbacks or [])
         for i, cb in enumerate(self.callbacks):
             if isinstance(cb, type):
@@ -257,7 +263,11 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.min_delta = float(min_delta)
         self.mode = _resolve_mode(mode, monitor)
-        self.restore_best_weights = restore_best_weights
+        self.restore_best_weights = check_flag(restore_best_weights,
+                                               argument="restore_best_weights")
+        if baseline is not None and (isinstance(baseline, bool)
+                                     or not isinstance(baseline, (int, float))):
+            raise TypeError(f"baseline must be a number or None, got {baseline!r}")
         self.baseline = baseline
         self._reset()
 
@@ -369,6 +379,18 @@ class LearningRateScheduler(Callback):
             or "plateau" in type(schedule).__name__.lower()
         )
         self._n_args = 1 if has_step else _positional_arity(schedule)
+        if not has_step:
+            try:
+                params = list(inspect.signature(schedule).parameters.values())
+            except (TypeError, ValueError):  # builtins without a signature
+                params = []
+            required = [p.name for p in params if p.default is inspect.Parameter.empty and p.kind
+                        in (inspect.Parameter.POSITIONAL_ONLY,
+                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            if len(required) > 2 or (params and self._n_args == 0):
+                raise TypeError(f"schedule must be callable as schedule(epoch) or "
+                                f"schedule(epoch, lr), got {schedule!r}, which takes "
+                                f"({', '.join(p.name for p in params)})")
         self._completed = 0
 
     @property
@@ -534,10 +556,10 @@ class ModelCheckpoint(Callback):
         if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"min_delta must be a float >= 0, got {min_delta!r}")
         self.monitor = monitor
-        self.save_best_only = bool(save_best_only)
+        self.save_best_only = check_flag(save_best_only, argument="save_best_only")
         self.mode = _resolve_mode(mode, monitor)
         self.period = period
-        self.include_optimizer = bool(include_optimizer)
+        self.include_optimizer = check_flag(include_optimizer, argument="include_optimizer")
         self.min_delta = float(min_delta)
         self.saved: list[str] = []
         self._reset()
@@ -547,7 +569,20 @@ class ModelCheckpoint(Callback):
         self.best_epoch = 0
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
+        import os  # noqa: PLC0415 - only this callback needs it
+
         self._reset()
+        # fail before the first epoch, not after it: a missing folder or a folder given as
+        # the file name would otherwise stop training only when the first save is due
+        if "{" not in self.filepath:
+            if os.path.isdir(self.filepath):
+                raise IsADirectoryError(f"ModelCheckpoint(filepath={self.filepath!r}) is a "
+                                        "directory; give a file name such as "
+                                        f"{os.path.join(self.filepath, 'ckpt.npz')!r}")
+        parent = os.path.dirname(os.path.abspath(self.filepath))
+        if "{" not in parent and not os.path.isdir(parent):
+            raise FileNotFoundError(f"ModelCheckpoint(filepath={self.filepath!r}): the "
+                                    f"directory {parent} does not exist")
 
     def _path(self, epoch: int, logs: Logs) -> str:
         try:

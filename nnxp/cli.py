@@ -407,8 +407,32 @@ def _build_model(n_features: int, n_outputs: int, args: argparse.Namespace,
     return Sequential(layers, seed=args.seed)
 
 
+def _check_plot_target(path: str | None) -> None:
+    """Fail before training, not after it, when the --plot file cannot be written."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path} is a directory; give a file name such as curves.png")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write --plot {path}: the directory {parent} does not exist")
+
+
+def _check_output_target(path: str | None, *inputs: str) -> None:
+    """--output must not be (or replace) one of the command's own input files."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path} is a directory; give a file name such as out.csv")
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise UsageError(f"--output {path} is the input file {source}; writing the "
+                             "predictions there would destroy it, so choose another name")
+
+
 def train(args: argparse.Namespace) -> int:
     _check_save_target(args.save, args.overwrite)
+    _check_plot_target(args.plot)
     if args.optimizer not in OPTIMIZERS or args.optimizer == "lbfgs":
         raise UsageError(f"--optimizer {args.optimizer!r} is not supported; valid names are "
                          f"{', '.join(n for n in OPTIMIZERS if n != 'lbfgs')}")
@@ -460,19 +484,19 @@ def train(args: argparse.Namespace) -> int:
     else:
         print(f"test mse: {result['loss']:.6g}  test mae: {result['mae']:.6g}  "
               f"test r2: {result['r2']:.4f}  {where}")
-    if args.plot:
-        try:
-            history.plot(args.plot, title=f"nnxp: {meta['data']}")
-        except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'nnxp[plot]'") from None
-        log(f"nnxp: learning curves written to {args.plot}")
-    if args.save:
+    if args.save:  # before the plot: a failing plot must not lose the trained model
         try:
             model.save(args.save, overwrite=args.overwrite)
         except FileExistsError:
             raise UsageError(f"{args.save} already exists; pass --overwrite to replace it") \
                 from None
         log(f"nnxp: model written to {args.save}")
+    if args.plot:
+        try:
+            history.plot(args.plot, title=f"nnxp: {meta['data']}")
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'nnxp[plot]'") from None
+        log(f"nnxp: learning curves written to {args.plot}")
     return 0
 
 
@@ -510,6 +534,7 @@ def _features_for(model: Sequential, table: Table, *, target: str | None) -> Any
 
 
 def predict(args: argparse.Namespace) -> int:
+    _check_output_target(args.output, args.model, args.data)
     model = _load_model(args.model)
     table = read_table(args.data)
     X = _features_for(model, table, target=None)

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from . import backend
 from .random import Generator
+from .validation import check_features, check_flag, check_positive, describe, to_backend
 
 Array = Any
 
@@ -89,6 +90,16 @@ def gradcheck(
     -------
     GradcheckResult
     """
+    check_positive(eps, argument="eps")
+    check_positive(tol, argument="tol", allow_zero=True)
+    check_positive(floor, argument="floor")
+    if max_entries is not None:
+        check_positive(max_entries, argument="max_entries", integer=True)
+    check_flag(raise_on_failure, argument="raise_on_failure")
+    for i, x in enumerate(inputs):  # NaN would read as a failed check, not as bad input
+        if _is_float(x) and not backend.isfinite_all(x, backend.namespace_of(x)):
+            raise ValueError(f"inputs[{i}] ({describe(x)}) contains NaN or infinite values; "
+                             "finite differences need finite inputs")
     rng = Generator(seed)
     if isinstance(target, tuple) and len(target) == 2 and all(map(callable, target)):
         checks = _kernel_checks(target, inputs, rng)
@@ -186,6 +197,8 @@ def _param_checks(layers: list, loss_fn: Callable[[], float], prefix: Callable[[
 
 
 def _layer_checks(layer: Any, x: Any, rng: Generator) -> list[_Check]:
+    if not backend.is_array(x) and hasattr(layer, "xp"):  # a nested list: onto the layer's backend
+        x = to_backend(x, argument="x", xp=layer.xp, device=layer.device)
     x = _to64(x)
     out = layer.forward(x, training=True)
     dy, reduce = _scalarise(out, rng)
@@ -208,7 +221,8 @@ def _model_checks(model: Any, X: Any, y: Any, loss: Any) -> list[_Check]:
 
     loss_obj = model.loss if loss is None else get_loss(loss)
     xp = model.xp
-    X = _to64(backend.asarray(X, xp=xp, device=model.device))
+    X = check_features(X, n_features=model.n_features, dtype=xp.float64, xp=xp,
+                       device=model.device)
     targets = loss_obj.check_targets(y, model.n_outputs, xp=xp, device=model.device,
                                      n_samples=X.shape[0])
     targets = _to64(targets)

@@ -43,8 +43,19 @@ class SymmetryWarning(UserWarning):
     problem), because identical units receive identical gradients."""
 
 
+def check_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints, else an error naming it."""
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise (ValueError if isinstance(shape, (tuple, list)) else TypeError)(
+            f"shape must be a tuple of non-negative ints such as (in_features, out_features), "
+            f"got {shape!r}")
+    return tuple(shape)
+
+
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     """``(fan_in, fan_out)`` of a weight of ``shape`` in nnxp's ``(in, out, ...)`` layout."""
+    shape = check_shape(shape)
     if len(shape) == 0:
         raise ValueError("shape must have at least one dimension to define fans, got ()")
     if len(shape) == 1:
@@ -54,7 +65,7 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _warn_symmetric(shape: tuple[int, ...], what: str) -> None:
-    if len(shape) >= 2:
+    if len(check_shape(shape)) >= 2:
         warnings.warn(
             f"{what} initial weights of shape {tuple(shape)}: every unit gets the same weights "
             "and the same gradient, so all units of the layer stay identical (the symmetry "
@@ -127,7 +138,8 @@ class RandomNormal:
 
     def __call__(self, shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
                  device: Any) -> Array:
-        return rng.normal(shape, mean=self.mean, std=self.std, dtype=dtype, xp=xp, device=device)
+        return rng.normal(check_shape(shape), mean=self.mean, std=self.std, dtype=dtype, xp=xp,
+                          device=device)
 
     def __repr__(self) -> str:
         return f"random_normal(mean={self.mean!r}, std={self.std!r})"
@@ -150,7 +162,7 @@ class RandomUniform:
 
     def __call__(self, shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
                  device: Any) -> Array:
-        return rng.uniform(shape, low=self.low, high=self.high, dtype=dtype, xp=xp,
+        return rng.uniform(check_shape(shape), low=self.low, high=self.high, dtype=dtype, xp=xp,
                            device=device)
 
     def __repr__(self) -> str:
@@ -248,7 +260,7 @@ class Orthogonal:
 
     def __call__(self, shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
                  device: Any) -> Array:
-        if len(shape) < 2:
+        if len(check_shape(shape)) < 2:
             raise ValueError(f"orthogonal initialisation needs a shape of 2 or more dimensions, "
                              f"got {tuple(shape)}")
         rows = shape[0]

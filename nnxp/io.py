@@ -39,6 +39,7 @@ from .layers import Layer
 from .layers.core import LAYERS, layer_class_name
 from .losses import LOSSES, Loss
 from .random import BackendGenerator, Generator
+from .validation import check_flag
 
 Array = Any
 
@@ -137,7 +138,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError` (checked
     atomically with a hard link where the file system allows it).
     """
-    target = os.fspath(path)
+    target = _fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"cannot save to {target}: it is a directory; give a file name "
+                                f"such as {os.path.join(target, 'model.npz')}")
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save to {target}: the directory {directory} does not "
@@ -173,6 +177,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _fspath(path: Any, argument: str = "path") -> str:
+    """``os.fspath(path)``, or a TypeError naming ``argument`` and what was received."""
+    try:
+        target = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{argument} must be a file name (str or os.PathLike), got "
+                        f"{type(path).__name__} {path!r}") from None
+    if isinstance(target, bytes):
+        target = os.fsdecode(target)
+    return target
 
 
 def _fsync_directory(directory: str) -> None:
@@ -331,6 +347,8 @@ def save(model: Any, path: str | os.PathLike[str], *, include_optimizer: bool = 
         Replace an existing file (atomically); with False, an existing file raises
         :class:`FileExistsError` and is left untouched.
     """
+    check_flag(include_optimizer, argument="include_optimizer")
+    check_flag(overwrite, argument="overwrite")
     record, arrays = model_record(model, include_optimizer=include_optimizer)
     payload = json.dumps(record, allow_nan=False, separators=(",", ":")).encode("utf-8")
     arrays[RECORD_KEY] = backend.host_array(list(payload), "uint8")
@@ -353,7 +371,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         when it is not an NPZ archive readable without pickle, has no nnxp record, or was
         written in another format version.
     """
-    target = os.fspath(path)
+    target = _fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{target} is a directory, not an nnxp model file")
     if not os.path.isfile(target):
         raise FileNotFoundError(f"no such model file: {target}")
     try:
@@ -387,6 +407,14 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     for field in ("layers", "loss", "dtype"):
         if field not in record:
             raise FormatError(f"{target}: the record has no {field!r} field (corrupt file)")
+    layers, loss = record["layers"], record["loss"]
+    if not isinstance(layers, list) or not layers \
+            or not all(isinstance(e, dict) for e in layers):
+        raise FormatError(f"{target}: the record's 'layers' must be a non-empty list of layer "
+                          f"entries, got {type(layers).__name__} (corrupt or edited file)")
+    if not isinstance(loss, dict):
+        raise FormatError(f"{target}: the record's 'loss' must be an object with a 'name', got "
+                          f"{type(loss).__name__} (corrupt or edited file)")
     return record, arrays
 
 
@@ -424,7 +452,17 @@ def _assign_arrays(layer: Any, entry: dict[str, Any], arrays: dict[str, Any], in
                 raise FormatError(f"layers[{index}] ({type(layer).__name__}) {kind}[{key!r}] "
                                   f"has shape {tuple(value.shape)} in the file, but the layer "
                                   f"expects {tuple(current.shape)}")
-            target[key] = backend.asarray(value, xp=layer.xp, device=layer.device, copy=True)
+            if backend.dtype_name(value.dtype) != backend.dtype_name(current.dtype):
+                raise FormatError(f"layers[{index}] ({type(layer).__name__}) {kind}[{key!r}] "
+                                  f"has dtype {backend.dtype_name(value.dtype)} in the file, but "
+                                  f"the layer expects {backend.dtype_name(current.dtype)}")
+            moved = backend.asarray(value, xp=layer.xp, device=layer.device, copy=True)
+            if layer.xp.isdtype(moved.dtype, "real floating") \
+                    and not backend.isfinite_all(moved, layer.xp):
+                raise FormatError(f"layers[{index}] ({type(layer).__name__}) {kind}[{key!r}] "
+                                  "holds NaN or infinite values in the file (a diverged or "
+                                  "corrupt model)")
+            target[key] = moved
     _restore_generators(layer, entry.get("generators") or {}, arrays)
     if "extra_state" in entry and callable(getattr(layer, "set_extra_state", None)):
         layer.set_extra_state(_decode(entry["extra_state"], arrays))

@@ -102,6 +102,14 @@ class Loss:
         xp = backend.namespace_of(outputs)
         if not backend.is_array(targets):
             targets = backend.asarray(targets, xp=xp, device=backend.device_of(outputs))
+        if outputs.ndim == 2:  # the checks fit() makes: label range, shapes, NaN, [0, 1]
+            try:
+                targets = self.check_targets(targets, outputs.shape[1], xp=xp,
+                                             device=backend.device_of(outputs),
+                                             n_samples=outputs.shape[0], dtype=outputs.dtype)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{type(self).__name__}(outputs, targets) with outputs of shape "
+                                f"{tuple(outputs.shape)}: {exc}") from None
         return self.forward(outputs, targets, xp=xp, sample_weight=sample_weight)[0]
 
     def check_targets(

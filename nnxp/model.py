@@ -13,13 +13,13 @@ from . import backend
 from . import diagnostics as diag
 from . import io as _io
 from .callbacks import CallbackList, get_lr
-from .layers import Layer
+from .layers import Layer, Softmax
 from .losses import Loss, get_loss
 from .metrics import Metric, get_metrics
 from .optim import SGD, Optimizer, ParamRef
 from .progress import EpochProgress
 from .random import Generator
-from .validation import check_features, check_positive, check_sample_weight
+from .validation import check_features, check_flag, check_positive, check_sample_weight
 
 Array = Any
 
@@ -148,6 +148,9 @@ class Sequential:
 
     def __init__(self, layers: Iterable[Layer], *, seed: int | None = None,
                  loss: str | Loss = "softmax_cross_entropy") -> None:
+        if isinstance(layers, Layer) or not isinstance(layers, Iterable):
+            raise TypeError(f"layers must be a list of layers, got {type(layers).__name__} "
+                            f"{layers!r}; write Sequential([...])")
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("layers must hold at least one layer, got an empty list")
@@ -155,6 +158,15 @@ class Sequential:
             if not all(hasattr(layer, a) for a in ("params", "grads", "forward", "backward")):
                 raise TypeError(f"layers[{i}] ({type(layer).__name__}) does not follow the layer "
                                 "protocol: it needs params, grads, forward and backward")
+            if isinstance(layer, Softmax) and layer.dim not in (1, -1):
+                raise ValueError(f"layers[{i}] is Softmax(dim={layer.dim}), but a model's "
+                                 "activations have shape (batch, features): use dim=-1 (the "
+                                 "features); any other axis mixes samples or does not exist")
+            first = next(j for j, other in enumerate(self.layers) if other is layer)
+            if first != i:  # one cache per layer: a second forward would overwrite the first's
+                raise ValueError(f"layers[{i}] is the same object as layers[{first}] "
+                                 f"({layer!r}); a layer can appear only once in a model, so "
+                                 "create a new instance for each position")
         self._check_widths()
         info = backend.get_backend()
         self.xp, self.device = info.xp, info.device
@@ -401,6 +413,7 @@ class Sequential:
         of one synchronisation and one parameter copy per check.
         """
         check_positive(epochs, argument="epochs", integer=True)
+        _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose)
         if loss is not None:
             self.loss = get_loss(loss)
         X, y = self._prepare(X, y, self.loss)
@@ -464,6 +477,7 @@ class Sequential:
         History
             one entry, numbered by the model's cumulative epoch count ``epochs_trained``.
         """
+        _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose)
         if loss is not None:
             self.loss = get_loss(loss)
         X, y = self._prepare(X, y, self.loss)
@@ -827,6 +841,15 @@ class Sequential:
         if print_summary:
             print(text)
         return text
+
+
+def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any) -> None:
+    """The flags of ``fit``/``partial_fit``: a truthy string such as ``"no"`` must not
+    silently switch an option on."""
+    check_flag(shuffle, argument="shuffle")
+    check_flag(diagnostics, argument="diagnostics")
+    if not isinstance(verbose, bool):  # verbose=True reads as 1
+        check_positive(verbose, argument="verbose", integer=True, allow_zero=True)
 
 
 def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array | None, *,

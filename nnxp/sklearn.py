@@ -137,6 +137,16 @@ class _BaseMLP(BaseEstimator):
             valid = sorted(name for name in OPTIMIZERS if name != "lbfgs")
             raise ValueError(f"solver={self.solver!r} is not supported; valid names are "
                              f"{', '.join(valid)}")
+        for name in ("shuffle", "early_stopping"):  # "no" would be truthy
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        options = self.solver_options
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"solver_options must be a dict of optimizer keyword arguments or "
+                             f"None, got {type(options).__name__} {options!r}")
+        if options and "lr" in options:
+            raise ValueError("solver_options must not hold 'lr'; set learning_rate_init instead")
         return tuple(int(s) for s in sizes)
 
     def _backend_context(self) -> Any:
@@ -163,7 +173,11 @@ class _BaseMLP(BaseEstimator):
         model.loss = get_loss(self._loss_name)
         options = dict(self.solver_options or {})
         make: Any = OPTIMIZERS[str(self.solver).lower()]
-        optimizer = make(lr=float(self.learning_rate_init), **options)
+        try:
+            optimizer = make(lr=float(self.learning_rate_init), **options)
+        except TypeError as exc:
+            raise ValueError(f"solver_options={options!r} does not fit solver="
+                             f"{self.solver!r}: {exc}") from None
         optimizer.bind(model.parameters())
         model.optimizer = optimizer
         self.model_ = model

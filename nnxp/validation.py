@@ -6,6 +6,7 @@ device-to-host transfer each; they run once per ``fit``/``predict`` call, never 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from . import backend
@@ -50,7 +51,9 @@ def check_features(
             or xp.isdtype(X.dtype, "bool")):
         raise TypeError(f"{argument} must be numeric, got dtype {backend.dtype_name(X.dtype)}")
     if X.dtype != dtype:
-        X = xp.astype(X, dtype)
+        with warnings.catch_warnings():  # an overflow to inf is reported just below
+            warnings.filterwarnings("ignore", message=r".*overflow", category=RuntimeWarning)
+            X = xp.astype(X, dtype)
     if not backend.isfinite_all(X, xp):
         n_bad = int(backend.to_float(xp.sum(xp.astype(~xp.isfinite(X), xp.int64))))
         raise ValueError(f"{argument} contains {n_bad} NaN or infinite value(s) (after casting "
@@ -168,4 +171,28 @@ def check_sample_weight(
     if n_samples and backend.to_float(xp.min(w)) < 0.0:
         raise ValueError(f"{argument} must be >= 0, got a minimum of "
                          f"{backend.to_float(xp.min(w)):g}")
+    if n_samples and backend.to_float(xp.max(w)) == 0.0:
+        raise ValueError(f"{argument} is zero for all {n_samples} samples: nothing would be "
+                         "learned; give at least one sample a positive weight")
     return w
+
+
+def check_flag(value: Any, *, argument: str) -> bool:
+    """``True`` or ``False`` (a NumPy bool too), else a TypeError naming ``argument``.
+
+    A string such as ``"no"`` is truthy in Python, so accepting any object would silently turn
+    an option on; integers other than bools are refused for the same reason.
+    """
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    raise TypeError(f"{argument} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def check_float_dtype(dtype: Any, xp: Any, *, argument: str = "dtype") -> Any:
+    """The backend's real floating dtype for ``dtype``; integer, bool or complex dtypes (which
+    would give integer weights or complex gradients) raise a ValueError naming ``argument``."""
+    resolved = backend.resolve_dtype(dtype, xp)
+    if not xp.isdtype(resolved, "real floating"):
+        raise ValueError(f"{argument} must be a real floating dtype such as 'float32' or "
+                         f"'float64', got {backend.dtype_name(resolved)}")
+    return resolved

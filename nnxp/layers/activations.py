@@ -28,7 +28,8 @@ from .. import backend
 from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import activations as act
 from ..random import Generator
-from .core import LAYERS, Layer, layer_class_name
+from ..validation import check_flag, check_float_dtype
+from .core import LAYERS, Layer, input_error, layer_class_name
 
 Array = Any
 
@@ -226,7 +227,7 @@ class PReLU(Layer):
         super().__init__()
         self.num_parameters = _check_count("num_parameters", num_parameters)
         self.init = _check_real("init", init)
-        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.dtype = check_float_dtype(dtype, self.xp)
         self.reset_parameters(Generator(0))
 
     def reset_parameters(self, rng: Generator) -> None:
@@ -535,8 +536,8 @@ class Maxout(Layer):
         self.out_features = _check_count("out_features", out_features)
         self.k = _check_count("k", k)
         self.init = get_initializer(init)
-        self.use_bias = bias
-        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.use_bias = check_flag(bias, argument="bias")
+        self.dtype = check_float_dtype(dtype, self.xp)
         self.reset_parameters(Generator(seed))
 
     def reset_parameters(self, rng: Generator) -> None:
@@ -551,7 +552,10 @@ class Maxout(Layer):
         self.grads.clear()
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        y, cache = act.maxout_forward(x, self.params["W"], self.params.get("b"), xp=self.xp)
+        try:  # no check on the way in (the hot path); a failure is explained on the way out
+            y, cache = act.maxout_forward(x, self.params["W"], self.params.get("b"), xp=self.xp)
+        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise input_error(self, x, self.in_features, exc) from exc
         self._cache = cache if training else None
         return y
 

@@ -24,7 +24,7 @@ from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import dense as dense_k
 from ..kernels import regularization as reg_k
 from ..random import Generator
-from ..validation import check_positive
+from ..validation import check_flag, check_float_dtype, check_positive, describe
 
 Array = Any
 
@@ -119,6 +119,18 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
+def input_error(layer: Layer, x: Any, width: int, exc: BaseException) -> Exception:
+    """The error for an input a layer's kernel rejected: what was expected, what arrived."""
+    W = layer.params["W"]
+    expected = (f"{type(layer).__name__}.forward expects x of shape (batch, {width}), "
+                f"{backend.dtype_name(W.dtype)}, on the layer's backend "
+                f"({backend.backend_name_of(W)})")
+    shape = getattr(x, "shape", None)
+    kind = ValueError if shape is not None and tuple(shape)[-1:] != (width,) else TypeError
+    return kind(f"{expected}, got {describe(x)} ({type(exc).__name__}: {exc}); convert "
+                "inputs with nnxp.asarray, or use model.predict, which checks them")
+
+
 class Dense(Layer):
     """Fully connected layer ``y = x @ W + b``.
 
@@ -169,7 +181,10 @@ class Dense(Layer):
         max_norm: float | None = None,
         activation: str | Layer | dict[str, Any] | None = None,
     ) -> None:
-        from .activations import get_activation  # noqa: PLC0415 - activations imports this module
+        from .activations import (  # noqa: PLC0415 - activations imports this module
+            Softmax,
+            get_activation,
+        )
 
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -178,13 +193,24 @@ class Dense(Layer):
         self.in_features = in_features
         self.out_features = out_features
         self.init = get_initializer(init)
-        self.use_bias = bias
-        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.use_bias = check_flag(bias, argument="bias")
+        self.dtype = check_float_dtype(dtype, self.xp)
         self.l1 = float(check_positive(l1, argument="l1", allow_zero=True))
         self.l2 = float(check_positive(l2, argument="l2", allow_zero=True))
+        for key, rate in (("l1", self.l1), ("l2", self.l2)):
+            if rate == float("inf"):
+                raise ValueError(f"{key} must be a finite number >= 0, got {rate!r}")
         self.max_norm = (None if max_norm is None
                          else float(check_positive(max_norm, argument="max_norm")))
         self.activation = get_activation(activation, dtype=self.dtype)
+        if self.activation is not None and (hasattr(self.activation, "in_features")
+                                            or hasattr(self.activation, "out_features")):
+            raise TypeError(f"activation must be an element-wise activation layer, got "
+                            f"{self.activation!r}, which changes the width; put it after this "
+                            "layer in the model instead")
+        if isinstance(self.activation, Softmax) and self.activation.dim not in (1, -1):
+            raise ValueError(f"activation is Softmax(dim={self.activation.dim}), but this "
+                             "layer's output has shape (batch, out_features): use dim=-1")
         self.reset_parameters(Generator(seed))
 
     def reset_parameters(self, rng: Generator) -> None:
@@ -203,7 +229,10 @@ class Dense(Layer):
         self.grads.clear()
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        y, cache = dense_k.dense_forward(x, self.params["W"], self.params.get("b"))
+        try:  # no check on the way in (the hot path); a failure is explained on the way out
+            y, cache = dense_k.dense_forward(x, self.params["W"], self.params.get("b"))
+        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise input_error(self, x, self.in_features, exc) from exc
         self._cache = cache if training else None
         if self.activation is not None:
             for key in self.activation.params:  # this layer owns them: optimizers update ours

@@ -11,7 +11,7 @@ from typing import Any
 from .. import backend
 from ..kernels import normalization as k
 from ..random import Generator
-from ..validation import check_positive
+from ..validation import check_flag, check_float_dtype, check_positive
 from .core import Layer
 
 Array = Any
@@ -24,6 +24,9 @@ def _check_features(value: Any, argument: str) -> int:
 
 
 def _check_input(x: Array, width: int, layer: str) -> None:
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{layer} expects an array of shape (batch, {width}), got "
+                        f"{type(x).__name__}; convert it with nnxp.asarray")
     if x.ndim != 2 or x.shape[1] != width:
         raise ValueError(f"{layer} expects input of shape (batch, {width}), got shape "
                          f"{tuple(x.shape)}")
@@ -84,9 +87,9 @@ class BatchNorm1d(Layer):
                 raise ValueError(f"momentum must lie in [0, 1] (or be None), got {momentum!r}")
             momentum = float(momentum)
         self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.affine = check_flag(affine, argument="affine")
+        self.track_running_stats = check_flag(track_running_stats, argument="track_running_stats")
+        self.dtype = check_float_dtype(dtype, self.xp)
         self.num_batches_tracked = 0
         self.reset_parameters(Generator(0))
 
@@ -177,9 +180,9 @@ class LayerNorm(Layer):
         self.normalized_shape = _check_features(normalized_shape, "normalized_shape")
         self.in_features = self.out_features = normalized_shape
         self.eps = float(check_positive(eps, argument="eps"))
-        self.elementwise_affine = elementwise_affine
-        self.use_bias = bias and elementwise_affine
-        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.elementwise_affine = check_flag(elementwise_affine, argument="elementwise_affine")
+        self.use_bias = check_flag(bias, argument="bias") and elementwise_affine
+        self.dtype = check_float_dtype(dtype, self.xp)
         self.reset_parameters(Generator(0))
 
     def reset_parameters(self, rng: Generator) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend
+from ..validation import check_features, check_float_dtype
 from .core import Layer
 
 Array = Any
@@ -33,16 +34,14 @@ class Standardize(Layer):
         if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
             raise ValueError(f"n_features must be a positive int, got {n_features!r}")
         self.in_features = self.out_features = n_features
-        self.dtype = backend.resolve_dtype(dtype, self.xp)
+        self.dtype = check_float_dtype(dtype, self.xp)
         self.buffers["mean"] = self.xp.zeros((n_features,), dtype=self.dtype, device=self.device)
         self.buffers["scale"] = self.xp.ones((n_features,), dtype=self.dtype, device=self.device)
 
     def fit(self, X: Any) -> Standardize:
         """Set ``mean`` and ``scale`` (population standard deviation) from the rows of ``X``."""
-        X = backend.asarray(X, dtype=self.dtype, xp=self.xp, device=self.device)
-        if X.ndim != 2 or X.shape[1] != self.in_features:
-            raise ValueError(f"X must have shape (n_samples, {self.in_features}), got "
-                             f"{tuple(X.shape)}")
+        X = check_features(X, n_features=self.in_features, dtype=self.dtype, xp=self.xp,
+                           device=self.device)
         xp = self.xp
         mean = xp.mean(X, axis=0)
         std = xp.sqrt(xp.mean((X - mean) ** 2, axis=0))
