@@ -52,6 +52,8 @@ ParamRef = tuple[Any, str]
 """``(layer, key)``: the parameter ``layer.params[key]`` with gradient ``layer.grads[key]``."""
 
 Selector = Callable[[Any, str], bool]
+Kernel = Callable[[Array, Array, dict[str, Any], Any, bool], tuple[Array, dict[str, Any]]]
+"""``update(param, grad, state, xp, inplace) -> (param, state)`` for one parameter group."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,6 +165,9 @@ class Optimizer:
         self._ref_ids: list[tuple[int, str]] = []
         self._inplace: list[bool] = []
         self._members: list[list[int]] = []
+        # Per group, the records ``(layer, key, index, xp, inplace)`` of its parameters, built
+        # once by bind() so that step() does no lookups beyond the arrays themselves.
+        self._plan: list[list[tuple[Any, str, int, Any, bool]]] = []
         self._pending: dict[int, dict[str, Any]] | None = None
         self.iterations = 0
 
@@ -257,6 +262,9 @@ class Optimizer:
             g = self._group_of(ref, i)
             self.param_groups[g]["params"].append(ref)
             self._members[g].append(i)
+        xps = [self._xp_of(layer, key) for layer, key in refs]
+        self._plan = [[(refs[i][0], refs[i][1], i, xps[i], self._inplace[i]) for i in members]
+                      for members in self._members]
         if self._pending is not None:
             self._materialize()
 
@@ -300,22 +308,41 @@ class Optimizer:
         gradients) and its value is returned, as in torch; first-order optimizers do not need it.
         """
         loss = closure() if closure is not None else None
-        self._require_bound()
+        if not self._refs:
+            self._require_bound()
         if self._pending is not None:
             self._materialize()
         if self.clip_value is not None or self.clip_norm is not None:
             self._clip()
-        for group, members in zip(self.param_groups, self._members):
-            for i in members:
-                layer, key = ref = self._refs[i]
-                param, grad = layer.params[key], self._grad(ref)
-                state = self.state.get(i)
+        states = self.state
+        # the kernel of a subclass that kept the base _update (every optimizer here) is called
+        # directly; a subclass that overrides _update gets its own method called
+        fast = type(self)._update is Optimizer._update
+        for group, records in zip(self.param_groups, self._plan):
+            if not records:
+                continue
+            if fast:
+                # options are read from the group on every step: schedules edit group["lr"]
+                update = self._kernel(group)
+            for layer, key, i, xp, inplace in records:
+                try:
+                    grad = layer.grads[key]
+                except KeyError:
+                    raise RuntimeError(f"no gradient for {layer!r}.params[{key!r}]: run "
+                                       "backward before step()") from None
+                params = layer.params
+                param = params[key]
+                state = states.get(i)
                 if state is None:
-                    state = self._init_state(param, group, self._xp_of(layer, key))
-                param, state = self._update(param, grad, state, group,
-                                            self._xp_of(layer, key), self._inplace[i])
-                self.state[i] = state
-                layer.params[key] = param
+                    state = states[i] = self._init_state(param, group, xp)
+                if fast:
+                    new, new_state = update(param, grad, state, xp, inplace)
+                else:
+                    new, new_state = self._update(param, grad, state, group, xp, inplace)
+                if new_state is not state:
+                    states[i] = new_state
+                if new is not param:
+                    params[key] = new
         self.iterations += 1
         return loss
 
@@ -333,9 +360,18 @@ class Optimizer:
     def _init_state(self, param: Array, group: dict[str, Any], xp: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        """The update of one group's parameters with the group's current options bound:
+        ``update(param, grad, state, xp, inplace) -> (param, state)``. Built once per group and
+        step (the options are read then, so schedules' edits apply on the next step); a closure
+        with the options as literal keywords costs a fraction of a ``**options`` call."""
+        raise NotImplementedError
+
     def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
                 xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        raise NotImplementedError
+        """One parameter's update; by default the closure of :meth:`_kernel`. A subclass may
+        override this instead of ``_kernel`` (``step`` then calls it per parameter)."""
+        return self._kernel(group)(param, grad, state, xp, inplace)
 
     # --- saving and loading ---------------------------------------------------------------
 
@@ -505,15 +541,29 @@ class SGD(Optimizer):
     def _init_state(self, param: Array, group: dict[str, Any], xp: Any) -> dict[str, Any]:
         return k.sgd_init(param, xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        if group["momentum"] == 0 and group["weight_decay"] == 0:
-            state["step"] += 1
-            return k.sgd_update(param, grad, lr=group["lr"], inplace=inplace), state
-        return k.sgd_momentum_update(
-            param, grad, state, lr=group["lr"], momentum=group["momentum"],
-            dampening=group["dampening"], nesterov=group["nesterov"],
-            weight_decay=group["weight_decay"], xp=xp, inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        lr = group["lr"]
+        momentum = group["momentum"]
+        dampening = group["dampening"]
+        nesterov = group["nesterov"]
+        weight_decay = group["weight_decay"]
+        if momentum == 0 and weight_decay == 0:
+            plain = k.sgd_update
+
+            def update_plain(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                             inplace: bool) -> tuple[Array, dict[str, Any]]:
+                state["step"] += 1
+                return plain(param, grad, lr=lr, inplace=inplace), state
+
+            return update_plain
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.sgd_momentum_update(param, grad, state, lr=lr, momentum=momentum,
+                                         dampening=dampening, nesterov=nesterov,
+                                         weight_decay=weight_decay, xp=xp, inplace=inplace)
+
+        return update
 
 
 class Adagrad(Optimizer):
@@ -560,11 +610,18 @@ class Adagrad(Optimizer):
         return k.adagrad_init(param, initial_accumulator_value=group["initial_accumulator_value"],
                               xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        return k.adagrad_update(param, grad, state, lr=group["lr"], lr_decay=group["lr_decay"],
-                                weight_decay=group["weight_decay"], eps=group["eps"], xp=xp,
-                                inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        lr = group["lr"]
+        lr_decay = group["lr_decay"]
+        weight_decay = group["weight_decay"]
+        eps = group["eps"]
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.adagrad_update(param, grad, state, lr=lr, lr_decay=lr_decay,
+                                    weight_decay=weight_decay, eps=eps, xp=xp, inplace=inplace)
+
+        return update
 
 
 class RMSprop(Optimizer):
@@ -617,16 +674,22 @@ class RMSprop(Optimizer):
         return k.rmsprop_init(param, momentum=group["momentum"], centered=group["centered"],
                               xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        if group["momentum"] > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = xp.zeros_like(param)
-        if group["centered"] and "grad_avg" not in state:
-            state["grad_avg"] = xp.zeros_like(param)
-        return k.rmsprop_update(param, grad, state, lr=group["lr"], alpha=group["alpha"],
-                                eps=group["eps"], weight_decay=group["weight_decay"],
-                                momentum=group["momentum"], centered=group["centered"], xp=xp,
-                                inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        # the kernel creates a momentum buffer or gradient average switched on after step 1
+        lr = group["lr"]
+        alpha = group["alpha"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        momentum = group["momentum"]
+        centered = group["centered"]
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.rmsprop_update(param, grad, state, lr=lr, alpha=alpha, eps=eps,
+                                    weight_decay=weight_decay, momentum=momentum,
+                                    centered=centered, xp=xp, inplace=inplace)
+
+        return update
 
 
 class Adadelta(Optimizer):
@@ -671,11 +734,18 @@ class Adadelta(Optimizer):
     def _init_state(self, param: Array, group: dict[str, Any], xp: Any) -> dict[str, Any]:
         return k.adadelta_init(param, xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        return k.adadelta_update(param, grad, state, lr=group["lr"], rho=group["rho"],
-                                 eps=group["eps"], weight_decay=group["weight_decay"], xp=xp,
-                                 inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        lr = group["lr"]
+        rho = group["rho"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.adadelta_update(param, grad, state, lr=lr, rho=rho, eps=eps,
+                                     weight_decay=weight_decay, xp=xp, inplace=inplace)
+
+        return update
 
 
 class Adam(Optimizer):
@@ -729,15 +799,22 @@ class Adam(Optimizer):
     def _init_state(self, param: Array, group: dict[str, Any], xp: Any) -> dict[str, Any]:
         return k.adam_init(param, amsgrad=group["amsgrad"], xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = xp.zeros_like(param)
-        b1, b2 = group["betas"]
-        return k.adam_update(param, grad, state, lr=group["lr"], beta1=b1, beta2=b2,
-                             eps=group["eps"], weight_decay=group["weight_decay"],
-                             amsgrad=group["amsgrad"], decoupled=self._decoupled, xp=xp,
-                             inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        # the kernel creates max_exp_avg_sq when amsgrad is switched on after step 1
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        amsgrad = group["amsgrad"]
+        decoupled = self._decoupled
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.adam_update(param, grad, state, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                 weight_decay=weight_decay, amsgrad=amsgrad, decoupled=decoupled,
+                                 xp=xp, inplace=inplace)
+
+        return update
 
 
 class AdamW(Adam):
@@ -808,12 +885,18 @@ class Adamax(Optimizer):
     def _init_state(self, param: Array, group: dict[str, Any], xp: Any) -> dict[str, Any]:
         return k.adamax_init(param, xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        b1, b2 = group["betas"]
-        return k.adamax_update(param, grad, state, lr=group["lr"], beta1=b1, beta2=b2,
-                               eps=group["eps"], weight_decay=group["weight_decay"], xp=xp,
-                               inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.adamax_update(param, grad, state, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                   weight_decay=weight_decay, xp=xp, inplace=inplace)
+
+        return update
 
 
 class NAdam(Optimizer):
@@ -868,14 +951,22 @@ class NAdam(Optimizer):
     def _init_state(self, param: Array, group: dict[str, Any], xp: Any) -> dict[str, Any]:
         return k.nadam_init(param, xp=xp)
 
-    def _update(self, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
-                xp: Any, inplace: bool) -> tuple[Array, dict[str, Any]]:
-        b1, b2 = group["betas"]
-        return k.nadam_update(param, grad, state, lr=group["lr"], beta1=b1, beta2=b2,
-                              eps=group["eps"], weight_decay=group["weight_decay"],
-                              momentum_decay=group["momentum_decay"],
-                              decoupled_weight_decay=group["decoupled_weight_decay"], xp=xp,
-                              inplace=inplace)
+    def _kernel(self, group: dict[str, Any]) -> Kernel:
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        momentum_decay = group["momentum_decay"]
+        decoupled_weight_decay = group["decoupled_weight_decay"]
+
+        def update(param: Array, grad: Array, state: dict[str, Any], xp: Any,
+                   inplace: bool) -> tuple[Array, dict[str, Any]]:
+            return k.nadam_update(param, grad, state, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                  weight_decay=weight_decay, momentum_decay=momentum_decay,
+                                  decoupled_weight_decay=decoupled_weight_decay, xp=xp,
+                                  inplace=inplace)
+
+        return update
 
 
 # ----------------------------------------------------------------------------------------------

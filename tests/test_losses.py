@@ -502,3 +502,30 @@ def test_label_smoothing_through_fit(cpu_bk, rng) -> None:
     # with smoothing the loss cannot fall to 0: its floor is the entropy of the smoothed target
     t = np.full(3, 0.1 / 3) + np.array([0.9, 0, 0])
     assert hist["loss"][-1] > -(t * np.log(t)).sum()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_cross_entropy_float32_many_classes_matches_torch(bk, rng, smoothing,
+                                                                  weighted) -> None:
+    """The fused kernel (one exp, a row-wise dot for Σ t d, in-place scaling) in float32 on a
+    wider problem than the contract cases, against torch; the backward may be taken twice."""
+    torch = pytest.importorskip("torch")
+    z = (rng.standard_normal((48, 300)) * 4).astype(np.float32)
+    y = rng.integers(0, 300, size=48)
+    w = rng.uniform(0.0, 2.0, size=48).astype(np.float32) if weighted else None
+    value, cache = k.softmax_cross_entropy(
+        bk.asarray(z, "float32"), bk.asarray(y), xp=bk.xp, label_smoothing=smoothing,
+        sample_weight=None if w is None else bk.asarray(w, "float32"))
+    first = bk.to_numpy(k.softmax_cross_entropy_backward(cache, xp=bk.xp)).copy()
+    second = bk.to_numpy(k.softmax_cross_entropy_backward(cache, xp=bk.xp))
+    np.testing.assert_array_equal(first, second)  # the cache is not consumed or changed
+
+    tz = torch.tensor(z, requires_grad=True)
+    per_sample = torch.nn.functional.cross_entropy(tz, torch.tensor(y), reduction="none",
+                                                   label_smoothing=smoothing)
+    tl = per_sample.mean() if w is None else (per_sample * torch.tensor(w)).mean()
+    tl.backward()
+    assert bk.to_numpy(value).dtype == np.float32
+    np.testing.assert_allclose(backend.to_float(value), tl.item(), rtol=2e-6)
+    np.testing.assert_allclose(first, tz.grad.numpy(), rtol=1e-4, atol=1e-8)

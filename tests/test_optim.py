@@ -720,3 +720,109 @@ def test_lbfgs_trains_a_digits_mlp_full_batch(digits):
             opt.step(lambda: model.loss_and_grads(X, y))
         acc = model.evaluate(Xte, yte)["accuracy"]
     assert acc >= 0.95, f"LBFGS: test accuracy {acc:.3f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The in-place step: gradients untouched, options read on every step, overrides respected
+# ----------------------------------------------------------------------------------------------
+
+# options that take every temporary-reusing branch of the in-place kernels
+_BUSY = {"SGD": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+         "Adagrad": {"weight_decay": 0.1, "lr_decay": 0.01},
+         "RMSprop": {"centered": True, "momentum": 0.9, "weight_decay": 0.1},
+         "Adadelta": {"weight_decay": 0.1}, "Adam": {"weight_decay": 0.1, "amsgrad": True},
+         "AdamW": {"amsgrad": True}, "Adamax": {"weight_decay": 0.1},
+         "NAdam": {"weight_decay": 0.1}}
+
+
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_step_leaves_the_gradients_untouched(bk, name):
+    """Users and diagnostics read layer.grads after the step: the kernels never write them."""
+    theta0, grads = _problem(n_steps=3)
+    holder = Holder(**{k: nnxp.asarray(v, dtype="float32", copy=True) for k, v in theta0.items()})
+    opt = getattr(optim, name)(lr=0.01, **_BUSY[name])
+    opt.bind([(holder, "W"), (holder, "b")])
+    for g in grads:
+        holder.grads = {k: nnxp.asarray(v, dtype="float32", copy=True) for k, v in g.items()}
+        kept = dict(holder.grads)
+        opt.step()
+        for k in ("W", "b"):
+            assert holder.grads[k] is kept[k]
+            np.testing.assert_array_equal(nnxp.to_numpy(holder.grads[k]),
+                                          g[k].astype(np.float32))
+
+
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_group_edits_take_effect_on_the_next_step(name):
+    """A schedule's group["lr"] (and any other option) is read on every step, as in torch."""
+    theta0, grads = _problem(n_steps=6)
+    opts = _BUSY[name]
+    ours = getattr(optim, name)(lr=0.01, **opts)
+    holder = Holder(**{k: nnxp.asarray(v, copy=True) for k, v in theta0.items()})
+    ours.bind([(holder, "W"), (holder, "b")])
+    torch = pytest.importorskip("torch")
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in theta0.items()}
+    theirs = getattr(torch.optim, name)([tp["W"], tp["b"]], lr=0.01, **opts)
+    for i, g in enumerate(grads):
+        if i == 3:
+            for group in ours.param_groups + theirs.param_groups:
+                group["lr"] = 0.05
+        holder.grads = {k: nnxp.asarray(v, copy=True) for k, v in g.items()}
+        for k, v in g.items():
+            tp[k].grad = torch.tensor(v)
+        ours.step()
+        theirs.step()
+        for k in ("W", "b"):
+            np.testing.assert_allclose(nnxp.to_numpy(holder.params[k]),
+                                       tp[k].detach().numpy(), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, option, buffer", [("RMSprop", "momentum", "momentum_buffer"),
+                                                  ("RMSprop", "centered", "grad_avg"),
+                                                  ("Adam", "amsgrad", "max_exp_avg_sq")])
+def test_option_switched_on_after_the_first_step_creates_its_buffer(name, option, buffer):
+    theta0, grads = _problem(n_steps=2)
+    opt = getattr(optim, name)(lr=0.01)
+    holder = Holder(**{k: nnxp.asarray(v, copy=True) for k, v in theta0.items()})
+    opt.bind([(holder, "W"), (holder, "b")])
+    holder.grads = {k: nnxp.asarray(v) for k, v in grads[0].items()}
+    opt.step()
+    assert buffer not in opt.state[0]
+    opt.param_groups[-1][option] = 0.9 if option == "momentum" else True
+    holder.grads = {k: nnxp.asarray(v) for k, v in grads[1].items()}
+    opt.step()
+    assert opt.state[0][buffer].shape == (3, 4)
+    assert np.all(np.isfinite(nnxp.to_numpy(holder.params["W"])))
+
+
+def test_a_subclass_overriding_update_is_called():
+    """The fast path calls the kernel directly only for classes that keep the base _update."""
+    calls = []
+
+    class Halved(optim.SGD):
+        def _update(self, param, grad, state, group, xp, inplace):
+            calls.append(state["step"])
+            return super()._update(param, grad * 0.5, state, group, xp, inplace)
+
+    theta0, grads = _problem(n_steps=2)
+    holder = Holder(**{k: nnxp.asarray(v, copy=True) for k, v in theta0.items()})
+    opt = Halved(lr=0.1)
+    opt.bind([(holder, "W"), (holder, "b")])
+    for g in grads:
+        holder.grads = {k: nnxp.asarray(v) for k, v in g.items()}
+        opt.step()
+    assert calls == [0, 0, 1, 1]
+    want = theta0["W"] - 0.05 * (grads[0]["W"] + grads[1]["W"])
+    np.testing.assert_allclose(nnxp.to_numpy(holder.params["W"]), want, atol=1e-12)
+
+
+def test_sgd_weight_decay_without_momentum_matches_torch_and_keeps_grads(bk):
+    theta0, grads = _problem(n_steps=5)
+    opts = {"lr": 0.05, "weight_decay": 0.1}
+    ours, holder = _run_nnxp(optim.SGD(**opts), theta0, grads)
+    np.testing.assert_array_equal(nnxp.to_numpy(holder.grads["W"]), grads[-1]["W"])
+    expected = ref.trajectory("SGD", theta0["W"], [g["W"] for g in grads], **opts)
+    for a, b in zip(ours, expected):
+        np.testing.assert_allclose(a["W"], b, rtol=0, atol=1e-12)
+    theirs = _torch_trajectory("SGD", theta0, grads, [(("W", "b"), opts)], opts)
+    _assert_close(ours, theirs, atol=1e-9)

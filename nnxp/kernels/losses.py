@@ -367,9 +367,21 @@ def softmax_cross_entropy(
     """Fused softmax + cross-entropy on integer labels, mean over the batch.
 
     ``L = −(1/N) Σ_i w_i Σ_k t_ik log softmax(z_i)_k`` with ``t = (1 − ε) onehot(y) + ε/C``
-    (``t = onehot(y)`` and ``L = −(1/N) Σ_i log softmax(z_i)_{y_i}`` by default), computed from
-    :func:`log_softmax`, so it stays finite for logits of any size. Equals
+    (``t = onehot(y)`` and ``L = −(1/N) Σ_i log softmax(z_i)_{y_i}`` by default). Equals
     ``torch.nn.functional.cross_entropy(z, y, label_smoothing=ε)``.
+
+    Computed with one exponential per logit and no log-softmax array: with the row maximum
+    ``m_i``, ``d_ik = z_ik − m_i ≤ 0``, ``e_ik = exp(d_ik)`` and ``s_i = Σ_k e_ik ≥ 1``,
+
+    * the probabilities are ``softmax(z_i)_k = e_ik / s_i`` (kept for the backward pass);
+    * ``log softmax(z_i)_k = d_ik − log s_i``, and since every row of ``t`` sums to 1,
+      ``l_i = −Σ_k t_ik (d_ik − log s_i) = log s_i − Σ_k t_ik d_ik``, so
+      ``L = (1/N) (Σ_i w_i log s_i − Σ_i w_i Σ_k t_ik d_ik)``.
+
+    Both terms are ≥ 0 (``log s_i ≥ 0``, ``d_ik ≤ 0``), so nothing cancels, and nothing overflows
+    for logits of any size: ``exp`` only sees ``d ≤ 0`` and ``log`` only ``s ≥ 1``.
+
+    Gradient (:func:`softmax_cross_entropy_backward`): ``∂L/∂z_ik = w_i (softmax(z_i)_k − t_ik)/N``.
 
     Parameters
     ----------
@@ -382,20 +394,33 @@ def softmax_cross_entropy(
     -------
     loss : 0-d array in the logits' dtype, and the cache for the backward pass.
     """
-    n = logits.shape[0]
-    logp = log_softmax(logits, xp=xp)
-    onehot = one_hot(labels, logits.shape[-1], dtype=logits.dtype, xp=xp)
-    t = smooth_labels(onehot, label_smoothing, logits.shape[-1])
-    scale = None if sample_weight is None else _scale(logits, sample_weight, n, xp=xp)
+    n, n_classes = logits.shape[0], logits.shape[-1]
+    # Every (N, C) array below is created here, so it is updated in place (as in dense_forward):
+    # four (N, C) arrays in all (d, the probabilities, the one-hot mask and targets).
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)  # d = z − m ≤ 0
+    probs = xp.exp(shifted)
+    s = xp.sum(probs, axis=-1)  # (N,), each >= 1
+    probs /= s[:, None]
+    t = one_hot(labels, n_classes, dtype=logits.dtype, xp=xp)
+    if label_smoothing != 0.0:
+        t *= 1.0 - label_smoothing
+        t += label_smoothing / n_classes
+    # l_i = log s_i − Σ_k t_ik d_ik: a row-wise dot product, no (N, C) product array
+    per_sample = xp.log(s) - xp.vecdot(shifted, t)
     if sample_weight is None:
-        loss = -xp.sum(logp * t) / n
-    else:
-        loss = _reduce(-xp.sum(logp * t, axis=-1), sample_weight, xp=xp)
-    return loss, SoftmaxCrossEntropyCache(xp.exp(logp), t, scale)
+        return xp.sum(per_sample) / n, SoftmaxCrossEntropyCache(probs, t, None)
+    loss = _reduce(per_sample, sample_weight, xp=xp)
+    return loss, SoftmaxCrossEntropyCache(probs, t, _scale(logits, sample_weight, n, xp=xp))
 
 
 def softmax_cross_entropy_backward(cache: SoftmaxCrossEntropyCache, *, xp: Any) -> Array:
-    """``∂L/∂z = (softmax(z) − t) · w / N`` (``t`` sums to 1 per row, hence this simple form)."""
+    """``∂L/∂z = (softmax(z) − t) · w / N`` (``t`` sums to 1 per row, hence this simple form).
+
+    Shapes: ``(N, C)`` in and out, in the logits' dtype.
+    """
+    grad = cache.probs - cache.onehot  # a fresh array: scaled in place
     if cache.scale is None:
-        return (cache.probs - cache.onehot) / cache.probs.shape[0]
-    return (cache.probs - cache.onehot) * cache.scale
+        grad *= 1.0 / cache.probs.shape[0]
+    else:
+        grad *= cache.scale
+    return grad

@@ -14,7 +14,12 @@ Conventions shared by every kernel here:
   buffers of ``param`` and of the state arrays and returns the very same objects; ``inplace=False``
   leaves every input untouched and returns new arrays (array-api-strict, any immutable backend).
   Both paths perform the same floating-point operations in the same order, so they agree bit for
-  bit.
+  bit. The in-place path updates the state with in-place operators (``m *= β₁; m += t``) and
+  allocates at most one or two full-size temporaries per parameter, each scaled or shifted in
+  place afterwards; ``grad`` is never written (callers read ``layer.grads`` after the step).
+* Bias corrections and learning rates are folded into Python scalars wherever the algebra allows
+  (Adam: ``γ/(1−β₁ᵗ) · m/(√v/√(1−β₂ᵗ) + ε) = γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m/(√v + ε√(1−β₂ᵗ))``), which
+  removes a pass over the array; the results differ from torch's only by rounding.
 * ``weight_decay`` is the L2 penalty folded into the gradient, ``g ← g + λ θ`` (torch's coupled
   form), except in :func:`adamw_update` and NAdam's ``decoupled_weight_decay``, where the
   parameter shrinks directly, ``θ ← θ (1 − γ λ)``.
@@ -61,9 +66,54 @@ def _assign(dst: Array, value: Array, inplace: bool) -> Array:
     return value
 
 
-def _l2(grad: Array, param: Array, weight_decay: float) -> Array:
+def _ema(avg: Array, x: Array, beta: float, inplace: bool) -> Array:
+    """``β·avg + (1 − β)·x``: one temporary (``x·(1 − β)``) on the in-place path."""
+    if inplace:
+        avg *= beta
+        t = x * (1 - beta)
+        avg += t
+        return avg
+    return avg * beta + x * (1 - beta)
+
+
+def _ema_sq(avg: Array, x: Array, beta: float, inplace: bool) -> Array:
+    """``β·avg + (1 − β)·x²``: one temporary (``x²``, scaled in place) on the in-place path."""
+    if inplace:
+        t = x * x
+        t *= 1 - beta
+        avg *= beta
+        avg += t
+        return avg
+    return avg * beta + (x * x) * (1 - beta)
+
+
+def _add_ratio(param: Array, num: Array, den: Array, c: float, inplace: bool) -> Array:
+    """``θ + (c·num) / den``: one temporary on the in-place path, ``num`` and ``den`` kept."""
+    if inplace:
+        t = num * c
+        t /= den
+        param += t
+        return param
+    return param + (num * c) / den
+
+
+def _plus(x: Array, c: float, inplace: bool) -> Array:
+    """``x + c`` for an array the kernel created itself (so it may be overwritten)."""
+    if inplace:
+        x += c
+        return x
+    return x + c
+
+
+def _l2(grad: Array, param: Array, weight_decay: float, inplace: bool = False) -> Array:
     """The coupled weight decay of torch.optim: ``g + λ θ`` (a new array; ``grad`` is kept)."""
-    return grad + weight_decay * param if weight_decay != 0 else grad
+    if weight_decay == 0:
+        return grad
+    if inplace:
+        g = param * weight_decay
+        g += grad
+        return g
+    return grad + param * weight_decay
 
 
 def _decay(param: Array, lr: float, weight_decay: float, inplace: bool) -> Array:
@@ -74,6 +124,15 @@ def _decay(param: Array, lr: float, weight_decay: float, inplace: bool) -> Array
         param *= 1 - lr * weight_decay
         return param
     return param * (1 - lr * weight_decay)
+
+
+def _state_buffer(state: State, name: str, param: Array, xp: Any) -> Array:
+    """``state[name]``, created at zero when missing (an option switched on after the first
+    step, e.g. ``momentum`` or ``amsgrad`` set by hand on a parameter group)."""
+    buf = state.get(name)
+    if buf is None:
+        buf = state[name] = _zeros_like(param, xp)
+    return buf
 
 
 def _zeros_like(param: Array, xp: Any) -> Array:
@@ -126,17 +185,45 @@ def sgd_momentum_update(
 
     Shapes: ``param``, ``grad`` and ``state["momentum_buffer"]`` share one shape.
     """
-    g = _l2(grad, param, weight_decay)
-    state["step"] = state["step"] + 1
+    state["step"] += 1
+    if momentum == 0 and weight_decay == 0:
+        if inplace:
+            param -= grad * lr
+            return param, state
+        return param - grad * lr, state
+    g = _l2(grad, param, weight_decay, inplace)
     if momentum != 0:
         buf = state.get("momentum_buffer")
         if buf is None:
             buf = xp.asarray(g, copy=True)
+        elif inplace:
+            buf *= momentum
+            if dampening != 0:
+                g_damped = g * (1 - dampening)
+                buf += g_damped
+            else:
+                buf += g
         else:
-            buf = _axpby(buf, momentum, g, 1 - dampening, inplace)
+            buf = buf * momentum + (g * (1 - dampening) if dampening != 0 else g)
         state["momentum_buffer"] = buf
-        g = g + momentum * buf if nesterov else buf
-    return _add_scaled(param, g, -lr, inplace), state
+        if nesterov:
+            if inplace:
+                d = buf * momentum
+                d += g
+                d *= lr
+                param -= d
+                return param, state
+            return param - (buf * momentum + g) * lr, state
+        if inplace:
+            param -= buf * lr  # never scale the buffer itself
+            return param, state
+        return param - buf * lr, state
+    # no momentum, weight decay on: g is the L2 temporary made above, ours to scale in place
+    if inplace:
+        g *= lr
+        param -= g
+        return param, state
+    return param - g * lr, state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,12 +255,17 @@ def adagrad_update(
     Other libraries: Keras starts the accumulator at 0.1 (torch at 0) and uses ε = 1e-7 (torch
     1e-10); both put ε outside the square root.
     """
-    g = _l2(grad, param, weight_decay)
+    g = _l2(grad, param, weight_decay, inplace)
     step = state["step"] + 1
     clr = lr / (1 + (step - 1) * lr_decay)
-    acc = _add_scaled(state["sum"], g * g, 1.0, inplace)
-    std = xp.sqrt(acc) + eps
-    param = _add_scaled(param, g / std, -clr, inplace)
+    acc = state["sum"]
+    if inplace:
+        sq = g * g
+        acc += sq
+    else:
+        acc = acc + g * g
+    std = _plus(xp.sqrt(acc), eps, inplace)
+    param = _add_ratio(param, g, std, -clr, inplace)
     state["step"], state["sum"] = step, acc
     return param, state
 
@@ -217,21 +309,30 @@ def rmsprop_update(
     Other libraries: Keras' RMSprop defaults to ρ = 0.9 and ε = 1e-7 (torch: α = 0.99, ε = 1e-8);
     TensorFlow 1's RMSPropOptimizer put ε inside the square root, ``√(v + ε)``.
     """
-    g = _l2(grad, param, weight_decay)
-    sq = _axpby(state["square_avg"], alpha, g * g, 1 - alpha, inplace)
+    g = _l2(grad, param, weight_decay, inplace)
+    sq = _ema_sq(state["square_avg"], g, alpha, inplace)
     state["square_avg"] = sq
     if centered:
-        gavg = _axpby(state["grad_avg"], alpha, g, 1 - alpha, inplace)
+        gavg = _ema(_state_buffer(state, "grad_avg", param, xp), g, alpha, inplace)
         state["grad_avg"] = gavg
-        avg = xp.sqrt(sq - gavg * gavg) + eps
+        avg = xp.sqrt(sq - gavg * gavg)
     else:
-        avg = xp.sqrt(sq) + eps
+        avg = xp.sqrt(sq)
+    avg = _plus(avg, eps, inplace)
     if momentum > 0:
-        buf = _axpby(state["momentum_buffer"], momentum, g / avg, 1.0, inplace)
+        buf = _state_buffer(state, "momentum_buffer", param, xp)
+        if inplace:
+            ratio = g / avg
+            buf *= momentum
+            buf += ratio
+            ratio = buf * lr
+            param -= ratio
+        else:
+            buf = buf * momentum + g / avg
+            param = param - buf * lr
         state["momentum_buffer"] = buf
-        param = _add_scaled(param, buf, -lr, inplace)
     else:
-        param = _add_scaled(param, g / avg, -lr, inplace)
+        param = _add_ratio(param, g, avg, -lr, inplace)
     state["step"] = state["step"] + 1
     return param, state
 
@@ -263,12 +364,21 @@ def adadelta_update(
     inside both square roots, as in the paper. The paper has no learning rate (γ = 1, torch's
     default); Keras' Adadelta defaults to γ = 0.001, ρ = 0.95, ε = 1e-7.
     """
-    g = _l2(grad, param, weight_decay)
-    sq = _axpby(state["square_avg"], rho, g * g, 1 - rho, inplace)
+    g = _l2(grad, param, weight_decay, inplace)
+    sq = _ema_sq(state["square_avg"], g, rho, inplace)
     std = xp.sqrt(sq + eps)
-    delta = xp.sqrt(state["acc_delta"] + eps) / std * g
-    acc = _axpby(state["acc_delta"], rho, delta * delta, 1 - rho, inplace)
-    param = _add_scaled(param, delta, -lr, inplace)
+    delta = xp.sqrt(state["acc_delta"] + eps)
+    if inplace:
+        delta /= std
+        delta *= g
+    else:
+        delta = delta / std * g
+    acc = _ema_sq(state["acc_delta"], delta, rho, inplace)
+    if inplace:
+        delta *= lr
+        param -= delta
+    else:
+        param = param - delta * lr
     state["square_avg"], state["acc_delta"] = sq, acc
     state["step"] = state["step"] + 1
     return param, state
@@ -317,19 +427,23 @@ def adam_update(
         param = _decay(param, lr, weight_decay, inplace)
         g = grad
     else:
-        g = _l2(grad, param, weight_decay)
+        g = _l2(grad, param, weight_decay, inplace)
     step = state["step"] + 1
-    m = _axpby(state["exp_avg"], beta1, g, 1 - beta1, inplace)
-    v = _axpby(state["exp_avg_sq"], beta2, g * g, 1 - beta2, inplace)
+    m = _ema(state["exp_avg"], g, beta1, inplace)
+    v = _ema_sq(state["exp_avg_sq"], g, beta2, inplace)
     bc1 = 1 - beta1**step
     bc2_sqrt = math.sqrt(1 - beta2**step)
     if amsgrad:
-        vmax = _assign(state["max_exp_avg_sq"], xp.maximum(state["max_exp_avg_sq"], v), inplace)
+        vmax = _state_buffer(state, "max_exp_avg_sq", param, xp)
+        vmax = _assign(vmax, xp.maximum(vmax, v), inplace)
         state["max_exp_avg_sq"] = vmax
-        denom = xp.sqrt(vmax) / bc2_sqrt + eps
+        v_hat = vmax
     else:
-        denom = xp.sqrt(v) / bc2_sqrt + eps
-    param = _add_scaled(param, m / denom, -lr / bc1, inplace)
+        v_hat = v
+    # γ/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε) = γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v̂ + ε√(1−β₂ᵗ)):
+    # the bias corrections become two Python scalars instead of a pass over the array.
+    denom = _plus(xp.sqrt(v_hat), eps * bc2_sqrt, inplace)
+    param = _add_ratio(param, m, denom, -lr * bc2_sqrt / bc1, inplace)
     state["step"], state["exp_avg"], state["exp_avg_sq"] = step, m, v
     return param, state
 
@@ -376,16 +490,17 @@ def adamax_update(
     Kingma & Ba (2015), section 7.1. torch adds ε to ``|g|`` inside the max (so ``u`` is never 0);
     Keras computes ``max(β₂ u, |g|)`` and adds ε to the denominator instead.
     """
-    g = _l2(grad, param, weight_decay)
+    g = _l2(grad, param, weight_decay, inplace)
     step = state["step"] + 1
-    m = _axpby(state["exp_avg"], beta1, g, 1 - beta1, inplace)
-    u_old = state["exp_inf"]
+    m = _ema(state["exp_avg"], g, beta1, inplace)
+    u = state["exp_inf"]
+    g_abs = _plus(xp.abs(g), eps, inplace)
     if inplace:
-        u_old *= beta2
-        u = _assign(u_old, xp.maximum(u_old, xp.abs(g) + eps), True)
+        u *= beta2
+        u[...] = xp.maximum(u, g_abs)
     else:
-        u = xp.maximum(beta2 * u_old, xp.abs(g) + eps)
-    param = _add_scaled(param, m / u, -lr / (1 - beta1**step), inplace)
+        u = xp.maximum(u * beta2, g_abs)
+    param = _add_ratio(param, m, u, -lr / (1 - beta1**step), inplace)
     state["step"], state["exp_avg"], state["exp_inf"] = step, m, u
     return param, state
 
@@ -428,16 +543,26 @@ def nadam_update(
         param = _decay(param, lr, weight_decay, inplace)
         g = grad
     else:
-        g = _l2(grad, param, weight_decay)
-    bc2 = 1 - beta2**step
+        g = _l2(grad, param, weight_decay, inplace)
+    bc2_sqrt = math.sqrt(1 - beta2**step)
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product = state["mu_product"] * mu
-    m = _axpby(state["exp_avg"], beta1, g, 1 - beta1, inplace)
-    v = _axpby(state["exp_avg_sq"], beta2, g * g, 1 - beta2, inplace)
-    denom = xp.sqrt(v / bc2) + eps
-    param = _add_scaled(param, g / denom, -lr * (1.0 - mu) / (1.0 - mu_product), inplace)
-    param = _add_scaled(param, m / denom, -lr * mu_next / (1.0 - mu_product * mu_next), inplace)
+    m = _ema(state["exp_avg"], g, beta1, inplace)
+    v = _ema_sq(state["exp_avg_sq"], g, beta2, inplace)
+    # √(v/(1−β₂ᵗ)) + ε = (√v + ε√(1−β₂ᵗ)) / √(1−β₂ᵗ): the bias correction moves into the two
+    # scalar coefficients, and both terms share one division: θ += (c_g g + c_m m) / s.
+    denom = _plus(xp.sqrt(v), eps * bc2_sqrt, inplace)
+    c_g = -lr * (1.0 - mu) / (1.0 - mu_product) * bc2_sqrt
+    c_m = -lr * mu_next / (1.0 - mu_product * mu_next) * bc2_sqrt
+    if inplace:
+        num = g * c_g
+        num_m = m * c_m
+        num += num_m
+        num /= denom
+        param += num
+    else:
+        param = param + (g * c_g + m * c_m) / denom
     state.update(step=step, mu_product=mu_product, exp_avg=m, exp_avg_sq=v)
     return param, state
 
