@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     big = interleave(candidates("big", opts), args.seconds)
     small = interleave(candidates("small", opts), args.seconds)
     memory = [bench.peak_memory("numpy", "big", o, via=via) for o in opts
-              for via in ("step", "fit")]
+              for via in ("step", "fit", "fit-lean")]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": bench.machine_info(),
         "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],

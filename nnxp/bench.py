@@ -572,7 +572,8 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
 
     ``via="step"`` runs :func:`train_step` ``steps`` times on one batch; ``via="fit"`` runs
     ``model.fit(epochs=1)`` over ``steps`` batches instead, so the peak also holds what ``fit``
-    keeps besides the step (the shuffled copy of the data set, weight snapshots, ...). In both,
+    keeps besides the step (the batch gathers, the divergence guard's weight snapshot, ...);
+    ``via="fit-lean"`` is ``fit(keep_finite_weights=False)``, without that snapshot. In all,
     the input data made before the model (``data_bytes``) is not counted.
 
     * numpy: :mod:`tracemalloc` (NumPy reports its data buffers to it). Tracing starts before
@@ -586,8 +587,8 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
     """
     opt_name = opt_name or default_optimizer()
     cfg = MODELS[name]
-    if via not in ("step", "fit"):
-        raise ValueError(f"via must be 'step' or 'fit', got {via!r}")
+    if via not in ("step", "fit", "fit-lean"):
+        raise ValueError(f"via must be 'step', 'fit' or 'fit-lean', got {via!r}")
     with backend.use_backend(spec) as info:
         xp, dev = info.xp, info.device
         method = "tracemalloc" if info.name == "numpy" else None
@@ -601,7 +602,7 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
         try:
             base = _current_bytes(method)
             x, y = model_inputs(name, xp, dev)
-            if via == "fit":
+            if via != "step":
                 X_all, y_all = model_inputs(name, xp, dev, steps * cfg["batch"])
             base_data = _current_bytes(method)
             model, opt = build_mlp(cfg["widths"]), make_optimizer(opt_name)
@@ -612,9 +613,9 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
                 tracemalloc.reset_peak()
             elif method is not None:
                 backend.device_memory(reset_peak=True)
-            if via == "fit":
+            if via != "step":
                 model.fit(X_all, y_all, optimizer=opt, epochs=1, batch_size=cfg["batch"],
-                          verbose=0)
+                          verbose=0, keep_finite_weights=via == "fit")
             else:
                 for _ in range(steps):
                     train_step(model, opt, x, y)

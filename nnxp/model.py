@@ -336,6 +336,7 @@ class Sequential:
         callbacks: Iterable[Any] | None = None,
         diagnostics: bool = False,
         check_finite_every: int | None = None,
+        keep_finite_weights: bool = True,
         resume_from: Any = None,
         sample_weight: Any = None,
     ) -> History:
@@ -374,6 +375,11 @@ class Sequential:
             fractions every epoch in ``history.diagnostics`` (see :mod:`nnxp.diagnostics`)
         check_finite_every : the divergence check interval in optimizer steps; ``None`` (the
             default) checks once per epoch, at no extra cost (see below)
+        keep_finite_weights : keep a device copy of the weights at every passing check point,
+            so that divergence restores the last finite ones (the default). ``False`` saves
+            that copy — one set of parameters and buffers, the largest part of what ``fit``
+            holds beyond a bare training step — at the price of leaving a diverged model with
+            the weights of the failing step (the error still names it)
         resume_from : path of a checkpoint written by :meth:`save` (or
             :class:`~nnxp.callbacks.ModelCheckpoint`) during an earlier run of the same
             architecture: its weights, buffers, optimizer state, shuffling generator and epoch
@@ -413,7 +419,8 @@ class Sequential:
         of one synchronisation and one parameter copy per check.
         """
         check_positive(epochs, argument="epochs", integer=True)
-        _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose)
+        _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
+                            keep_finite_weights=keep_finite_weights)
         if loss is not None:
             self.loss = get_loss(loss)
         X, y = self._prepare(X, y, self.loss)
@@ -437,7 +444,8 @@ class Sequential:
                            first_epoch=first_epoch,
                            batch_size=batch_size, shuffle=shuffle, verbose=verbose,
                            callbacks=callbacks, diagnostics=diagnostics,
-                           check_finite_every=check_finite_every, sample_weight=w)
+                           check_finite_every=check_finite_every, sample_weight=w,
+                           keep_finite_weights=keep_finite_weights)
 
     def _sample_weight(self, sample_weight: Any, n_samples: int) -> Array | None:
         """Checked per-sample weights in the model's dtype, or None."""
@@ -461,6 +469,7 @@ class Sequential:
         callbacks: Iterable[Any] | None = None,
         diagnostics: bool = False,
         check_finite_every: int | None = None,
+        keep_finite_weights: bool = True,
         sample_weight: Any = None,
     ) -> History:
         """One epoch over ``(X, y)``, continuing the model's optimizer and shuffling stream.
@@ -477,7 +486,8 @@ class Sequential:
         History
             one entry, numbered by the model's cumulative epoch count ``epochs_trained``.
         """
-        _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose)
+        _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
+                            keep_finite_weights=keep_finite_weights)
         if loss is not None:
             self.loss = get_loss(loss)
         X, y = self._prepare(X, y, self.loss)
@@ -491,6 +501,7 @@ class Sequential:
                            first_epoch=self.epochs_trained + 1, batch_size=batch_size,
                            shuffle=shuffle, verbose=verbose, callbacks=callbacks,
                            diagnostics=diagnostics, check_finite_every=check_finite_every,
+                           keep_finite_weights=keep_finite_weights,
                            sample_weight=w)
 
     def train_on_batch(self, X: Any, y: Any, *, loss: str | Loss | None = None,
@@ -656,7 +667,8 @@ class Sequential:
     def _train(self, X: Array, y: Array, val: Any, *, optimizer: Optimizer, epochs: int,
                first_epoch: int, batch_size: int | None, shuffle: bool, verbose: int,
                callbacks: Iterable[Any] | None, diagnostics: bool,
-               check_finite_every: int | None, sample_weight: Array | None = None) -> History:
+               check_finite_every: int | None, sample_weight: Array | None = None,
+               keep_finite_weights: bool = True) -> History:
         """The loop shared by ``fit`` and ``partial_fit`` (arrays already checked)."""
         if batch_size is not None:
             check_positive(batch_size, argument="batch_size", integer=True)
@@ -674,7 +686,7 @@ class Sequential:
         history = History()
         self.history = history
         self.stop_training = False
-        guard = _FiniteGuard(self, check_finite_every)
+        guard = _FiniteGuard(self, check_finite_every, keep=keep_finite_weights)
         last_epoch = first_epoch + epochs - 1
         progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
         before_update = None if recorder is None else recorder.before_update
@@ -733,7 +745,8 @@ class Sequential:
                 if self.stop_training:
                     break
         except _Diverged as event:
-            self._restore_weights(guard.snapshot)
+            if guard.snapshot is not None:
+                self._restore_weights(guard.snapshot)
             message = event.describe(guard, n_batches, optimizer)
             if not quiet:
                 raise TrainingDivergedError(message, epoch=event.epoch, step=event.step) \
@@ -843,11 +856,13 @@ class Sequential:
         return text
 
 
-def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any) -> None:
+def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any,
+                        keep_finite_weights: Any = True) -> None:
     """The flags of ``fit``/``partial_fit``: a truthy string such as ``"no"`` must not
     silently switch an option on."""
     check_flag(shuffle, argument="shuffle")
     check_flag(diagnostics, argument="diagnostics")
+    check_flag(keep_finite_weights, argument="keep_finite_weights")
     if not isinstance(verbose, bool):  # verbose=True reads as 1
         check_positive(verbose, argument="verbose", integer=True, allow_zero=True)
 
@@ -898,8 +913,12 @@ class _Diverged(Exception):
         self.last_step = last_step
 
     def describe(self, guard: _FiniteGuard, n_batches: int, optimizer: Any) -> str:
-        restored = (f"The weights were restored to those {guard.snapshot_where}, the last "
-                    "check point at which every loss and parameter was finite.")
+        if guard.snapshot is not None:
+            restored = (f"The weights were restored to those {guard.snapshot_where}, the last "
+                        "check point at which every loss and parameter was finite.")
+        else:
+            restored = ("The weights are left as the failing step made them "
+                        "(keep_finite_weights=False kept no copy of the last finite ones).")
         if self.value is not None:
             head = (f"Training diverged: the loss became {self.value} in epoch {self.epoch}, "
                     f"step {self.step} (batch {(self.batch or 0) + 1} of {n_batches}).")
@@ -915,10 +934,11 @@ class _FiniteGuard:
     check point, where one flag says whether they and the parameters are all finite; a
     passing check point refreshes the weight snapshot, a failing one restores it."""
 
-    def __init__(self, model: Sequential, every: int | None) -> None:
+    def __init__(self, model: Sequential, every: int | None, *, keep: bool = True) -> None:
         self.model = model
         self.every = every
-        self.snapshot = model._snapshot_weights()
+        self.keep = keep  # keep_finite_weights: hold a copy of the last finite weights
+        self.snapshot = model._snapshot_weights() if keep else None
         self.snapshot_where = "at the start of this call"
         self.window: list[Array] = []  # 0-d losses since the last check point
         self.where: list[tuple[int, int, int]] = []  # (epoch, batch, step) of each
@@ -949,7 +969,9 @@ class _FiniteGuard:
 
     def commit(self, where: str) -> None:
         """Everything so far is finite: keep a copy of the weights and start a new window."""
-        self.snapshot = self.model._snapshot_weights()
+        if self.keep:
+            self.snapshot = None  # obsolete now: release it before copying, not after
+            self.snapshot = self.model._snapshot_weights()
         self.snapshot_where = where
         self.window.clear()
         self.where.clear()

@@ -135,6 +135,9 @@ def test_peak_memory_on_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result["data_bytes"] >= 16 * 32 * 4
     in_fit = bench.peak_memory("numpy", "tiny", "sgd", steps=2, via="fit")
     assert in_fit["via"] == "fit" and in_fit["peak_bytes"] > in_fit["params"]
+    lean = bench.peak_memory("numpy", "tiny", "sgd", steps=2, via="fit-lean")
+    # without the divergence snapshot fit holds at least one copy of the parameters less
+    assert lean["peak_bytes"] <= in_fit["peak_bytes"] - in_fit["params"]
     with pytest.raises(ValueError, match="via must be"):
         bench.peak_memory("numpy", "tiny", "sgd", via="epoch")
 

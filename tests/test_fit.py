@@ -427,3 +427,24 @@ def test_bad_sample_weights_are_rejected(weights, error, match) -> None:
     X, y = _weighted_problem()
     with pytest.raises(error, match=match):
         _weighted_model().fit(X, y, epochs=1, verbose=0, sample_weight=weights)
+
+
+def test_keep_finite_weights_false_keeps_no_copy_and_says_so(cpu_bk, rng) -> None:
+    model, X, y, lr = diverging_problem(rng)
+    snaps = Snapshots()
+    with pytest.raises(nnxp.TrainingDivergedError) as info:
+        model.fit(X, y, loss="mse", epochs=500, batch_size=None, verbose=0,
+                  optimizer=SGD(lr=lr), callbacks=[snaps], keep_finite_weights=False)
+    text = str(info.value)
+    assert f"epoch {info.value.epoch}" in text and "keep_finite_weights=False" in text
+    assert "restored" not in text
+    last_check_point = snaps.at_epoch_end[info.value.epoch - 1]
+    assert any(not np.array_equal(got, want)  # nothing was rolled back
+               for got, want in zip(weights(model), last_check_point))
+
+
+def test_keep_finite_weights_must_be_a_flag(data) -> None:
+    X, y = data
+    model = nnxp.Sequential([Dense(4, 5), ReLU(), Dense(5, 3)], seed=0)
+    with pytest.raises(TypeError, match="keep_finite_weights"):
+        model.fit(X, y, epochs=1, verbose=0, keep_finite_weights="no")
