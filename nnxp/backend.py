@@ -536,6 +536,15 @@ def load_npz(path: Any) -> dict[str, np.ndarray]:
                              f"({type(exc).__name__}: {exc})") from None
 
 
+def host_namespace() -> Any:
+    """The array-API namespace of host arrays (array-api-compat's NumPy), whatever is active.
+
+    For computations that must give the same bits on every backend (e.g. the QR of the
+    orthogonal initialiser): do them here, then move the result once with :func:`asarray`.
+    """
+    return _namespace_for("numpy")
+
+
 def host_scalar(x: Any) -> Any:
     """A NumPy scalar (``np.float64(1.5)``) as the Python number it holds; anything else as is."""
     if isinstance(x, np.generic):

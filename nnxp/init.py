@@ -232,11 +232,6 @@ def lecun_normal(shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
 # ----------------------------------------------------------------------------------------------
 
 
-def _host_namespace() -> Any:
-    """The array-API namespace of host (NumPy) arrays, reached without naming NumPy here."""
-    return backend.namespace_of(backend.to_numpy(0.0))
-
-
 class Orthogonal:
     """A (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2014).
 
@@ -265,7 +260,7 @@ class Orthogonal:
                              f"got {tuple(shape)}")
         rows = shape[0]
         cols = math.prod(shape[1:])
-        hx = _host_namespace()
+        hx = backend.host_namespace()
         a = rng.normal((max(rows, cols), min(rows, cols)), dtype="float64", xp=hx, device="cpu")
         q, r = hx.linalg.qr(a)
         d = hx.linalg.diagonal(r)
