@@ -39,7 +39,7 @@ from .layers import Layer
 from .layers.core import LAYERS, layer_class_name
 from .losses import LOSSES, Loss
 from .random import BackendGenerator, Generator
-from .validation import check_flag
+from .validation import check_count, check_flag
 
 Array = Any
 
@@ -755,8 +755,7 @@ def summary_rows(model: Any, batch_size: int = 32) -> dict[str, Any]:
     Output shapes come from one forward pass in evaluation mode on a zero batch of
     ``batch_size`` samples (when the model declares its input width).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_count(batch_size, argument="batch_size")
     n_in = model.n_features
     x = None
     if n_in is not None:

@@ -96,6 +96,13 @@ def check_class_labels(
     return labels
 
 
+def check_count(value: Any, *, argument: str) -> int:
+    """A positive Python int (a width, a count): a ValueError naming ``argument`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{argument} must be a positive int, got {value!r}")
+    return value
+
+
 def check_positive(value: Any, *, argument: str, integer: bool = False,
                    allow_zero: bool = False) -> Any:
     """A positive (or non-negative) number, else a ValueError naming ``argument``."""

@@ -28,7 +28,7 @@ from .. import backend
 from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import activations as act
 from ..random import Generator
-from ..validation import check_flag, check_float_dtype
+from ..validation import check_count, check_flag, check_float_dtype
 from .core import LAYERS, Layer, input_error, layer_class_name
 
 Array = Any
@@ -38,12 +38,6 @@ def _check_real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     return float(value)
-
-
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +219,7 @@ class PReLU(Layer):
     def __init__(self, num_parameters: int = 1, init: float = 0.25, *,
                  dtype: Any = "float32") -> None:
         super().__init__()
-        self.num_parameters = _check_count("num_parameters", num_parameters)
+        self.num_parameters = check_count(num_parameters, argument="num_parameters")
         self.init = _check_real("init", init)
         self.dtype = check_float_dtype(dtype, self.xp)
         self.reset_parameters(Generator(0))
@@ -532,9 +526,9 @@ class Maxout(Layer):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_count("in_features", in_features)
-        self.out_features = _check_count("out_features", out_features)
-        self.k = _check_count("k", k)
+        self.in_features = check_count(in_features, argument="in_features")
+        self.out_features = check_count(out_features, argument="out_features")
+        self.k = check_count(k, argument="k")
         self.init = get_initializer(init)
         self.use_bias = check_flag(bias, argument="bias")
         self.dtype = check_float_dtype(dtype, self.xp)

@@ -24,7 +24,7 @@ from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import dense as dense_k
 from ..kernels import regularization as reg_k
 from ..random import Generator
-from ..validation import check_flag, check_float_dtype, check_positive, describe
+from ..validation import check_count, check_flag, check_float_dtype, check_positive, describe
 
 Array = Any
 
@@ -187,11 +187,8 @@ class Dense(Layer):
         )
 
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = check_count(in_features, argument="in_features")
+        self.out_features = check_count(out_features, argument="out_features")
         self.init = get_initializer(init)
         self.use_bias = check_flag(bias, argument="bias")
         self.dtype = check_float_dtype(dtype, self.xp)

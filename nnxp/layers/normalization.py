@@ -11,16 +11,10 @@ from typing import Any
 from .. import backend
 from ..kernels import normalization as k
 from ..random import Generator
-from ..validation import check_flag, check_float_dtype, check_positive
+from ..validation import check_count, check_flag, check_float_dtype, check_positive
 from .core import Layer
 
 Array = Any
-
-
-def _check_features(value: Any, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_input(x: Array, width: int, layer: str) -> None:
@@ -78,7 +72,7 @@ class BatchNorm1d(Layer):
         dtype: Any = "float32",
     ) -> None:
         super().__init__()
-        self.num_features = _check_features(num_features, "num_features")
+        self.num_features = check_count(num_features, argument="num_features")
         self.in_features = self.out_features = num_features
         self.eps = float(check_positive(eps, argument="eps"))
         if momentum is not None:
@@ -177,7 +171,7 @@ class LayerNorm(Layer):
         dtype: Any = "float32",
     ) -> None:
         super().__init__()
-        self.normalized_shape = _check_features(normalized_shape, "normalized_shape")
+        self.normalized_shape = check_count(normalized_shape, argument="normalized_shape")
         self.in_features = self.out_features = normalized_shape
         self.eps = float(check_positive(eps, argument="eps"))
         self.elementwise_affine = check_flag(elementwise_affine, argument="elementwise_affine")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend
-from ..validation import check_features, check_float_dtype
+from ..validation import check_count, check_features, check_float_dtype
 from .core import Layer
 
 Array = Any
@@ -31,9 +31,7 @@ class Standardize(Layer):
 
     def __init__(self, n_features: int, *, dtype: Any = "float32") -> None:
         super().__init__()
-        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
-            raise ValueError(f"n_features must be a positive int, got {n_features!r}")
-        self.in_features = self.out_features = n_features
+        self.in_features = self.out_features = check_count(n_features, argument="n_features")
         self.dtype = check_float_dtype(dtype, self.xp)
         self.buffers["mean"] = self.xp.zeros((n_features,), dtype=self.dtype, device=self.device)
         self.buffers["scale"] = self.xp.ones((n_features,), dtype=self.dtype, device=self.device)
