@@ -175,9 +175,9 @@ def check_sample_weight(
         w = xp.astype(w, dtype)
     if not backend.isfinite_all(w, xp):
         raise ValueError(f"{argument} contains NaN or infinite values; weights must be finite")
-    if n_samples and backend.to_float(xp.min(w)) < 0.0:
-        raise ValueError(f"{argument} must be >= 0, got a minimum of "
-                         f"{backend.to_float(xp.min(w)):g}")
+    lowest = backend.to_float(xp.min(w)) if n_samples else 0.0
+    if lowest < 0.0:
+        raise ValueError(f"{argument} must be >= 0, got a minimum of {lowest:g}")
     if n_samples and backend.to_float(xp.max(w)) == 0.0:
         raise ValueError(f"{argument} is zero for all {n_samples} samples: nothing would be "
                          "learned; give at least one sample a positive weight")
