@@ -6,6 +6,8 @@ device-to-host transfer each; they run once per ``fit``/``predict`` call, never 
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any
 
@@ -97,10 +99,58 @@ def check_class_labels(
 
 
 def check_count(value: Any, *, argument: str) -> int:
-    """A positive Python int (a width, a count): a ValueError naming ``argument`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive int (a width, a count; NumPy integers too, as read back from a file),
+    returned as a Python int: a ValueError naming ``argument`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{argument} must be a positive int, got {value!r}")
-    return value
+    return int(value)
+
+
+# Real-valued hyperparameters (optimizers, schedules): NumPy scalars are accepted, since options
+# read back from a checkpoint arrive as such; bools are refused (``lr=True`` is a mistake).
+
+
+def check_real(value: Any, *, argument: str) -> float:
+    """A real number that is not NaN, as a Python float; TypeError / ValueError otherwise."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_") \
+            or not isinstance(value, numbers.Real):
+        raise TypeError(f"{argument} must be a real number, got {value!r}")
+    if value != value:
+        raise ValueError(f"{argument} must be a real number, got nan")
+    return float(value)
+
+
+def check_nonneg(value: Any, *, argument: str) -> float:
+    """A finite real number >= 0."""
+    v = check_real(value, argument=argument)
+    if v < 0 or math.isinf(v):
+        raise ValueError(f"{argument} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_above_zero(value: Any, *, argument: str) -> float:
+    """A real number > 0 (infinity allowed: a bound that never binds)."""
+    v = check_real(value, argument=argument)
+    if not v > 0:
+        raise ValueError(f"{argument} must be > 0, got {value!r}")
+    return v
+
+
+def check_unit_interval(value: Any, *, argument: str, closed: bool = False) -> float:
+    """A real number in ``[0, 1)`` (a decay rate), or in ``[0, 1]`` with ``closed``."""
+    v = check_real(value, argument=argument)
+    if not (0 <= v <= 1 if closed else 0 <= v < 1):
+        bound = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{argument} must be in {bound}, got {value!r}")
+    return v
+
+
+def check_betas(value: Any, *, argument: str = "betas") -> tuple[float, float]:
+    """A pair ``(β₁, β₂)`` of decay rates, each in ``[0, 1)``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{argument} must be a pair (beta1, beta2), got {value!r}")
+    return (check_unit_interval(value[0], argument=f"{argument}[0]"),
+            check_unit_interval(value[1], argument=f"{argument}[1]"))
 
 
 def check_positive(value: Any, *, argument: str, integer: bool = False,
