@@ -479,13 +479,7 @@ def _generator_states(layer: Any, arrays: dict[str, Any], path: str) -> dict[str
             out[name] = {"type": "Generator",
                          "state": _encode(value.state, arrays, f"{path}/{name}")}
         elif isinstance(value, BackendGenerator):
-            rng = value._rng
-            if value.kind in ("numpy", "host"):
-                state: Any = dict(rng.bit_generator.state)
-            elif value.kind == "torch":
-                state = rng.get_state()  # a CPU uint8 tensor
-            else:  # cupy's generator state is not exposed: a checkpoint restarts its seed
-                state = None
+            state = value.get_state()  # None on cupy: a checkpoint restarts from the seed
             out[name] = {"type": "BackendGenerator", "kind": value.kind, "seed": value.seed,
                          "state": _encode(state, arrays, f"{path}/{name}")}
     return out
@@ -500,10 +494,7 @@ def _restore_generators(layer: Any, entries: dict[str, Any], arrays: dict[str, A
         elif entry.get("type") == "BackendGenerator" and isinstance(current, BackendGenerator):
             fresh = BackendGenerator(int(entry["seed"]), layer.xp, layer.device)
             if state is not None and fresh.kind == entry.get("kind"):
-                if fresh.kind == "torch":
-                    fresh._rng.set_state(backend.asarray(state, xp=layer.xp, device="cpu"))
-                else:
-                    fresh._rng.bit_generator.state = state
+                fresh.set_state(state)
             setattr(layer, name, fresh)  # another backend: the same seed, its own stream
 
 
