@@ -309,7 +309,7 @@ def model_record(model: Any, *, include_optimizer: bool = True) -> tuple[dict[st
         "loss": _loss_record(model.loss),
         "layers": layers,
         "seed": model.seed,
-        "rng": {"data": _encode(model._data_rng.state, arrays, "rng/data")},
+        "rng": {"data": _encode(model.data_rng.state, arrays, "rng/data")},
         "metadata": _encode(dict(getattr(model, "metadata", None) or {}), arrays, "metadata"),
         "epochs_trained": int(getattr(model, "epochs_trained", 0)),
         "optimizer": None if opt is None else _optimizer_record(opt, arrays),
@@ -600,7 +600,7 @@ def _apply_training_state(model: Any, record: dict[str, Any], arrays: dict[str, 
     rng = record.get("rng") or {}
     if "data" in rng:
         try:
-            model._data_rng.state = _decode(rng["data"], arrays)
+            model.data_rng.state = _decode(rng["data"], arrays)
         except (TypeError, ValueError, KeyError) as exc:
             raise FormatError(f"invalid generator state in the record: {exc}") from None
     model.epochs_trained = int(record.get("epochs_trained", 0))

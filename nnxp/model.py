@@ -830,6 +830,15 @@ class Sequential:
 
     # --- persistence, devices, summary (implemented in nnxp.io) ---------------------------
 
+    @property
+    def data_rng(self) -> Generator:
+        """The host generator that draws each epoch's shuffling order.
+
+        Spawned from ``seed`` at construction; checkpoints store its ``state`` and resuming
+        sets it back, so a resumed run shuffles as the uninterrupted one would have.
+        """
+        return self._data_rng
+
     def save(self, path: Any, *, include_optimizer: bool = True, overwrite: bool = True) -> None:
         """Write the model (and, by default, its optimizer state and counters) to ``path``.
 

@@ -358,7 +358,7 @@ def test_checkpoint_holds_optimizer_state_and_counters(name, make_opt, data, tmp
     assert type(loaded.optimizer) is type(model.optimizer)
     assert loaded.optimizer.iterations == model.optimizer.iterations == 8
     assert loaded.epochs_trained == 2
-    assert loaded._data_rng.state == model._data_rng.state
+    assert loaded.data_rng.state == model.data_rng.state
     if hasattr(model.optimizer, "state_dict"):
         a, b = model.optimizer.state_dict(), loaded.optimizer.state_dict()
         assert json.dumps(nio._encode(a, {}, "s")) == json.dumps(nio._encode(b, {}, "s"))
