@@ -35,6 +35,7 @@ from typing import IO, Any
 from . import backend
 from . import backend as _backend_module  # for functions whose argument is named backend
 from . import model as _model
+from ._version import __version__
 from .layers import Layer
 from .layers.core import LAYERS, layer_class_name
 from .losses import LOSSES, Loss
@@ -303,7 +304,7 @@ def model_record(model: Any, *, include_optimizer: bool = True) -> tuple[dict[st
     record: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "nnxp_version": _nnxp_version(),
+        "nnxp_version": __version__,
         "saved_from": {"backend": _namespace_name(model.xp, info), "device": str(model.device)},
         "dtype": backend.dtype_name(model.dtype),
         "loss": _loss_record(model.loss),
@@ -316,12 +317,6 @@ def model_record(model: Any, *, include_optimizer: bool = True) -> tuple[dict[st
     }
     json.dumps(record, allow_nan=False)  # fail before writing anything
     return record, arrays
-
-
-def _nnxp_version() -> str:
-    from . import __version__  # noqa: PLC0415 - the package facade imports this module
-
-    return __version__
 
 
 def _namespace_name(xp: Any, info: backend.BackendInfo) -> str:
