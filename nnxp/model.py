@@ -12,6 +12,7 @@ from typing import Any
 from . import backend
 from . import diagnostics as diag
 from . import io as _io
+from . import summary as _summary
 from .callbacks import CallbackList, get_lr
 from .layers import Layer, Softmax
 from .losses import Loss, get_loss
@@ -858,8 +859,8 @@ class Sequential:
     def summary(self, batch_size: int = 32, *, print_summary: bool = True) -> str:
         """The layers, their output shapes and parameter counts, and a memory estimate for a
         training step with ``batch_size`` samples; printed unless ``print_summary=False``, and
-        returned as a string. See :func:`nnxp.io.summary`."""
-        text = _io.summary(self, batch_size)
+        returned as a string. See :func:`nnxp.summary.summary`."""
+        text = _summary.summary(self, batch_size)
         if print_summary:
             print(text)
         return text
