@@ -35,6 +35,7 @@ from . import backend
 from . import backend as _backend_module  # for functions whose argument is named backend
 from . import model as _model
 from ._version import __version__
+from .devices import move
 from .layers import Layer
 from .layers.core import LAYERS, layer_class_name
 from .losses import LOSSES, Loss
@@ -663,58 +664,3 @@ def restore_checkpoint(model: Any, path: str | os.PathLike[str], optimizer: Any 
             raise ValueError(f"{os.fspath(path)} holds no optimizer state to resume from")
         _restore_optimizer(optimizer, record["optimizer"], arrays)
     return model.epochs_trained
-
-
-# ----------------------------------------------------------------------------------------------
-# Moving between backends
-# ----------------------------------------------------------------------------------------------
-
-
-def move(model: Any, backend_name: str | Any, device: Any = None) -> Any:
-    """Move ``model`` (parameters, gradients, buffers) and its optimizer state in place.
-
-    Every array attribute of every layer moves to the new namespace and device; dtype
-    attributes are re-resolved in the new namespace; caches of a pending backward are dropped.
-    Layers holding other backend-bound objects may define ``_moved_to(xp, device)`` to rebuild
-    them. The optimizer's ``state_dict()`` is taken before and loaded back after rebinding.
-    Returns ``model``.
-    """
-    with backend.use_backend(backend_name, device) as info:
-        xp, dev = info.xp, info.device
-    opt: Any = getattr(model, "optimizer", None)
-    opt_state = opt.state_dict() if callable(getattr(opt, "state_dict", None)) else None
-    for layer in model.layers:
-        _move_object(layer, xp, dev)
-    model.xp, model.device = xp, dev
-    model.dtype = backend.resolve_dtype(backend.dtype_name(model.dtype), xp)
-    if opt is not None:
-        iterations = getattr(opt, "iterations", 0)
-        opt.bind(model.parameters())
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-        opt.iterations = iterations
-    return model
-
-
-def _move_object(layer: Any, xp: Any, device: Any) -> None:
-    for name in ("params", "grads", "buffers"):
-        store = getattr(layer, name, None)
-        if isinstance(store, dict):
-            for key, value in store.items():
-                store[key] = backend.asarray(value, xp=xp, device=device)
-    for name, value in list(vars(layer).items()):
-        if name in ("xp", "device", "params", "grads", "buffers") or value is None:
-            continue
-        if name == "dtype" or name.endswith("_dtype"):
-            if not isinstance(value, str):
-                setattr(layer, name, backend.resolve_dtype(backend.dtype_name(value), xp))
-        elif not isinstance(value, type) and backend.is_array(value):
-            setattr(layer, name, backend.asarray(value, xp=xp, device=device))
-        elif isinstance(value, BackendGenerator):  # continue from a seed drawn from the old one
-            seed = int(backend.to_float(value.uniform((1,), "float64")[0]) * (2**63 - 1))
-            setattr(layer, name, BackendGenerator(seed, xp, device))
-    layer._cache = None
-    layer.xp, layer.device = xp, device
-    hook = getattr(layer, "_moved_to", None)
-    if callable(hook):
-        hook(xp, device)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import backend
+from . import devices as _devices
 from . import diagnostics as diag
 from . import io as _io
 from . import summary as _summary
@@ -852,9 +853,9 @@ class Sequential:
         """Move the parameters, buffers and optimizer state to another backend/device, in place.
 
         ``model.to("torch", "cuda")``, ``model.to("array_api_strict:device1")``; returns the
-        model. See :func:`nnxp.io.move`.
+        model. See :func:`nnxp.devices.move`.
         """
-        return _io.move(self, backend, device)
+        return _devices.move(self, backend, device)
 
     def summary(self, batch_size: int = 32, *, print_summary: bool = True) -> str:
         """The layers, their output shapes and parameter counts, and a memory estimate for a
