@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import nnxp
+from nnxp import archive
 from nnxp import io as nio
 from nnxp.layers import Dense, Layer, ReLU
 from nnxp.layers.core import LAYERS
@@ -361,7 +362,7 @@ def test_checkpoint_holds_optimizer_state_and_counters(name, make_opt, data, tmp
     assert loaded.data_rng.state == model.data_rng.state
     if hasattr(model.optimizer, "state_dict"):
         a, b = model.optimizer.state_dict(), loaded.optimizer.state_dict()
-        assert json.dumps(nio._encode(a, {}, "s")) == json.dumps(nio._encode(b, {}, "s"))
+        assert json.dumps(archive._encode(a, {}, "s")) == json.dumps(archive._encode(b, {}, "s"))
     without = tmp_path / "weights.npz"
     model.save(without, include_optimizer=False)
     assert getattr(nnxp.load(without), "optimizer", None) is None
