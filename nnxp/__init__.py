@@ -5,6 +5,7 @@ with :func:`set_backend`, :func:`use_backend` or the ``NNXP_BACKEND`` environmen
 """
 
 from . import callbacks, diagnostics, init, io, kernels, layers, losses, metrics, optim, schedules
+from ._version import __version__
 from .backend import (
     BACKENDS,
     BackendError,
@@ -21,8 +22,6 @@ from .io import FormatError, load
 from .layers import BackwardError
 from .model import History, Sequential, TrainingDivergedError
 from .perceptron import Perceptron
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",

@@ -9,9 +9,11 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import archive as _archive
 from . import backend
+from . import devices as _devices
 from . import diagnostics as diag
-from . import io as _io
+from . import summary as _summary
 from .callbacks import CallbackList, get_lr
 from .layers import Layer, Softmax
 from .losses import Loss, get_loss
@@ -22,6 +24,11 @@ from .random import Generator
 from .validation import check_features, check_flag, check_positive, check_sample_weight
 
 Array = Any
+
+# fit(resume_from=...) reaches checkpoint_optimizer and restore_checkpoint as ``_io.*``; they
+# now live in nnxp.archive (nnxp.io sits above this module). The alias goes when that code
+# moves to nnxp.training, which imports archive itself.
+_io = _archive
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -828,29 +835,38 @@ class Sequential:
             for k, v in buffers.items():
                 layer.buffers[k] = xp.asarray(v, copy=True)
 
-    # --- persistence, devices, summary (implemented in nnxp.io) ---------------------------
+    # --- persistence, devices, summary (nnxp.archive, nnxp.devices, nnxp.summary) -------
+
+    @property
+    def data_rng(self) -> Generator:
+        """The host generator that draws each epoch's shuffling order.
+
+        Spawned from ``seed`` at construction; checkpoints store its ``state`` and resuming
+        sets it back, so a resumed run shuffles as the uninterrupted one would have.
+        """
+        return self._data_rng
 
     def save(self, path: Any, *, include_optimizer: bool = True, overwrite: bool = True) -> None:
         """Write the model (and, by default, its optimizer state and counters) to ``path``.
 
         An NPZ archive with a JSON record, read back by :func:`nnxp.load`; written atomically.
-        See :func:`nnxp.io.save` and ``docs/persistence.md``.
+        See :func:`nnxp.archive.save` and ``docs/persistence.md``.
         """
-        _io.save(self, path, include_optimizer=include_optimizer, overwrite=overwrite)
+        _archive.save(self, path, include_optimizer=include_optimizer, overwrite=overwrite)
 
     def to(self, backend: str | Any, device: Any = None) -> Sequential:
         """Move the parameters, buffers and optimizer state to another backend/device, in place.
 
         ``model.to("torch", "cuda")``, ``model.to("array_api_strict:device1")``; returns the
-        model. See :func:`nnxp.io.move`.
+        model. See :func:`nnxp.devices.move`.
         """
-        return _io.move(self, backend, device)
+        return _devices.move(self, backend, device)
 
     def summary(self, batch_size: int = 32, *, print_summary: bool = True) -> str:
         """The layers, their output shapes and parameter counts, and a memory estimate for a
         training step with ``batch_size`` samples; printed unless ``print_summary=False``, and
-        returned as a string. See :func:`nnxp.io.summary`."""
-        text = _io.summary(self, batch_size)
+        returned as a string. See :func:`nnxp.summary.summary`."""
+        text = _summary.summary(self, batch_size)
         if print_summary:
             print(text)
         return text

@@ -118,6 +118,16 @@ class BackendGenerator:
         A non-negative int (below 2**63), or ``None`` for fresh entropy.
     xp, device
         The namespace and device the draws are made for.
+
+    Attributes
+    ----------
+    seed
+        The seed the stream started from (drawn from fresh entropy when ``None`` was given).
+    kind
+        Which generator draws: ``"numpy"``, ``"torch"``, ``"cupy"`` or ``"host"`` (a NumPy
+        generator on the host, for namespaces without random numbers).
+
+    Its state can be saved and restored with :meth:`get_state` and :meth:`set_state`.
     """
 
     def __init__(self, seed: int | None, xp: Any, device: Any) -> None:
@@ -165,6 +175,46 @@ class BackendGenerator:
         if self.kind == "numpy":
             return host
         return backend.asarray(host, xp=self.xp, device=self.device)
+
+    def get_state(self) -> Any:
+        """The generator's current state, for checkpoints; ``None`` where the backend hides it.
+
+        Returns
+        -------
+        dict, torch.Tensor or None
+            numpy and host kinds: the PCG64 bit generator's state (a JSON-able dict whose
+            integers exceed 64 bits); torch: ``torch.Generator.get_state()``, a CPU ``uint8``
+            tensor; cupy: None, since CuPy does not expose the state of its generators (a
+            checkpoint then restarts the stream from :attr:`seed`).
+        """
+        if self.kind in ("numpy", "host"):
+            return dict(self._rng.bit_generator.state)
+        if self.kind == "torch":
+            return self._rng.get_state()
+        return None
+
+    def set_state(self, state: Any) -> None:
+        """Continue the stream from ``state``, as :meth:`get_state` returned it.
+
+        Parameters
+        ----------
+        state
+            From a generator of the same :attr:`kind`. For torch, any array of the state's
+            ``uint8`` bytes (e.g. the host copy a checkpoint holds); it is copied to a CPU
+            tensor, where ``torch.Generator.set_state`` expects it.
+
+        Raises
+        ------
+        NotImplementedError
+            on cupy, whose generators' state cannot be set.
+        """
+        if self.kind == "torch":
+            self._rng.set_state(backend.asarray(state, xp=self.xp, device="cpu"))
+        elif self.kind == "cupy":
+            raise NotImplementedError("CuPy does not expose the state of its generators; "
+                                      "build a new BackendGenerator from the seed instead")
+        else:
+            self._rng.bit_generator.state = state
 
     def bernoulli_mask(self, shape: tuple[int, ...], keep: float, dtype: Any) -> Array:
         """A 0/1 mask in ``dtype`` whose entries are 1 with probability ``keep`` (``u < keep``)."""

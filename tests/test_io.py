@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import nnxp
+from nnxp import archive
 from nnxp import io as nio
 from nnxp.layers import Dense, Layer, ReLU
 from nnxp.layers.core import LAYERS
@@ -358,10 +359,10 @@ def test_checkpoint_holds_optimizer_state_and_counters(name, make_opt, data, tmp
     assert type(loaded.optimizer) is type(model.optimizer)
     assert loaded.optimizer.iterations == model.optimizer.iterations == 8
     assert loaded.epochs_trained == 2
-    assert loaded._data_rng.state == model._data_rng.state
+    assert loaded.data_rng.state == model.data_rng.state
     if hasattr(model.optimizer, "state_dict"):
         a, b = model.optimizer.state_dict(), loaded.optimizer.state_dict()
-        assert json.dumps(nio._encode(a, {}, "s")) == json.dumps(nio._encode(b, {}, "s"))
+        assert json.dumps(archive._encode(a, {}, "s")) == json.dumps(archive._encode(b, {}, "s"))
     without = tmp_path / "weights.npz"
     model.save(without, include_optimizer=False)
     assert getattr(nnxp.load(without), "optimizer", None) is None
