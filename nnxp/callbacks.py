@@ -301,7 +301,7 @@ class EarlyStopping(Callback):
         if math.isfinite(value) and self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights and self.model is not None:
-                self.best_weights = self.model._snapshot_weights()
+                self.best_weights = self.model.snapshot_weights()
             return
         self.wait += 1
         if self.wait >= self.patience and self.model is not None:
@@ -311,7 +311,7 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: Logs | None = None) -> None:
         if self.restore_best_weights and self.best_weights is not None \
                 and self.model is not None:
-            self.model._restore_weights(self.best_weights)
+            self.model.restore_weights(self.best_weights)
 
     def __repr__(self) -> str:
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "

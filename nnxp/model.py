@@ -22,6 +22,9 @@ from .random import Generator
 from .validation import check_features, check_flag, check_positive, check_sample_weight
 
 Array = Any
+Snapshot = list[tuple[dict[str, Array], dict[str, Array]]]
+"""What :meth:`Sequential.snapshot_weights` returns: per layer, copies of its parameters and
+buffers."""
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -520,7 +523,7 @@ class Sequential:
         X, y = self._prepare(X, y, self.loss)
         opt = self._use_optimizer(optimizer)
         closure_based = getattr(opt, "requires_closure", False)
-        saved = self._snapshot_weights() if closure_based else None
+        saved = self.snapshot_weights() if closure_based else None
         result = math.nan
 
         def check(value: Array) -> None:
@@ -535,7 +538,7 @@ class Sequential:
             self._step(X, y, opt, before_update=check)
         if not math.isfinite(result):
             if saved is not None:
-                self._restore_weights(saved)
+                self.restore_weights(saved)
             raise TrainingDivergedError(
                 f"train_on_batch: the loss is {result}; the weights were restored to those "
                 f"before the step. {_ADVICE.format(opt=opt)}")
@@ -746,7 +749,7 @@ class Sequential:
                     break
         except _Diverged as event:
             if guard.snapshot is not None:
-                self._restore_weights(guard.snapshot)
+                self.restore_weights(guard.snapshot)
             message = event.describe(guard, n_batches, optimizer)
             if not quiet:
                 raise TrainingDivergedError(message, epoch=event.epoch, step=event.step) \
@@ -809,18 +812,35 @@ class Sequential:
 
     # --- weight snapshots (early stopping, divergence) ----------------------------------------
 
-    def _snapshot_weights(self) -> list[tuple[dict[str, Array], dict[str, Array]]]:
-        """A copy, on the device, of every layer's parameters and buffers."""
+    def snapshot_weights(self) -> Snapshot:
+        """A copy, on the device, of every layer's parameters and buffers.
+
+        What :meth:`restore_weights` puts back; the training loop keeps one as the last finite
+        weights, and :class:`~nnxp.callbacks.EarlyStopping` one of the best epoch. The copies
+        are independent of the model: training on does not change them.
+
+        Returns
+        -------
+        list of (dict, dict)
+            Per layer, in order, ``(params, buffers)`` mapping each key to a copied array.
+        """
         xp = self.xp
         return [({k: xp.asarray(v, copy=True) for k, v in layer.params.items()},
                  {k: xp.asarray(v, copy=True)
                   for k, v in (getattr(layer, "buffers", None) or {}).items()})
                 for layer in self.layers]
 
-    def _restore_weights(self, snapshot: list[tuple[dict[str, Array], dict[str, Array]]]
-                         ) -> None:
-        """Put back the parameters and buffers of :meth:`_snapshot_weights` (as copies, so the
-        snapshot can be restored again)."""
+    def restore_weights(self, snapshot: Snapshot) -> None:
+        """Put back the parameters and buffers of a :meth:`snapshot_weights` of this model.
+
+        They are copied in again, so the same snapshot can be restored more than once.
+
+        Parameters
+        ----------
+        snapshot
+            What :meth:`snapshot_weights` returned for this model (or one of the same
+            architecture).
+        """
         xp = self.xp
         for layer, (params, buffers) in zip(self.layers, snapshot):
             for k, v in params.items():
@@ -938,7 +958,7 @@ class _FiniteGuard:
         self.model = model
         self.every = every
         self.keep = keep  # keep_finite_weights: hold a copy of the last finite weights
-        self.snapshot = model._snapshot_weights() if keep else None
+        self.snapshot = model.snapshot_weights() if keep else None
         self.snapshot_where = "at the start of this call"
         self.window: list[Array] = []  # 0-d losses since the last check point
         self.where: list[tuple[int, int, int]] = []  # (epoch, batch, step) of each
@@ -971,7 +991,7 @@ class _FiniteGuard:
         """Everything so far is finite: keep a copy of the weights and start a new window."""
         if self.keep:
             self.snapshot = None  # obsolete now: release it before copying, not after
-            self.snapshot = self.model._snapshot_weights()
+            self.snapshot = self.model.snapshot_weights()
         self.snapshot_where = where
         self.window.clear()
         self.where.clear()
