@@ -322,7 +322,7 @@ class Sequential:
         of one synchronisation and one parameter copy per check.
         """
         return _training.fit(
-            self, X, y, loss=loss, optimizer=optimizer, epochs=epochs,
+            self, X, y, incremental=False, loss=loss, optimizer=optimizer, epochs=epochs,
             batch_size=batch_size, shuffle=shuffle, verbose=verbose,
             validation_split=validation_split, validation_data=validation_data,
             metrics=metrics, callbacks=callbacks, diagnostics=diagnostics,
@@ -361,8 +361,8 @@ class Sequential:
         History
             one entry, numbered by the model's cumulative epoch count ``epochs_trained``.
         """
-        return _training.partial_fit(
-            self, X, y, loss=loss, optimizer=optimizer,
+        return _training.fit(
+            self, X, y, incremental=True, loss=loss, optimizer=optimizer,
             batch_size=batch_size, shuffle=shuffle, verbose=verbose,
             validation_data=validation_data, metrics=metrics, callbacks=callbacks,
             diagnostics=diagnostics, check_finite_every=check_finite_every,

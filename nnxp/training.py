@@ -6,6 +6,10 @@ optimizer), the epoch loop with its batches and optimizer steps (closure optimiz
 the divergence guard, the silencing of floating-point warnings, and the :class:`History` that
 ``fit`` returns.
 
+``fit`` and ``partial_fit`` share one code path, :func:`fit`, which differs between them only in
+what ``incremental=True`` implies: one epoch, numbered after the epochs already trained, the
+metrics in use kept unless new ones are given, and no ``validation_split`` or ``resume_from``.
+
 The model is known here only through its attributes and methods (``layers``, ``xp``,
 ``device``, ``loss``, ``optimizer``, ``forward``, ``backward``, ``penalty``,
 ``apply_constraints``, ``snapshot_weights``, ...): this module never imports
@@ -37,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - for the type checker only: no import cyc
 
 Array = Any
 
-__all__ = ["History", "TrainingDivergedError", "fit", "partial_fit", "train_on_batch"]
+__all__ = ["History", "TrainingDivergedError", "fit", "train_on_batch"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -150,24 +154,50 @@ def fit(
     X: Any,
     y: Any,
     *,
-    loss: str | Loss | None = None,
-    optimizer: Optimizer | None = None,
-    epochs: int = 10,
-    batch_size: int | None = 32,
-    shuffle: bool = True,
-    verbose: int = 1,
+    incremental: bool,
+    loss: str | Loss | None,
+    optimizer: Optimizer | None,
+    batch_size: int | None,
+    shuffle: bool,
+    verbose: int,
+    validation_data: tuple[Any, Any] | None,
+    metrics: Any,
+    callbacks: Iterable[Any] | None,
+    diagnostics: bool,
+    check_finite_every: int | None,
+    keep_finite_weights: bool,
+    sample_weight: Any,
+    epochs: int = 1,
     validation_split: float = 0.0,
-    validation_data: tuple[Any, Any] | None = None,
-    metrics: Any = None,
-    callbacks: Iterable[Any] | None = None,
-    diagnostics: bool = False,
-    check_finite_every: int | None = None,
-    keep_finite_weights: bool = True,
     resume_from: Any = None,
-    sample_weight: Any = None,
 ) -> History:
-    """Train ``model``: :meth:`Sequential.fit`, which documents the arguments."""
-    check_positive(epochs, argument="epochs", integer=True)
+    """Train ``model``: the one code path of :meth:`Sequential.fit` and ``partial_fit``.
+
+    The arguments are those of :meth:`Sequential.fit` (which documents them), plus
+    ``incremental``, which says which of the two is calling:
+
+    * ``incremental=False`` (``fit``): train epochs ``1 .. epochs`` — or, with
+      ``resume_from``, from the epoch after the checkpoint's up to ``epochs`` — and resolve
+      ``metrics`` afresh (``None`` meaning the loss's default).
+    * ``incremental=True`` (``partial_fit``): train one epoch, numbered after
+      ``model.epochs_trained``; keep the metrics in use unless ``metrics`` or a new ``loss`` is
+      given. ``epochs``, ``validation_split`` and ``resume_from`` must keep their defaults.
+
+    In both, ``loss=None`` and ``optimizer=None`` keep the model's (the optimizer defaulting to
+    ``SGD(lr=0.01)`` the first time), and a given optimizer is bound to the parameters only if
+    it is not already, so its state carries over from call to call.
+
+    Returns
+    -------
+    History
+        The epochs this call trained; also stored as ``model.history``.
+    """
+    if incremental:
+        if epochs != 1 or validation_split or resume_from is not None:
+            raise ValueError("incremental training runs one epoch, without validation_split "
+                             "or resume_from")
+    else:
+        check_positive(epochs, argument="epochs", integer=True)
     _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
                         keep_finite_weights=keep_finite_weights)
     if loss is not None:
@@ -177,62 +207,27 @@ def fit(
     X, y, val = _validation_sets(model, X, y, validation_split, validation_data)
     if w is not None and w.shape[0] != X.shape[0]:
         w = w[:X.shape[0]]  # validation_split held out the last samples
-    model.metrics = get_metrics(metrics, is_classifier=model.loss.is_classifier,
-                                loss=model.loss)
+    if not incremental or metrics is not None or model.metrics is None or loss is not None:
+        model.metrics = get_metrics(metrics, is_classifier=model.loss.is_classifier,
+                                    loss=model.loss)
     if resume_from is not None and optimizer is None:
         optimizer = _io.checkpoint_optimizer(resume_from)
     opt = _use_optimizer(model, optimizer)
-    first_epoch = 1
+    if incremental:
+        first_epoch = last_epoch = model.epochs_trained + 1
+    else:
+        first_epoch, last_epoch = 1, epochs
     if resume_from is not None:
         first_epoch = _io.restore_checkpoint(model, resume_from, opt) + 1
         if first_epoch > epochs:
             raise ValueError(f"the checkpoint {resume_from} has completed "
                              f"{first_epoch - 1} epochs already; epochs={epochs} is the "
                              "total to reach, so nothing is left to train")
-    return _train(model, X, y, val, optimizer=opt, epochs=epochs - first_epoch + 1,
-                  first_epoch=first_epoch,
-                  batch_size=batch_size, shuffle=shuffle, verbose=verbose,
-                  callbacks=callbacks, diagnostics=diagnostics,
-                  check_finite_every=check_finite_every, sample_weight=w,
-                  keep_finite_weights=keep_finite_weights)
-
-
-def partial_fit(
-    model: Sequential,
-    X: Any,
-    y: Any,
-    *,
-    loss: str | Loss | None = None,
-    optimizer: Optimizer | None = None,
-    batch_size: int | None = 32,
-    shuffle: bool = True,
-    verbose: int = 0,
-    validation_data: tuple[Any, Any] | None = None,
-    metrics: Any = None,
-    callbacks: Iterable[Any] | None = None,
-    diagnostics: bool = False,
-    check_finite_every: int | None = None,
-    keep_finite_weights: bool = True,
-    sample_weight: Any = None,
-) -> History:
-    """One epoch over ``(X, y)``: :meth:`Sequential.partial_fit`, which documents it."""
-    _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
-                        keep_finite_weights=keep_finite_weights)
-    if loss is not None:
-        model.loss = get_loss(loss)
-    X, y = model._prepare(X, y, model.loss)
-    w = _sample_weight(model, sample_weight, X.shape[0])
-    X, y, val = _validation_sets(model, X, y, 0.0, validation_data)
-    if metrics is not None or model.metrics is None or loss is not None:
-        model.metrics = get_metrics(metrics, is_classifier=model.loss.is_classifier,
-                                    loss=model.loss)
-    opt = _use_optimizer(model, optimizer)
-    return _train(model, X, y, val, optimizer=opt, epochs=1,
-                  first_epoch=model.epochs_trained + 1, batch_size=batch_size,
-                  shuffle=shuffle, verbose=verbose, callbacks=callbacks,
-                  diagnostics=diagnostics, check_finite_every=check_finite_every,
-                  keep_finite_weights=keep_finite_weights,
-                  sample_weight=w)
+    return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
+                       last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
+                       verbose=verbose, callbacks=callbacks, diagnostics=diagnostics,
+                       check_finite_every=check_finite_every, sample_weight=w,
+                       keep_finite_weights=keep_finite_weights)
 
 
 def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None,
@@ -349,12 +344,13 @@ def _validation_sets(model: Sequential, X: Array, y: Array, validation_split: fl
 # ----------------------------------------------------------------------------------------------
 
 
-def _train(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: Optimizer,
-           epochs: int, first_epoch: int, batch_size: int | None, shuffle: bool, verbose: int,
-           callbacks: Iterable[Any] | None, diagnostics: bool,
-           check_finite_every: int | None, sample_weight: Array | None = None,
-           keep_finite_weights: bool = True) -> History:
-    """The loop shared by ``fit`` and ``partial_fit`` (arrays already checked)."""
+def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: Optimizer,
+                first_epoch: int, last_epoch: int, batch_size: int | None, shuffle: bool,
+                verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
+                check_finite_every: int | None, sample_weight: Array | None,
+                keep_finite_weights: bool) -> History:
+    """Epochs ``first_epoch .. last_epoch`` on checked arrays, with the callbacks, the
+    progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
     if batch_size is not None:
         check_positive(batch_size, argument="batch_size", integer=True)
     if check_finite_every is not None:
@@ -372,79 +368,76 @@ def _train(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: Optimi
     model.history = history
     model.stop_training = False
     guard = _FiniteGuard(model, check_finite_every, keep=keep_finite_weights)
-    last_epoch = first_epoch + epochs - 1
     progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
     before_update = None if recorder is None else recorder.before_update
     cbs.set_model(model)
     cbs.on_train_begin({})
     step = 0
-    quiet_fp = _silence_fp_warnings()
-    quiet_fp.__enter__()
-    try:
-        for epoch in range(first_epoch, last_epoch + 1):
-            cbs.on_epoch_begin(epoch, {})
-            lr = get_lr(optimizer)
-            started = time.perf_counter()
-            progress.start_epoch(epoch)
-            order = (model._data_rng.permutation(n, xp=xp, device=model.device)
-                     if shuffle else None)
-            loss_sum = xp.zeros((), dtype=xp.float64, device=model.device)
-            states: list[Any] = [None] * len(metrics)
-            for batch, (xb, yb, wb) in enumerate(
-                    _batches(X, y, bs, sample_weight, order, xp=xp)):
-                value, out = _step(model, xb, yb, optimizer, before_update=before_update,
-                                        wb=wb)
-                step += 1
-                loss_sum = loss_sum + xp.astype(value, xp.float64) * xb.shape[0]
-                for i, metric in enumerate(metrics):
-                    states[i] = metric.update(states[i], out, yb, xp=xp)
-                guard.record(value, epoch, batch, step)
-                if guard.due(step):
-                    guard.check(f"after step {step} (epoch {epoch})")
-                if batch_hooks:
-                    cbs.on_batch_end(batch, {"loss": value, "size": xb.shape[0]})
-                progress.advance()
-            names = ["loss"] + [m.name for m in metrics]
-            arrays = [loss_sum / n] + [m.result(s, xp=xp) for m, s in zip(metrics, states)]
-            if val is not None:
-                v_names, v_arrays = model._evaluate_arrays(
-                    val[0], val[1], metrics, max(bs, 4096), prefix="val_")
-                names, arrays = names + v_names, arrays + v_arrays
-            diag_arrays = recorder.epoch_arrays() if recorder is not None else []
-            flag = guard.flag()
-            host = backend.to_numpy(xp.stack(arrays + diag_arrays + [flag]))  # one transfer
-            values = [float(v) for v in host.tolist()]
-            if values[-1] != 1.0:
-                raise guard.diverged()
-            guard.commit(f"at the end of epoch {epoch} (after step {step})")
-            logs: dict[str, Any] = dict(zip(names, values[:len(names)]))
-            if lr is not None:
-                logs["lr"] = lr
-            logs["epoch_time"] = time.perf_counter() - started
-            if recorder is not None:
-                recorder.record(epoch, values[len(names):-1], history.diagnostics)
-            model.epochs_trained += 1
-            progress.end_epoch(epoch, logs)
-            cbs.on_epoch_end(epoch, logs)
-            history.append(epoch, logs)
-            if model.stop_training:
-                break
-    except _Diverged as event:
-        if guard.snapshot is not None:
-            model.restore_weights(guard.snapshot)
-        message = event.describe(guard, n_batches, optimizer)
-        if not quiet:
-            raise TrainingDivergedError(message, epoch=event.epoch, step=event.step) \
-                from None
-        history.diverged = message
-        for cb in cbs:
-            hook = getattr(cb, "on_divergence", None)
-            if hook is not None:
-                hook(message)
-        model.stop_training = True
-    finally:
-        quiet_fp.__exit__(None, None, None)
-        progress.close()
+    with _silence_fp_warnings():
+        try:
+            for epoch in range(first_epoch, last_epoch + 1):
+                cbs.on_epoch_begin(epoch, {})
+                lr = get_lr(optimizer)
+                started = time.perf_counter()
+                progress.start_epoch(epoch)
+                order = (model._data_rng.permutation(n, xp=xp, device=model.device)
+                         if shuffle else None)
+                loss_sum = xp.zeros((), dtype=xp.float64, device=model.device)
+                states: list[Any] = [None] * len(metrics)
+                for batch, (xb, yb, wb) in enumerate(
+                        _batches(X, y, bs, sample_weight, order, xp=xp)):
+                    value, out = _step(model, xb, yb, optimizer, before_update=before_update,
+                                       wb=wb)
+                    step += 1
+                    loss_sum = loss_sum + xp.astype(value, xp.float64) * xb.shape[0]
+                    for i, metric in enumerate(metrics):
+                        states[i] = metric.update(states[i], out, yb, xp=xp)
+                    guard.record(value, epoch, batch, step)
+                    if guard.due(step):
+                        guard.check(f"after step {step} (epoch {epoch})")
+                    if batch_hooks:
+                        cbs.on_batch_end(batch, {"loss": value, "size": xb.shape[0]})
+                    progress.advance()
+                names = ["loss"] + [m.name for m in metrics]
+                arrays = [loss_sum / n] + [m.result(s, xp=xp) for m, s in zip(metrics, states)]
+                if val is not None:
+                    v_names, v_arrays = model._evaluate_arrays(
+                        val[0], val[1], metrics, max(bs, 4096), prefix="val_")
+                    names, arrays = names + v_names, arrays + v_arrays
+                diag_arrays = recorder.epoch_arrays() if recorder is not None else []
+                flag = guard.flag()
+                host = backend.to_numpy(xp.stack(arrays + diag_arrays + [flag]))  # one transfer
+                values = [float(v) for v in host.tolist()]
+                if values[-1] != 1.0:
+                    raise guard.diverged()
+                guard.commit(f"at the end of epoch {epoch} (after step {step})")
+                logs: dict[str, Any] = dict(zip(names, values[:len(names)]))
+                if lr is not None:
+                    logs["lr"] = lr
+                logs["epoch_time"] = time.perf_counter() - started
+                if recorder is not None:
+                    recorder.record(epoch, values[len(names):-1], history.diagnostics)
+                model.epochs_trained += 1
+                progress.end_epoch(epoch, logs)
+                cbs.on_epoch_end(epoch, logs)
+                history.append(epoch, logs)
+                if model.stop_training:
+                    break
+        except _Diverged as event:
+            if guard.snapshot is not None:
+                model.restore_weights(guard.snapshot)
+            message = event.describe(guard, n_batches, optimizer)
+            if not quiet:
+                raise TrainingDivergedError(message, epoch=event.epoch, step=event.step) \
+                    from None
+            history.diverged = message
+            for cb in cbs:
+                hook = getattr(cb, "on_divergence", None)
+                if hook is not None:
+                    hook(message)
+            model.stop_training = True
+        finally:
+            progress.close()
     cbs.on_train_end({})
     return history
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import nnxp
-from nnxp.layers import BatchNorm1d, Dense, ReLU
-from nnxp.optim import SGD
+from nnxp import training
+from nnxp.layers import BatchNorm1d, Dense, Dropout, ReLU
+from nnxp.optim import SGD, Adam
 
 
 def bn_model(seed: int = 0) -> nnxp.Sequential:
@@ -53,3 +54,87 @@ def test_restore_after_training_gives_back_the_exact_weights_and_buffers(cpu_bk,
         assert len(after) == len(before)
         for a, b in zip(before, after):
             np.testing.assert_array_equal(a, b)
+
+
+# --- fit and partial_fit: one code path -----------------------------------------------------------
+
+
+def full_model(seed: int = 0) -> nnxp.Sequential:
+    return nnxp.Sequential([Dense(4, 8), BatchNorm1d(8), ReLU(), Dropout(0.25), Dense(8, 3)],
+                           seed=seed)
+
+
+def optimizer_state(opt) -> list[tuple[int, str, np.ndarray]]:
+    sd = opt.state_dict()
+    return [(i, k, np.asarray(v)) for i in sorted(sd["state"]) for k, v in
+            sorted(sd["state"][i].items())] + [(-1, "iterations", np.asarray(sd["iterations"]))]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_two_partial_fits_are_fit_with_two_epochs_bit_for_bit(cpu_bk, data, shuffle) -> None:
+    """Weights, buffers, optimizer state and every logged number agree exactly, on every
+    backend: the two entry points run the same code, differing only in the epoch count."""
+    X, y = data
+    X_val, y_val = X[:10] + 0.5, y[:10]
+    w = np.linspace(0.5, 1.5, len(y))
+    common = dict(batch_size=8, shuffle=shuffle, validation_data=(X_val, y_val),
+                  metrics=["accuracy", "top_2_accuracy"], sample_weight=w, diagnostics=True)
+    a, b = full_model(seed=7), full_model(seed=7)
+    ha = a.fit(X, y, epochs=2, verbose=0, optimizer=Adam(lr=0.01), **common)
+    h1 = b.partial_fit(X, y, optimizer=Adam(lr=0.01), **common)
+    h2 = b.partial_fit(X, y, **common)
+    assert (h1.epoch, h2.epoch, a.epochs_trained, b.epochs_trained) == ([1], [2], 2, 2)
+    for a_state, b_state in zip(state(a), state(b), strict=True):
+        np.testing.assert_array_equal(a_state, b_state)
+    for (i, k, va), (j, kk, vb) in zip(optimizer_state(a.optimizer),
+                                       optimizer_state(b.optimizer), strict=True):
+        assert (i, k) == (j, kk)
+        np.testing.assert_array_equal(va, vb)
+    for key in ha.history:
+        if key != "epoch_time":
+            assert ha[key] == h1[key] + h2[key], key
+    assert ha.diagnostics["grad_norm"] == {
+        label: h1.diagnostics["grad_norm"][label] + h2.diagnostics["grad_norm"][label]
+        for label in ha.diagnostics["grad_norm"]}
+
+
+def test_partial_fit_continues_a_fit(cpu_bk, data) -> None:
+    X, y = data
+    a, b = full_model(seed=8), full_model(seed=8)
+    ha = a.fit(X, y, epochs=3, batch_size=16, verbose=0, optimizer=SGD(lr=0.1, momentum=0.9))
+    hb = b.fit(X, y, epochs=2, batch_size=16, verbose=0, optimizer=SGD(lr=0.1, momentum=0.9))
+    hc = b.partial_fit(X, y, batch_size=16)  # the optimizer and the metrics of the fit
+    assert hc.epoch == [3] and list(hc.history) == list(ha.history)
+    assert hb["loss"] + hc["loss"] == ha["loss"]
+    for a_state, b_state in zip(state(a), state(b), strict=True):
+        np.testing.assert_array_equal(a_state, b_state)
+
+
+def test_fit_and_partial_fit_go_through_one_function(monkeypatch, data) -> None:
+    X, y = data
+    calls = []
+    original = training.fit
+
+    def spy(model, X, y, *, incremental, **options):
+        calls.append(incremental)
+        return original(model, X, y, incremental=incremental, **options)
+
+    monkeypatch.setattr(training, "fit", spy)
+    model = full_model()
+    model.fit(X, y, epochs=1, verbose=0)
+    model.partial_fit(X, y)
+    assert calls == [False, True]
+
+
+@pytest.mark.parametrize("option", [{"epochs": 3}, {"validation_split": 0.2},
+                                    {"resume_from": "x.npz"}])
+def test_incremental_training_refuses_what_only_fit_has(option, data) -> None:
+    X, y = data
+    model = full_model()
+    with pytest.raises(ValueError, match="incremental training runs one epoch"):
+        training.fit(model, X, y, incremental=True, loss=None, optimizer=None, batch_size=8,
+                     shuffle=True, verbose=0, validation_data=None, metrics=None,
+                     callbacks=None, diagnostics=False, check_finite_every=None,
+                     keep_finite_weights=True, sample_weight=None, **option)
+    assert model.epochs_trained == 0 and model.optimizer is None
+
