@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -138,3 +141,53 @@ def test_incremental_training_refuses_what_only_fit_has(option, data) -> None:
                      keep_finite_weights=True, sample_weight=None, **option)
     assert model.epochs_trained == 0 and model.optimizer is None
 
+
+# --- the direction of the imports -----------------------------------------------------------------
+
+
+def runtime_imports(source: str) -> set[str]:
+    """The modules a source file of the package imports when it runs: every import statement,
+    those inside functions included, except the ones under ``if TYPE_CHECKING:``. Relative
+    imports are resolved for a module at the top of the package (``from .model import X`` is
+    ``nnxp.model``; ``from . import io`` is ``nnxp.io``)."""
+    tree = ast.parse(source)
+    type_only = {id(inner) for node in ast.walk(tree)
+                 if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                 for stmt in node.body for inner in ast.walk(stmt)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ("nnxp" + (f".{node.module}" if node.module else "")) if node.level \
+                else str(node.module)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+PACKAGE = Path(nnxp.__file__).parent
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("training.py", {"nnxp.model"}),
+    ("callbacks.py", {"nnxp.model", "nnxp.training"}),
+    ("diagnostics.py", {"nnxp.model", "nnxp.training"}),
+])
+def test_the_loop_and_its_helpers_do_not_import_the_model(module, forbidden) -> None:
+    imported = runtime_imports((PACKAGE / module).read_text())
+    assert not imported & forbidden, f"{module} imports {sorted(imported & forbidden)}"
+
+
+@pytest.mark.parametrize(("source", "seen"), [
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .model import A\n", False),
+    ("def f():\n    from . import model\n", True),
+    ("def f():\n    from .model import Sequential\n", True),
+    ("import nnxp.model\n", True),
+    ("from nnxp.model import Sequential\n", True),
+    ("from .models import x\n", False),
+])
+def test_the_import_check_sees_what_runs(source, seen) -> None:
+    assert ("nnxp.model" in runtime_imports(source)) is seen
