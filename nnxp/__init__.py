@@ -20,8 +20,9 @@ from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .init import SymmetryWarning
 from .io import FormatError, load
 from .layers import BackwardError
-from .model import History, Sequential, TrainingDivergedError
+from .model import Sequential
 from .perceptron import Perceptron
+from .training import History, TrainingDivergedError
 
 __all__ = [
     "BACKENDS",

@@ -18,7 +18,7 @@ provides them all as no-ops, and override the ones you need). ``fit`` first call
 * ``logs`` in ``on_epoch_end`` maps ``"loss"``, the metric names (``"accuracy"``, ...), their
   validation counterparts (``"val_loss"``, ``"val_accuracy"``, ...), ``"lr"`` and
   ``"epoch_time"`` to Python floats. A callback may add entries; they are recorded in the
-  :class:`~nnxp.model.History` too.
+  :class:`~nnxp.training.History` too.
 * ``logs`` in ``on_batch_end`` holds ``"size"`` (samples in the batch, an int) and ``"loss"``, the
   batch loss as a **0-d array on the model's device**: reading it with ``float()`` or
   :func:`nnxp.backend.to_float` forces a device-to-host synchronisation, so a callback that does
@@ -29,7 +29,7 @@ provides them all as no-ops, and override the ones you need). ``fit`` first call
   argument, an interrupt), ``on_train_end`` is not called.
 
 Callbacks run in the order given to ``fit``. The epoch's entry is appended to the
-:class:`~nnxp.model.History` after ``on_epoch_end`` has run for all of them, so what a callback
+:class:`~nnxp.training.History` after ``on_epoch_end`` has run for all of them, so what a callback
 adds to ``logs`` is seen by the later callbacks and recorded in the history.
 
 Writing your own::
@@ -301,7 +301,7 @@ class EarlyStopping(Callback):
         if math.isfinite(value) and self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights and self.model is not None:
-                self.best_weights = self.model._snapshot_weights()
+                self.best_weights = self.model.snapshot_weights()
             return
         self.wait += 1
         if self.wait >= self.patience and self.model is not None:
@@ -311,7 +311,7 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: Logs | None = None) -> None:
         if self.restore_best_weights and self.best_weights is not None \
                 and self.model is not None:
-            self.model._restore_weights(self.best_weights)
+            self.model.restore_weights(self.best_weights)
 
     def __repr__(self) -> str:
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
@@ -462,7 +462,7 @@ def _positional_arity(fn: Any) -> int:
 class TerminateOnNaN(Callback):
     """Stop training quietly, instead of raising, when the loss becomes NaN or infinite.
 
-    Without this callback ``fit`` raises :class:`~nnxp.model.TrainingDivergedError` on
+    Without this callback ``fit`` raises :class:`~nnxp.training.TrainingDivergedError` on
     divergence. With it, ``fit`` restores the last finite weights (see the divergence policy in
     ``Sequential.fit``), records the event in ``history.diverged``, stops, calls
     ``on_train_end`` and returns the history. It also stops training when any loss in the epoch

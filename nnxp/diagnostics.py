@@ -38,7 +38,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import History, Sequential
+    from .model import Sequential
+    from .training import History
 
 Array = Any
 

@@ -1,0 +1,615 @@
+"""The training loop behind ``Sequential.fit``, ``partial_fit`` and ``train_on_batch``.
+
+This module owns everything that happens while a model trains: checking the loop's options,
+preparing the data (sample weights, the validation split or set, the metrics, binding the
+optimizer), the epoch loop with its batches and optimizer steps (closure optimizers included),
+the divergence guard, the silencing of floating-point warnings, and the :class:`History` that
+``fit`` returns.
+
+``fit`` and ``partial_fit`` share one code path, :func:`fit`, which differs between them only in
+what ``incremental=True`` implies: one epoch, numbered after the epochs already trained, the
+metrics in use kept unless new ones are given, and no ``validation_split`` or ``resume_from``.
+
+The model is known here only through its attributes and methods (``layers``, ``xp``,
+``device``, ``loss``, ``optimizer``, ``forward``, ``backward``, ``penalty``,
+``apply_constraints``, ``snapshot_weights``, ...): this module never imports
+:mod:`nnxp.model` at run time, so the dependency points one way, from the model to its
+training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import archive, backend
+from . import diagnostics as diag
+from .callbacks import CallbackList, get_lr
+from .losses import Loss, get_loss
+from .metrics import get_metrics
+from .optim import SGD, Optimizer
+from .progress import EpochProgress
+from .validation import check_features, check_flag, check_positive, check_sample_weight
+
+if TYPE_CHECKING:  # pragma: no cover - for the type checker only: no import cycle at run time
+    from .model import Sequential
+
+Array = Any
+
+__all__ = ["History", "TrainingDivergedError", "fit", "train_on_batch"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss (or a parameter) became NaN or infinite.
+
+    Attributes
+    ----------
+    epoch, step
+        Where it happened: the epoch (from 1) and the optimizer step counted from the start of
+        this ``fit`` call (from 1); None when unknown.
+    """
+
+    def __init__(self, message: str, *, epoch: int | None = None,
+                 step: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+
+class History:
+    """Per-epoch training record returned by :meth:`Sequential.fit`.
+
+    Attributes
+    ----------
+    history
+        Maps ``"loss"``, the metric names (``"accuracy"``, ...), ``"val_loss"``,
+        ``"val_<metric>"``, ``"lr"`` (the learning rate the epoch ran with) and
+        ``"epoch_time"`` (seconds, validation included) to one float per epoch.
+    epoch
+        The epoch numbers (from 1 in ``fit``; ``partial_fit`` numbers them cumulatively).
+    diagnostics
+        Filled by ``fit(..., diagnostics=True)``: ``"grad_norm"``, ``"dead_fraction"``,
+        ``"saturated_fraction"`` (each ``{layer label: [one float per epoch]}``), ``"kind"`` and
+        ``"epoch"``; see :mod:`nnxp.diagnostics`.
+    diverged
+        None, or the message saying where the loss became non-finite when training stopped
+        quietly on divergence (with :class:`~nnxp.callbacks.TerminateOnNaN`).
+    """
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.diagnostics: dict[str, Any] = {}
+        self.diverged: str | None = None
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __repr__(self) -> str:
+        last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+    def diagnostics_table(self, *, epoch: int | None = None) -> str:
+        """The recorded diagnostics as text (see :func:`nnxp.diagnostics.format_table`)."""
+        return diag.format_table(self, epoch=epoch)
+
+    def plot(self, path: Any, *, title: str | None = None) -> None:
+        """Write a PNG to ``path``: the loss (and ``val_loss``) per epoch, one panel per metric
+        (with its validation curve), and the learning rate when it changed.
+
+        Needs matplotlib (the ``plot`` extra: ``pip install 'nnxp[plot]'``), imported only
+        here; the object-oriented API is used, so no GUI backend or pyplot state is touched.
+        """
+        if not self.epoch:
+            raise ValueError("the history is empty: nothing to plot")
+        bases = [k for k in self.history
+                 if not k.startswith("val_") and k not in ("lr", "epoch_time")]
+        for k in self.history:  # a validation-only entry still gets a panel
+            if k.startswith("val_") and k[4:] not in bases:
+                bases.append(k[4:])
+        lrs = self.history.get("lr", [])
+        show_lr = len(set(lrs)) > 1
+        panels = len(bases) + (1 if show_lr else 0)
+        fig, axes = diag.new_figure(1, panels, size=(4.5 * panels, 3.6))
+        for ax, base in zip(axes[0], bases):
+            for key, style in ((base, "-"), ("val_" + base, "--")):
+                if key in self.history:
+                    ax.plot(self.epoch, self.history[key], style, marker=".", label=key)
+            ax.set_xlabel("epoch")
+            ax.set_title(base)
+            ax.legend(fontsize="small")
+        if show_lr:
+            ax = axes[0][-1]
+            ax.plot(self.epoch, lrs, marker=".")
+            ax.set_xlabel("epoch")
+            ax.set_title("learning rate")
+        if title:
+            fig.suptitle(title)
+        fig.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry points: fit / partial_fit and train_on_batch
+# ----------------------------------------------------------------------------------------------
+
+
+def fit(
+    model: Sequential,
+    X: Any,
+    y: Any,
+    *,
+    incremental: bool,
+    loss: str | Loss | None,
+    optimizer: Optimizer | None,
+    batch_size: int | None,
+    shuffle: bool,
+    verbose: int,
+    validation_data: tuple[Any, Any] | None,
+    metrics: Any,
+    callbacks: Iterable[Any] | None,
+    diagnostics: bool,
+    check_finite_every: int | None,
+    keep_finite_weights: bool,
+    sample_weight: Any,
+    epochs: int = 1,
+    validation_split: float = 0.0,
+    resume_from: Any = None,
+) -> History:
+    """Train ``model``: the one code path of :meth:`Sequential.fit` and ``partial_fit``.
+
+    The arguments are those of :meth:`Sequential.fit` (which documents them), plus
+    ``incremental``, which says which of the two is calling:
+
+    * ``incremental=False`` (``fit``): train epochs ``1 .. epochs`` — or, with
+      ``resume_from``, from the epoch after the checkpoint's up to ``epochs`` — and resolve
+      ``metrics`` afresh (``None`` meaning the loss's default).
+    * ``incremental=True`` (``partial_fit``): train one epoch, numbered after
+      ``model.epochs_trained``; keep the metrics in use unless ``metrics`` or a new ``loss`` is
+      given. ``epochs``, ``validation_split`` and ``resume_from`` must keep their defaults.
+
+    In both, ``loss=None`` and ``optimizer=None`` keep the model's (the optimizer defaulting to
+    ``SGD(lr=0.01)`` the first time), and a given optimizer is bound to the parameters only if
+    it is not already, so its state carries over from call to call.
+
+    Returns
+    -------
+    History
+        The epochs this call trained; also stored as ``model.history``.
+    """
+    if incremental:
+        if epochs != 1 or validation_split or resume_from is not None:
+            raise ValueError("incremental training runs one epoch, without validation_split "
+                             "or resume_from")
+    else:
+        check_positive(epochs, argument="epochs", integer=True)
+    _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
+                        keep_finite_weights=keep_finite_weights)
+    if loss is not None:
+        model.loss = get_loss(loss)
+    X, y = model._prepare(X, y, model.loss)
+    w = _sample_weight(model, sample_weight, X.shape[0])
+    X, y, val = _validation_sets(model, X, y, validation_split, validation_data)
+    if w is not None and w.shape[0] != X.shape[0]:
+        w = w[:X.shape[0]]  # validation_split held out the last samples
+    if not incremental or metrics is not None or model.metrics is None or loss is not None:
+        model.metrics = get_metrics(metrics, is_classifier=model.loss.is_classifier,
+                                    loss=model.loss)
+    if resume_from is not None and optimizer is None:
+        optimizer = archive.checkpoint_optimizer(resume_from)
+    opt = _use_optimizer(model, optimizer)
+    if incremental:
+        first_epoch = last_epoch = model.epochs_trained + 1
+    else:
+        first_epoch, last_epoch = 1, epochs
+    if resume_from is not None:
+        first_epoch = archive.restore_checkpoint(model, resume_from, opt) + 1
+        if first_epoch > epochs:
+            raise ValueError(f"the checkpoint {resume_from} has completed "
+                             f"{first_epoch - 1} epochs already; epochs={epochs} is the "
+                             "total to reach, so nothing is left to train")
+    return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
+                       last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
+                       verbose=verbose, callbacks=callbacks, diagnostics=diagnostics,
+                       check_finite_every=check_finite_every, sample_weight=w,
+                       keep_finite_weights=keep_finite_weights)
+
+
+def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None,
+                   optimizer: Optimizer | None) -> float:
+    """One optimizer step on the batch ``(X, y)``: :meth:`Sequential.train_on_batch`, which
+    documents it. Returns the loss before the update, read on the host."""
+    if loss is not None:
+        model.loss = get_loss(loss)
+    X, y = model._prepare(X, y, model.loss)
+    opt = _use_optimizer(model, optimizer)
+    closure_based = getattr(opt, "requires_closure", False)
+    saved = model.snapshot_weights() if closure_based else None
+    result = math.nan
+
+    def check(value: Array) -> None:
+        nonlocal result
+        result = backend.to_float(value)
+        if not math.isfinite(result) and not closure_based:
+            raise TrainingDivergedError(
+                f"train_on_batch: the loss is {result}; the update was skipped and the "
+                f"weights are unchanged. {_ADVICE.format(opt=opt)}")
+
+    with _silence_fp_warnings():
+        _step(model, X, y, opt, before_update=check)
+    if not math.isfinite(result):
+        if saved is not None:
+            model.restore_weights(saved)
+        raise TrainingDivergedError(
+            f"train_on_batch: the loss is {result}; the weights were restored to those "
+            f"before the step. {_ADVICE.format(opt=opt)}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up: options, data, optimizer
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any,
+                        keep_finite_weights: Any = True) -> None:
+    """The flags of ``fit``/``partial_fit``: a truthy string such as ``"no"`` must not
+    silently switch an option on."""
+    check_flag(shuffle, argument="shuffle")
+    check_flag(diagnostics, argument="diagnostics")
+    check_flag(keep_finite_weights, argument="keep_finite_weights")
+    if not isinstance(verbose, bool):  # verbose=True reads as 1
+        check_positive(verbose, argument="verbose", integer=True, allow_zero=True)
+
+
+def _sample_weight(model: Sequential, sample_weight: Any, n_samples: int) -> Array | None:
+    """Checked per-sample weights in the model's dtype, or None."""
+    if sample_weight is None:
+        return None
+    return check_sample_weight(sample_weight, n_samples, dtype=model.dtype, xp=model.xp,
+                               device=model.device)
+
+
+def _use_optimizer(model: Sequential, optimizer: Optimizer | None) -> Optimizer:
+    """The optimizer for this call, bound to the parameters only if it is not already."""
+    if optimizer is None:
+        optimizer = model.optimizer if model.optimizer is not None else SGD(lr=0.01)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an nnxp.optim optimizer, got {optimizer!r}")
+    refs = model.parameters()
+    bound = getattr(optimizer, "_refs", None)
+    same = isinstance(bound, list) and len(bound) == len(refs) and all(
+        a[0] is b[0] and a[1] == b[1] for a, b in zip(bound, refs))
+    if not same:
+        optimizer.bind(refs)
+    model.optimizer = optimizer
+    return optimizer
+
+
+def _validation_sets(model: Sequential, X: Array, y: Array, validation_split: float,
+                     validation_data: Any) -> tuple[Array, Array, Any]:
+    """Split off or check the validation data: ``(X_train, y_train, (X_val, y_val) | None)``."""
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+            or not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be a float in [0, 1), got "
+                         f"{validation_split!r}")
+    if validation_data is not None and validation_split:
+        raise ValueError("give validation_split or validation_data, not both (got "
+                         f"validation_split={validation_split})")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (X_val, y_val), got "
+                            f"{type(validation_data).__name__}"
+                            + (f" of length {len(validation_data)}"
+                               if isinstance(validation_data, (tuple, list)) else ""))
+        Xv = check_features(validation_data[0], n_features=model.n_features,
+                            dtype=model.dtype, xp=model.xp, device=model.device,
+                            argument="validation_data[0]")
+        try:
+            yv = model.loss.check_targets(validation_data[1], model.n_outputs or 1,
+                                          xp=model.xp, device=model.device,
+                                          n_samples=Xv.shape[0])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"validation_data[1]: {exc}") from None
+        return X, y, (Xv, yv)
+    if validation_split:
+        n = X.shape[0]
+        n_train = int(math.floor(n * (1.0 - validation_split)))
+        if n_train < 1 or n_train >= n:
+            raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
+                             f"{n_train} for training and {n - n_train} for validation; "
+                             "both need at least one")
+        return (X[:n_train, ...], y[:n_train, ...],
+                (X[n_train:n, ...], y[n_train:n, ...]))
+    return X, y, None
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop: epochs, batches, steps
+# ----------------------------------------------------------------------------------------------
+
+
+def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: Optimizer,
+                first_epoch: int, last_epoch: int, batch_size: int | None, shuffle: bool,
+                verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
+                check_finite_every: int | None, sample_weight: Array | None,
+                keep_finite_weights: bool) -> History:
+    """Epochs ``first_epoch .. last_epoch`` on checked arrays, with the callbacks, the
+    progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
+    if batch_size is not None:
+        check_positive(batch_size, argument="batch_size", integer=True)
+    if check_finite_every is not None:
+        check_positive(check_finite_every, argument="check_finite_every", integer=True)
+    xp, n = model.xp, X.shape[0]
+    bs = n if batch_size is None else min(batch_size, n)
+    n_batches = math.ceil(n / bs)
+    metrics = model.metrics or []
+    cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
+    quiet = any(getattr(cb, "handles_divergence", False) for cb in cbs)
+    batch_hooks = cbs.has_batch_hooks
+    recorder = (diag.DiagnosticsRecorder(model, X[:min(n, diag.PROBE_SIZE), ...])
+                if diagnostics else None)
+    history = History()
+    model.history = history
+    model.stop_training = False
+    guard = _FiniteGuard(model, check_finite_every, keep=keep_finite_weights)
+    progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
+    before_update = None if recorder is None else recorder.before_update
+    cbs.set_model(model)
+    cbs.on_train_begin({})
+    step = 0
+    with _silence_fp_warnings():
+        try:
+            for epoch in range(first_epoch, last_epoch + 1):
+                cbs.on_epoch_begin(epoch, {})
+                lr = get_lr(optimizer)
+                started = time.perf_counter()
+                progress.start_epoch(epoch)
+                order = (model.data_rng.permutation(n, xp=xp, device=model.device)
+                         if shuffle else None)
+                loss_sum = xp.zeros((), dtype=xp.float64, device=model.device)
+                states: list[Any] = [None] * len(metrics)
+                for batch, (xb, yb, wb) in enumerate(
+                        _batches(X, y, bs, sample_weight, order, xp=xp)):
+                    value, out = _step(model, xb, yb, optimizer, before_update=before_update,
+                                       wb=wb)
+                    step += 1
+                    loss_sum = loss_sum + xp.astype(value, xp.float64) * xb.shape[0]
+                    for i, metric in enumerate(metrics):
+                        states[i] = metric.update(states[i], out, yb, xp=xp)
+                    guard.record(value, epoch, batch, step)
+                    if guard.due(step):
+                        guard.check(f"after step {step} (epoch {epoch})")
+                    if batch_hooks:
+                        cbs.on_batch_end(batch, {"loss": value, "size": xb.shape[0]})
+                    progress.advance()
+                names = ["loss"] + [m.name for m in metrics]
+                arrays = [loss_sum / n] + [m.result(s, xp=xp) for m, s in zip(metrics, states)]
+                if val is not None:
+                    v_names, v_arrays = model._evaluate_arrays(
+                        val[0], val[1], metrics, max(bs, 4096), prefix="val_")
+                    names, arrays = names + v_names, arrays + v_arrays
+                diag_arrays = recorder.epoch_arrays() if recorder is not None else []
+                flag = guard.flag()
+                host = backend.to_numpy(xp.stack(arrays + diag_arrays + [flag]))  # one transfer
+                values = [float(v) for v in host.tolist()]
+                if values[-1] != 1.0:
+                    raise guard.diverged()
+                guard.commit(f"at the end of epoch {epoch} (after step {step})")
+                logs: dict[str, Any] = dict(zip(names, values[:len(names)]))
+                if lr is not None:
+                    logs["lr"] = lr
+                logs["epoch_time"] = time.perf_counter() - started
+                if recorder is not None:
+                    recorder.record(epoch, values[len(names):-1], history.diagnostics)
+                model.epochs_trained += 1
+                progress.end_epoch(epoch, logs)
+                cbs.on_epoch_end(epoch, logs)
+                history.append(epoch, logs)
+                if model.stop_training:
+                    break
+        except _Diverged as event:
+            if guard.snapshot is not None:
+                model.restore_weights(guard.snapshot)
+            message = event.describe(guard, n_batches, optimizer)
+            if not quiet:
+                raise TrainingDivergedError(message, epoch=event.epoch, step=event.step) \
+                    from None
+            history.diverged = message
+            for cb in cbs:
+                hook = getattr(cb, "on_divergence", None)
+                if hook is not None:
+                    hook(message)
+            model.stop_training = True
+        finally:
+            progress.close()
+    cbs.on_train_end({})
+    return history
+
+
+def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array | None, *,
+             xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
+    """The epoch's batches: slices in order, or gathered batch by batch along ``order``.
+
+    Gathering each batch from the permutation (rather than taking a shuffled copy of the
+    whole data set up front) keeps the extra memory of shuffling at one batch.
+    y: (n,) labels or (n, k) targets; w: (n,) sample weights or None.
+    """
+    n = X.shape[0]
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)  # the standard leaves out-of-bounds stops unspecified
+        if order is None:
+            yield X[start:stop, ...], y[start:stop, ...], None if w is None else w[start:stop]
+        else:
+            idx = order[start:stop]
+            yield (xp.take(X, idx, axis=0), xp.take(y, idx, axis=0),
+                   None if w is None else xp.take(w, idx, axis=0))
+
+
+def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
+          before_update: Callable[[Array], None] | None = None,
+          wb: Array | None = None) -> tuple[Array, Array]:
+    """One optimizer step on a batch; returns ``(0-d loss before the update, outputs)``.
+
+    ``before_update(loss)`` runs after the backward pass, before ``optimizer.step()`` (for
+    a closure optimizer: after its step, with the gradients of its last evaluation).
+    """
+    xp = model.xp
+
+    def loss_and_backward() -> tuple[Array, Array]:
+        out = model.forward(xb, training=True)
+        if wb is None:
+            value, cache = model.loss.forward(out, yb, xp=xp)
+        else:  # checked once in fit: no per-batch validation
+            value, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
+                                              validate_sample_weight=False)
+        if model._regularized():  # weight penalties, at the weights of this forward
+            value = value + model.penalty()
+        model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
+        return value, out
+
+    if getattr(optimizer, "requires_closure", False):
+        first: list[tuple[Array, Array]] = []
+
+        def closure() -> float:
+            """Recompute the loss and gradients on this batch; return the loss."""
+            value, out = loss_and_backward()
+            if not first:
+                first.append((value, out))
+            return backend.to_float(value)
+
+        optimizer.step(closure)
+        if not first:  # an optimizer that never evaluated: log the current loss
+            closure()
+        if before_update is not None:
+            before_update(first[0][0])
+        model.apply_constraints()
+        return first[0]
+    value, out = loss_and_backward()
+    if before_update is not None:
+        before_update(value)
+    optimizer.step()
+    model.apply_constraints()
+    return value, out
+
+
+@contextlib.contextmanager
+def _silence_fp_warnings() -> Iterator[None]:
+    """Ignore NumPy's "overflow / invalid value / divide by zero encountered" RuntimeWarnings:
+    the training loop detects non-finite values itself and reports them with the epoch and
+    step (under ``-W error`` such a warning would otherwise escape as an exception before the
+    last finite weights are restored)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*(overflow|invalid value|divide by zero) encountered",
+            category=RuntimeWarning)
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# The divergence guard
+# ----------------------------------------------------------------------------------------------
+
+
+_ADVICE = ("Lower the learning rate (optimizer={opt!r}), clip the gradients (the optimizers' "
+           "clip_norm= or clip_value= option), or standardise the inputs.")
+
+
+class _Diverged(Exception):
+    """Internal: raised inside the training loop when a check point finds a non-finite value."""
+
+    def __init__(self, epoch: int | None, step: int | None, batch: int | None,
+                 value: float | None, last_step: int | None = None) -> None:
+        super().__init__()
+        self.epoch, self.step, self.batch, self.value = epoch, step, batch, value
+        self.last_step = last_step
+
+    def describe(self, guard: _FiniteGuard, n_batches: int, optimizer: Any) -> str:
+        if guard.snapshot is not None:
+            restored = (f"The weights were restored to those {guard.snapshot_where}, the last "
+                        "check point at which every loss and parameter was finite.")
+        else:
+            restored = ("The weights are left as the failing step made them "
+                        "(keep_finite_weights=False kept no copy of the last finite ones).")
+        if self.value is not None:
+            head = (f"Training diverged: the loss became {self.value} in epoch {self.epoch}, "
+                    f"step {self.step} (batch {(self.batch or 0) + 1} of {n_batches}).")
+        else:
+            head = (f"Training diverged: a parameter became NaN or infinite by step "
+                    f"{self.last_step} (epoch {self.epoch}), although every loss up to it was "
+                    "finite: an update overflowed.")
+        return f"{head} {restored} {_ADVICE.format(opt=optimizer)}"
+
+
+class _FiniteGuard:
+    """The divergence policy of ``fit`` (see its Notes): losses stay on the device until a
+    check point, where one flag says whether they and the parameters are all finite; a
+    passing check point refreshes the weight snapshot, a failing one restores it."""
+
+    def __init__(self, model: Sequential, every: int | None, *, keep: bool = True) -> None:
+        self.model = model
+        self.every = every
+        self.keep = keep  # keep_finite_weights: hold a copy of the last finite weights
+        self.snapshot = model.snapshot_weights() if keep else None
+        self.snapshot_where = "at the start of this call"
+        self.window: list[Array] = []  # 0-d losses since the last check point
+        self.where: list[tuple[int, int, int]] = []  # (epoch, batch, step) of each
+
+    def record(self, value: Array, epoch: int, batch: int, step: int) -> None:
+        self.window.append(value)
+        self.where.append((epoch, batch, step))
+
+    def due(self, step: int) -> bool:
+        return self.every is not None and step % self.every == 0
+
+    def flag(self) -> Array:
+        """0-d float64: 1.0 when every recorded loss and every parameter is finite, else 0.0."""
+        xp = self.model.xp
+        ok = xp.ones((), dtype=xp.bool, device=self.model.device)
+        if self.window:
+            ok = ok & xp.all(xp.isfinite(xp.stack(self.window)))
+        for layer in self.model.layers:
+            for p in layer.params.values():
+                ok = ok & xp.all(xp.isfinite(p))
+        return xp.astype(ok, xp.float64)
+
+    def check(self, where: str) -> None:
+        """A check point inside an epoch (one synchronisation)."""
+        if backend.to_float(self.flag()) != 1.0:
+            raise self.diverged()
+        self.commit(where)
+
+    def commit(self, where: str) -> None:
+        """Everything so far is finite: keep a copy of the weights and start a new window."""
+        if self.keep:
+            self.snapshot = None  # obsolete now: release it before copying, not after
+            self.snapshot = self.model.snapshot_weights()
+        self.snapshot_where = where
+        self.window.clear()
+        self.where.clear()
+
+    def diverged(self) -> _Diverged:
+        """Locate the first non-finite loss of the window (rare path: one more transfer)."""
+        if self.window:
+            xp = self.model.xp
+            losses = backend.to_numpy(xp.stack(self.window)).tolist()
+            for value, (epoch, batch, step) in zip(losses, self.where):
+                if not math.isfinite(value):
+                    return _Diverged(epoch, step, batch, float(value))
+            epoch, _, step = self.where[-1]
+            return _Diverged(epoch, None, None, None, last_step=step)
+        return _Diverged(None, None, None, None)
