@@ -186,9 +186,11 @@ def sgd_momentum_update(
     Shapes: ``param``, ``grad`` and ``state.momentum_buffer`` share one shape.
     """
     step = state.step + 1
-    if momentum == 0 and weight_decay == 0:
-        return sgd_update(param, grad, lr=lr, inplace=inplace), SGDState(step,
-                                                                         state.momentum_buffer)
+    if momentum == 0 and weight_decay == 0:  # plain gradient descent, as sgd_update
+        if inplace:
+            param -= grad * lr
+            return param, SGDState(step, state.momentum_buffer)
+        return param - grad * lr, SGDState(step, state.momentum_buffer)
     g = _l2(grad, param, weight_decay, inplace)
     if momentum == 0:
         # weight decay without momentum: g is the L2 temporary made above, ours to scale
