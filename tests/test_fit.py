@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import nnxp
 from nnxp.callbacks import Callback
 from nnxp.layers import Dense, ReLU
 from nnxp.optim import SGD, Optimizer
+from nnxp.optim import base as optim_base
+from nnxp.validation import check_nonneg
 
 
 def small_model(seed: int = 0, n_out: int = 3) -> nnxp.Sequential:
@@ -241,8 +244,12 @@ class ClosureSGD(Optimizer):
 
     requires_closure = True
 
+    @dataclass(frozen=True)
+    class Hyperparameters(optim_base.Hyperparameters):
+        lr: float = optim_base.hyperparameter(0.1, check_nonneg)
+
     def __init__(self, lr: float) -> None:
-        super().__init__({"lr": lr})
+        super().__init__(lr=lr)
         self.values: list[float] = []
 
     def step(self, closure=None):

@@ -14,6 +14,9 @@ import nnxp
 from nnxp import optim
 from nnxp.kernels import optimizers as kern
 from nnxp.layers import Dense, ReLU
+from nnxp.optim.base import Hyperparameters as HyperparametersBase
+from nnxp.optim.base import hyperparameter
+from nnxp.validation import check_nonneg
 
 N_STEPS = 50
 
@@ -228,7 +231,7 @@ def test_state_keeps_dtype_device_and_updates_in_place(bk, name):
     for g in grads:
         holder.grads = {k: nnxp.asarray(v, dtype="float32") for k, v in g.items()}
         opt.step()
-        arrays = {n: v for n, v in opt.state[0].items() if nnxp.backend.is_array(v)}
+        arrays = {n: v for n, v in opt.state[0]._asdict().items() if nnxp.backend.is_array(v)}
         for arr in arrays.values():
             assert arr.dtype == bk.xp.float32
             assert str(nnxp.backend.device_of(arr)) == str(bk.device)
@@ -244,7 +247,7 @@ def test_state_keeps_dtype_device_and_updates_in_place(bk, name):
     else:
         assert W is not before
         np.testing.assert_array_equal(nnxp.to_numpy(before), theta0["W"].astype(np.float32))
-    assert opt.state[0]["step"] == 3 and opt.iterations == 3
+    assert opt.state[0].step == 3 and opt.iterations == 3
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "Adamax",
@@ -304,7 +307,7 @@ def test_state_dict_moves_between_backends():
         resumed = optim.Adam(lr=0.01, amsgrad=True)
         resumed.load_state_dict(saved)
         rest, holder = _run_nnxp(resumed, part[-1], grads[5:])
-        assert type(resumed.state[0]["exp_avg"]).__module__.startswith("torch")
+        assert type(resumed.state[0].exp_avg).__module__.startswith("torch")
     _assert_close(full[5:], rest, atol=1e-12)
 
 
@@ -341,7 +344,7 @@ def test_rebinding_same_parameters_keeps_state_and_new_ones_reset_it():
     opt = optim.Adam()
     _, holder = _run_nnxp(opt, theta0, grads)
     opt.bind([(holder, "W"), (holder, "b")])
-    assert opt.state[0]["step"] == 2
+    assert opt.state[0].step == 2
     opt.bind([(Holder(W=holder.params["W"]), "W")])
     assert opt.state == {}
 
@@ -607,7 +610,7 @@ def test_lbfgs_converges_to_the_minimiser(bk, fun_name, x0, xstar):
     fun = _rosenbrock if fun_name == "rosenbrock" else _quadratic
     path, opt, _ = _lbfgs_run(fun, x0, 10, line_search_fn="strong_wolfe")
     np.testing.assert_allclose(path[-1], xstar, atol=1e-5)
-    assert opt.state[0]["func_evals"] < 200
+    assert opt.state[0].func_evals < 200
 
 
 def test_lbfgs_state_dict_round_trip():
@@ -787,33 +790,127 @@ def test_option_switched_on_after_the_first_step_creates_its_buffer(name, option
     opt.bind([(holder, "W"), (holder, "b")])
     holder.grads = {k: nnxp.asarray(v) for k, v in grads[0].items()}
     opt.step()
-    assert buffer not in opt.state[0]
+    assert getattr(opt.state[0], buffer) is None
     opt.param_groups[-1][option] = 0.9 if option == "momentum" else True
     holder.grads = {k: nnxp.asarray(v) for k, v in grads[1].items()}
     opt.step()
-    assert opt.state[0][buffer].shape == (3, 4)
+    assert getattr(opt.state[0], buffer).shape == (3, 4)
     assert np.all(np.isfinite(nnxp.to_numpy(holder.params["W"])))
 
 
-def test_a_subclass_overriding_update_is_called():
-    """The fast path calls the kernel directly only for classes that keep the base _update."""
-    calls = []
+def _sign_sgd_update(param, grad, state, *, lr, xp, inplace):
+    """θ ← θ − γ sign(g): an update rule that nnxp does not ship, declared in a test."""
+    step = -lr * xp.sign(grad)
+    if inplace:
+        param += step
+        return param, kern.SGDState(state.step + 1)
+    return param + step, kern.SGDState(state.step + 1)
 
-    class Halved(optim.SGD):
-        def _update(self, param, grad, state, group, xp, inplace):
-            calls.append(state["step"])
-            return super()._update(param, grad * 0.5, state, group, xp, inplace)
 
+def test_a_new_optimizer_is_a_declaration():
+    """Hyperparameters, state record and kernel are all a first-order optimizer needs: the
+    constructor, its signature, the checks, step, groups and state_dict come from the base."""
+    import inspect
+    from dataclasses import dataclass
+
+    class SignSGD(optim.Optimizer):
+        @dataclass(frozen=True)
+        class Hyperparameters(HyperparametersBase):
+            lr: float = hyperparameter(0.1, check_nonneg)
+
+        State = kern.SGDState
+        init_state = staticmethod(kern.sgd_init)
+        update = staticmethod(_sign_sgd_update)
+
+    assert str(inspect.signature(SignSGD)) == ("(lr=0.1, *, param_groups=None, clip_norm=None, "
+                                               "clip_value=None)")
+    with pytest.raises(ValueError, match=r"SignSGD: lr must be > 0, got -1"):
+        SignSGD(lr=-1)
+    with pytest.raises(TypeError, match=r"unexpected option\(s\) \['momentum'\]"):
+        SignSGD(momentum=0.9)
+    theta0, grads = _problem(n_steps=3)
+    ours, holder = _run_nnxp(SignSGD(lr=0.5, param_groups=[
+        {"params": lambda lay, key: key == "b", "lr": 0.25}]), theta0, grads)
+    signs = sum(np.sign(g["W"]) for g in grads)
+    np.testing.assert_array_equal(ours[-1]["W"], theta0["W"] - 0.5 * signs)
+    np.testing.assert_array_equal(ours[-1]["b"],
+                                  theta0["b"] - 0.25 * sum(np.sign(g["b"]) for g in grads))
+
+
+def test_a_declaration_whose_kernels_ignore_an_option_is_refused():
+    from dataclasses import dataclass
+
+    with pytest.raises(TypeError, match=r"declares the option\(s\) \['momentum'\]"):
+        class Broken(optim.Optimizer):  # noqa: F841 - the class statement itself must fail
+            @dataclass(frozen=True)
+            class Hyperparameters(HyperparametersBase):
+                lr: float = hyperparameter(0.1, check_nonneg)
+                momentum: float = hyperparameter(0.0, check_nonneg)
+
+            State = kern.SGDState
+            init_state = staticmethod(kern.sgd_init)
+            update = staticmethod(_sign_sgd_update)
+
+
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_hyperparameters_record_is_the_signature_and_checks_every_group(name):
+    import dataclasses
+    import inspect
+
+    cls = getattr(optim, name)
+    record = cls.Hyperparameters()
+    assert dataclasses.is_dataclass(record)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.lr = 1.0
+    params = inspect.signature(cls).parameters
+    assert list(params)[:len(record.names())] == list(record.names())
+    assert all(params[n].default == getattr(cls.Hyperparameters, n) for n in record.names())
+    assert cls().defaults == record.as_dict()
+    with pytest.raises(ValueError,
+                       match=rf"{name}: weight_decay must be a finite number >= 0, got -1"):
+        cls(param_groups=[{"params": [], "weight_decay": -1}])
+
+
+def test_functional_kernels_return_new_state_and_keep_the_old_record():
+    xp = nnxp.backend.namespace_of(np.zeros(1))
+    theta0, grads = _problem(n_steps=3)
+    state = kern.adam_init(theta0["W"], amsgrad=True, xp=xp)
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+              for k, v in state._asdict().items()}
+    param, new = kern.adam_update(theta0["W"], grads[0]["W"], state, lr=0.1, amsgrad=True,
+                                  xp=xp, inplace=False)
+    assert isinstance(new, kern.AdamState) and new is not state and new.step == 1
+    for key, value in state._asdict().items():  # the record and its buffers are untouched
+        np.testing.assert_array_equal(value, before[key])
+    assert all(getattr(new, k) is not getattr(state, k) for k in ("exp_avg", "exp_avg_sq"))
+    _, same = kern.adam_update(theta0["W"].copy(), grads[1]["W"], new, lr=0.1, amsgrad=True,
+                               xp=xp, inplace=True)
+    assert all(getattr(same, k) is getattr(new, k)  # in place: the same buffers, a new record
+               for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+
+
+def test_load_state_dict_names_unknown_or_missing_state_entries():
     theta0, grads = _problem(n_steps=2)
-    holder = Holder(**{k: nnxp.asarray(v, copy=True) for k, v in theta0.items()})
-    opt = Halved(lr=0.1)
-    opt.bind([(holder, "W"), (holder, "b")])
-    for g in grads:
-        holder.grads = {k: nnxp.asarray(v) for k, v in g.items()}
-        opt.step()
-    assert calls == [0, 0, 1, 1]
-    want = theta0["W"] - 0.05 * (grads[0]["W"] + grads[1]["W"])
-    np.testing.assert_allclose(nnxp.to_numpy(holder.params["W"]), want, atol=1e-12)
+    opt = optim.Adam()
+    _run_nnxp(opt, theta0, grads)
+    saved = opt.state_dict()
+    saved["state"][0]["velocity"] = np.zeros((3, 4))
+    other = optim.Adam()
+    other.load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"unknown entries \['velocity'\]"):
+        _run_nnxp(other, theta0, grads)
+    saved = opt.state_dict()
+    del saved["state"][0]["exp_avg"]
+    other = optim.Adam()
+    other.load_state_dict(saved)
+    with pytest.raises(ValueError, match="lacks entries"):
+        _run_nnxp(other, theta0, grads)
+
+
+def test_lbfgs_takes_no_parameter_groups_or_clipping():
+    for option in ("param_groups", "clip_norm", "clip_value"):
+        with pytest.raises(TypeError, match=option):
+            optim.LBFGS(**{option: [] if option == "param_groups" else 1.0})
 
 
 def test_sgd_weight_decay_without_momentum_matches_torch_and_keeps_grads(bk):

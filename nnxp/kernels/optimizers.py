@@ -2,19 +2,23 @@
 
 Every kernel follows ``torch.optim``'s single-tensor update rule for the same optimizer, operation
 for operation (where the eps goes, when the bias corrections apply, how a momentum buffer starts),
-so a trajectory can be compared with torch's step by step. The objects in :mod:`nnxp.optim` own the
-per-parameter state and call these functions; the kernels themselves hold nothing.
+so a trajectory can be compared with torch's step by step. The objects in :mod:`nnxp.optim` keep
+the per-parameter state records and call these functions; the kernels themselves hold nothing.
 
 Conventions shared by every kernel here:
 
-* ``param`` and ``grad`` are arrays of one shape and dtype on one device; ``state`` is a ``dict``
-  made by the matching ``*_init`` function (arrays shaped like ``param`` plus a Python int
-  ``"step"``, and Python floats where torch keeps a scalar).
-* ``inplace=True`` (numpy, cupy, torch — see :func:`nnxp.backend.supports_inplace`) overwrites the
-  buffers of ``param`` and of the state arrays and returns the very same objects; ``inplace=False``
-  leaves every input untouched and returns new arrays (array-api-strict, any immutable backend).
-  Both paths perform the same floating-point operations in the same order, so they agree bit for
-  bit. The in-place path updates the state with in-place operators (``m *= β₁; m += t``) and
+* ``param`` and ``grad`` are arrays of one shape and dtype on one device. ``state`` is the
+  optimizer's typed record (``SGDState``, ``AdamState``, ...: a ``NamedTuple`` made by the
+  matching ``*_init`` function), holding arrays shaped like ``param``, the Python int ``step`` and
+  Python floats where torch keeps a scalar. A buffer that an option switches on (a momentum
+  buffer, AMSGrad's maximum) is ``None`` until that option is first used.
+* Every kernel returns ``(new_param, new_state)``; the record passed in is never modified
+  (records are immutable). ``inplace=True`` (numpy, cupy, torch — see
+  :func:`nnxp.backend.supports_inplace`) overwrites the buffers of ``param`` and of the state's
+  arrays and returns the very same arrays inside the new record; ``inplace=False`` leaves every
+  input array untouched and returns new arrays (array-api-strict, any immutable backend). Both
+  paths perform the same floating-point operations in the same order, so they agree bit for bit.
+  The in-place path updates the buffers with in-place operators (``m *= β₁; m += t``) and
   allocates at most one or two full-size temporaries per parameter, each scaled or shifted in
   place afterwards; ``grad`` is never written (callers read ``layer.grads`` after the step).
 * Bias corrections and learning rates are folded into Python scalars wherever the algebra allows
@@ -23,17 +27,17 @@ Conventions shared by every kernel here:
 * ``weight_decay`` is the L2 penalty folded into the gradient, ``g ← g + λ θ`` (torch's coupled
   form), except in :func:`adamw_update` and NAdam's ``decoupled_weight_decay``, where the
   parameter shrinks directly, ``θ ← θ (1 − γ λ)``.
-* Hyperparameters are Python numbers, validated by the optimizer objects, not here.
+* Hyperparameters are Python numbers with the names of the optimizer's options (``betas`` is the
+  pair ``(β₁, β₂)``), validated by the optimizer objects, not here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 Array = Any
-State = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,16 +45,7 @@ State = dict[str, Any]
 # ----------------------------------------------------------------------------------------------
 
 
-def _axpby(y: Array, a: float, x: Array, b: float, inplace: bool) -> Array:
-    """``a·y + b·x``, written into ``y`` when ``inplace``."""
-    if inplace:
-        y *= a
-        y += b * x
-        return y
-    return a * y + b * x
-
-
-def _add_scaled(y: Array, x: Array, b: float, inplace: bool) -> Array:
+def add_scaled(y: Array, x: Array, b: float, inplace: bool) -> Array:
     """``y + b·x``, written into ``y`` when ``inplace``."""
     if inplace:
         y += b * x
@@ -58,7 +53,7 @@ def _add_scaled(y: Array, x: Array, b: float, inplace: bool) -> Array:
     return y + b * x
 
 
-def _assign(dst: Array, value: Array, inplace: bool) -> Array:
+def assign(dst: Array, value: Array, inplace: bool) -> Array:
     """``value``, copied into the buffer of ``dst`` when ``inplace``."""
     if inplace:
         dst[...] = value
@@ -126,13 +121,10 @@ def _decay(param: Array, lr: float, weight_decay: float, inplace: bool) -> Array
     return param * (1 - lr * weight_decay)
 
 
-def _state_buffer(state: State, name: str, param: Array, xp: Any) -> Array:
-    """``state[name]``, created at zero when missing (an option switched on after the first
-    step, e.g. ``momentum`` or ``amsgrad`` set by hand on a parameter group)."""
-    buf = state.get(name)
-    if buf is None:
-        buf = state[name] = _zeros_like(param, xp)
-    return buf
+def _buffer(buf: Array | None, param: Array, xp: Any) -> Array:
+    """``buf``, or a zero buffer like ``param`` when it is ``None`` (an option switched on after
+    the first step, e.g. ``momentum`` or ``amsgrad`` set by hand on a parameter group)."""
+    return _zeros_like(param, xp) if buf is None else buf
 
 
 def _zeros_like(param: Array, xp: Any) -> Array:
@@ -152,21 +144,28 @@ def sgd_update(param: Array, grad: Array, *, lr: float, inplace: bool = False) -
     :func:`sgd_momentum_update` for momentum, dampening, Nesterov and weight decay.
     """
     if inplace:
-        param -= lr * grad
+        param -= grad * lr
         return param
-    return param - lr * grad
+    return param - grad * lr
 
 
-def sgd_init(param: Array, *, xp: Any) -> State:
-    """SGD's state: the step count; the momentum buffer ``b`` is created on the first step."""
-    return {"step": 0}
+class SGDState(NamedTuple):
+    """SGD's state: the step count and, once momentum is used, the momentum buffer ``b``."""
+
+    step: int
+    momentum_buffer: Array | None = None
+
+
+def sgd_init(param: Array, *, xp: Any) -> SGDState:
+    """SGD's state: step 0; the momentum buffer is created (as a copy of ``g``) on first use."""
+    return SGDState(0)
 
 
 def sgd_momentum_update(
-    param: Array, grad: Array, state: State, *, lr: float, momentum: float = 0.0,
+    param: Array, grad: Array, state: SGDState, *, lr: float, momentum: float = 0.0,
     dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
     xp: Any, inplace: bool = False,
-) -> tuple[Array, State]:
+) -> tuple[Array, SGDState]:
     """SGD with momentum (torch.optim.SGD).
 
     .. math::
@@ -177,53 +176,54 @@ def sgd_momentum_update(
 
     with learning rate γ, momentum μ, dampening τ and weight decay λ. The buffer starts as a copy
     of the first gradient (no dampening on step 1), as in torch. Without momentum (μ = 0) this is
-    plain gradient descent and no buffer is kept. Sutskever et al. (2013), "On the importance of
-    initialization and momentum in deep learning" (ICML) describe the Nesterov form.
+    plain gradient descent (:func:`sgd_update`) and no buffer is kept. Sutskever et al. (2013),
+    "On the importance of initialization and momentum in deep learning" (ICML) describe the
+    Nesterov form.
 
     Other libraries: Keras' SGD applies momentum as ``v ← μ v − γ g; θ ← θ + v`` (the learning rate
     inside the buffer), which differs from torch's when the learning rate changes during training.
 
-    Shapes: ``param``, ``grad`` and ``state["momentum_buffer"]`` share one shape.
+    Shapes: ``param``, ``grad`` and ``state.momentum_buffer`` share one shape.
     """
-    state["step"] += 1
-    if momentum == 0 and weight_decay == 0:
+    step = state.step + 1
+    if momentum == 0 and weight_decay == 0:  # plain gradient descent, as sgd_update
         if inplace:
             param -= grad * lr
-            return param, state
-        return param - grad * lr, state
+            return param, SGDState(step, state.momentum_buffer)
+        return param - grad * lr, SGDState(step, state.momentum_buffer)
     g = _l2(grad, param, weight_decay, inplace)
-    if momentum != 0:
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = xp.asarray(g, copy=True)
-        elif inplace:
-            buf *= momentum
-            if dampening != 0:
-                g_damped = g * (1 - dampening)
-                buf += g_damped
-            else:
-                buf += g
-        else:
-            buf = buf * momentum + (g * (1 - dampening) if dampening != 0 else g)
-        state["momentum_buffer"] = buf
-        if nesterov:
-            if inplace:
-                d = buf * momentum
-                d += g
-                d *= lr
-                param -= d
-                return param, state
-            return param - (buf * momentum + g) * lr, state
+    if momentum == 0:
+        # weight decay without momentum: g is the L2 temporary made above, ours to scale
         if inplace:
-            param -= buf * lr  # never scale the buffer itself
-            return param, state
-        return param - buf * lr, state
-    # no momentum, weight decay on: g is the L2 temporary made above, ours to scale in place
+            g *= lr
+            param -= g
+            return param, SGDState(step, state.momentum_buffer)
+        return param - g * lr, SGDState(step, state.momentum_buffer)
+    buf = state.momentum_buffer
+    if buf is None:
+        buf = xp.asarray(g, copy=True)
+    elif inplace:
+        buf *= momentum
+        if dampening != 0:
+            g_damped = g * (1 - dampening)
+            buf += g_damped
+        else:
+            buf += g
+    else:
+        buf = buf * momentum + (g * (1 - dampening) if dampening != 0 else g)
+    new_state = SGDState(step, buf)
+    if nesterov:
+        if inplace:
+            d = buf * momentum
+            d += g
+            d *= lr
+            param -= d
+            return param, new_state
+        return param - (buf * momentum + g) * lr, new_state
     if inplace:
-        g *= lr
-        param -= g
-        return param, state
-    return param - g * lr, state
+        param -= buf * lr  # never scale the buffer itself
+        return param, new_state
+    return param - buf * lr, new_state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,16 +231,24 @@ def sgd_momentum_update(
 # ----------------------------------------------------------------------------------------------
 
 
-def adagrad_init(param: Array, *, initial_accumulator_value: float = 0.0, xp: Any) -> State:
+class AdagradState(NamedTuple):
+    """Adagrad's state: the step count and the accumulated squared gradients ``G``."""
+
+    step: int
+    sum: Array
+
+
+def adagrad_init(param: Array, *, initial_accumulator_value: float = 0.0,
+                 xp: Any) -> AdagradState:
     """Adagrad's state: ``sum`` filled with ``initial_accumulator_value``, step 0."""
     acc = xp.full(param.shape, initial_accumulator_value, dtype=param.dtype, device=param.device)
-    return {"step": 0, "sum": acc}
+    return AdagradState(0, acc)
 
 
 def adagrad_update(
-    param: Array, grad: Array, state: State, *, lr: float, lr_decay: float = 0.0,
+    param: Array, grad: Array, state: AdagradState, *, lr: float, lr_decay: float = 0.0,
     weight_decay: float = 0.0, eps: float = 1e-10, xp: Any, inplace: bool = False,
-) -> tuple[Array, State]:
+) -> tuple[Array, AdagradState]:
     """Adagrad (torch.optim.Adagrad).
 
     .. math::
@@ -256,9 +264,9 @@ def adagrad_update(
     1e-10); both put ε outside the square root.
     """
     g = _l2(grad, param, weight_decay, inplace)
-    step = state["step"] + 1
+    step = state.step + 1
     clr = lr / (1 + (step - 1) * lr_decay)
-    acc = state["sum"]
+    acc = state.sum
     if inplace:
         sq = g * g
         acc += sq
@@ -266,8 +274,7 @@ def adagrad_update(
         acc = acc + g * g
     std = _plus(xp.sqrt(acc), eps, inplace)
     param = _add_ratio(param, g, std, -clr, inplace)
-    state["step"], state["sum"] = step, acc
-    return param, state
+    return param, AdagradState(step, acc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,22 +282,29 @@ def adagrad_update(
 # ----------------------------------------------------------------------------------------------
 
 
+class RMSpropState(NamedTuple):
+    """RMSprop's state: the step count, the average of g² and, when ``centered`` / ``momentum``
+    are on, the average of g and the momentum buffer."""
+
+    step: int
+    square_avg: Array
+    grad_avg: Array | None = None
+    momentum_buffer: Array | None = None
+
+
 def rmsprop_init(param: Array, *, momentum: float = 0.0, centered: bool = False,
-                 xp: Any) -> State:
+                 xp: Any) -> RMSpropState:
     """RMSprop's state: ``square_avg`` (and ``grad_avg``, ``momentum_buffer``) at zero."""
-    state: State = {"step": 0, "square_avg": _zeros_like(param, xp)}
-    if centered:
-        state["grad_avg"] = _zeros_like(param, xp)
-    if momentum > 0:
-        state["momentum_buffer"] = _zeros_like(param, xp)
-    return state
+    return RMSpropState(0, _zeros_like(param, xp),
+                        _zeros_like(param, xp) if centered else None,
+                        _zeros_like(param, xp) if momentum > 0 else None)
 
 
 def rmsprop_update(
-    param: Array, grad: Array, state: State, *, lr: float, alpha: float = 0.99,
+    param: Array, grad: Array, state: RMSpropState, *, lr: float, alpha: float = 0.99,
     eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
     xp: Any, inplace: bool = False,
-) -> tuple[Array, State]:
+) -> tuple[Array, RMSpropState]:
     """RMSprop (torch.optim.RMSprop).
 
     .. math::
@@ -310,17 +324,16 @@ def rmsprop_update(
     TensorFlow 1's RMSPropOptimizer put ε inside the square root, ``√(v + ε)``.
     """
     g = _l2(grad, param, weight_decay, inplace)
-    sq = _ema_sq(state["square_avg"], g, alpha, inplace)
-    state["square_avg"] = sq
+    sq = _ema_sq(state.square_avg, g, alpha, inplace)
+    gavg, buf = state.grad_avg, state.momentum_buffer
     if centered:
-        gavg = _ema(_state_buffer(state, "grad_avg", param, xp), g, alpha, inplace)
-        state["grad_avg"] = gavg
+        gavg = _ema(_buffer(gavg, param, xp), g, alpha, inplace)
         avg = xp.sqrt(sq - gavg * gavg)
     else:
         avg = xp.sqrt(sq)
     avg = _plus(avg, eps, inplace)
     if momentum > 0:
-        buf = _state_buffer(state, "momentum_buffer", param, xp)
+        buf = _buffer(buf, param, xp)
         if inplace:
             ratio = g / avg
             buf *= momentum
@@ -330,11 +343,9 @@ def rmsprop_update(
         else:
             buf = buf * momentum + g / avg
             param = param - buf * lr
-        state["momentum_buffer"] = buf
     else:
         param = _add_ratio(param, g, avg, -lr, inplace)
-    state["step"] = state["step"] + 1
-    return param, state
+    return param, RMSpropState(state.step + 1, sq, gavg, buf)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,15 +353,23 @@ def rmsprop_update(
 # ----------------------------------------------------------------------------------------------
 
 
-def adadelta_init(param: Array, *, xp: Any) -> State:
+class AdadeltaState(NamedTuple):
+    """Adadelta's state: the step count and the averages of g² and of Δ²."""
+
+    step: int
+    square_avg: Array
+    acc_delta: Array
+
+
+def adadelta_init(param: Array, *, xp: Any) -> AdadeltaState:
     """Adadelta's state: ``square_avg`` and ``acc_delta`` at zero."""
-    return {"step": 0, "square_avg": _zeros_like(param, xp), "acc_delta": _zeros_like(param, xp)}
+    return AdadeltaState(0, _zeros_like(param, xp), _zeros_like(param, xp))
 
 
 def adadelta_update(
-    param: Array, grad: Array, state: State, *, lr: float = 1.0, rho: float = 0.9,
+    param: Array, grad: Array, state: AdadeltaState, *, lr: float = 1.0, rho: float = 0.9,
     eps: float = 1e-6, weight_decay: float = 0.0, xp: Any, inplace: bool = False,
-) -> tuple[Array, State]:
+) -> tuple[Array, AdadeltaState]:
     """Adadelta (torch.optim.Adadelta).
 
     .. math::
@@ -365,23 +384,21 @@ def adadelta_update(
     default); Keras' Adadelta defaults to γ = 0.001, ρ = 0.95, ε = 1e-7.
     """
     g = _l2(grad, param, weight_decay, inplace)
-    sq = _ema_sq(state["square_avg"], g, rho, inplace)
+    sq = _ema_sq(state.square_avg, g, rho, inplace)
     std = xp.sqrt(sq + eps)
-    delta = xp.sqrt(state["acc_delta"] + eps)
+    delta = xp.sqrt(state.acc_delta + eps)
     if inplace:
         delta /= std
         delta *= g
     else:
         delta = delta / std * g
-    acc = _ema_sq(state["acc_delta"], delta, rho, inplace)
+    acc = _ema_sq(state.acc_delta, delta, rho, inplace)
     if inplace:
         delta *= lr
         param -= delta
     else:
         param = param - delta * lr
-    state["square_avg"], state["acc_delta"] = sq, acc
-    state["step"] = state["step"] + 1
-    return param, state
+    return param, AdadeltaState(state.step + 1, sq, acc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,20 +406,27 @@ def adadelta_update(
 # ----------------------------------------------------------------------------------------------
 
 
-def adam_init(param: Array, *, amsgrad: bool = False, xp: Any) -> State:
+class AdamState(NamedTuple):
+    """Adam's (and AdamW's) state: the step count, the first and second moments and, with
+    AMSGrad, the running maximum of the second moment."""
+
+    step: int
+    exp_avg: Array
+    exp_avg_sq: Array
+    max_exp_avg_sq: Array | None = None
+
+
+def adam_init(param: Array, *, amsgrad: bool = False, xp: Any) -> AdamState:
     """Adam's state: first and second moments (and their running max for AMSGrad) at zero."""
-    state: State = {"step": 0, "exp_avg": _zeros_like(param, xp),
-                    "exp_avg_sq": _zeros_like(param, xp)}
-    if amsgrad:
-        state["max_exp_avg_sq"] = _zeros_like(param, xp)
-    return state
+    return AdamState(0, _zeros_like(param, xp), _zeros_like(param, xp),
+                     _zeros_like(param, xp) if amsgrad else None)
 
 
 def adam_update(
-    param: Array, grad: Array, state: State, *, lr: float = 1e-3, beta1: float = 0.9,
-    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
-    decoupled: bool = False, xp: Any, inplace: bool = False,
-) -> tuple[Array, State]:
+    param: Array, grad: Array, state: AdamState, *, lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+    amsgrad: bool = False, decoupled: bool = False, xp: Any, inplace: bool = False,
+) -> tuple[Array, AdamState]:
     """Adam (torch.optim.Adam), and AdamW with ``decoupled=True``.
 
     .. math::
@@ -423,20 +447,21 @@ def adam_update(
     Keras/TensorFlow write the same update as ``γ √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε̂)``, i.e. the ε
     they add is not bias-corrected (and their default ε is 1e-7): the two agree only for ε → 0.
     """
+    beta1, beta2 = betas
     if decoupled:
         param = _decay(param, lr, weight_decay, inplace)
         g = grad
     else:
         g = _l2(grad, param, weight_decay, inplace)
-    step = state["step"] + 1
-    m = _ema(state["exp_avg"], g, beta1, inplace)
-    v = _ema_sq(state["exp_avg_sq"], g, beta2, inplace)
+    step = state.step + 1
+    m = _ema(state.exp_avg, g, beta1, inplace)
+    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace)
     bc1 = 1 - beta1**step
     bc2_sqrt = math.sqrt(1 - beta2**step)
+    vmax = state.max_exp_avg_sq
     if amsgrad:
-        vmax = _state_buffer(state, "max_exp_avg_sq", param, xp)
-        vmax = _assign(vmax, xp.maximum(vmax, v), inplace)
-        state["max_exp_avg_sq"] = vmax
+        vmax = _buffer(vmax, param, xp)
+        vmax = assign(vmax, xp.maximum(vmax, v), inplace)
         v_hat = vmax
     else:
         v_hat = v
@@ -444,22 +469,21 @@ def adam_update(
     # the bias corrections become two Python scalars instead of a pass over the array.
     denom = _plus(xp.sqrt(v_hat), eps * bc2_sqrt, inplace)
     param = _add_ratio(param, m, denom, -lr * bc2_sqrt / bc1, inplace)
-    state["step"], state["exp_avg"], state["exp_avg_sq"] = step, m, v
-    return param, state
+    return param, AdamState(step, m, v, vmax)
 
 
 def adamw_update(
-    param: Array, grad: Array, state: State, *, lr: float = 1e-3, beta1: float = 0.9,
-    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-    xp: Any, inplace: bool = False,
-) -> tuple[Array, State]:
+    param: Array, grad: Array, state: AdamState, *, lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+    amsgrad: bool = False, xp: Any, inplace: bool = False,
+) -> tuple[Array, AdamState]:
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay ``θ ← θ (1 − γ λ)``.
 
     The decay multiplies the parameter before the Adam step and never enters the moments, so it
     is not rescaled by the adaptive denominator (Loshchilov & Hutter, 2019). See
     :func:`adam_update` for the rest of the equations.
     """
-    return adam_update(param, grad, state, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+    return adam_update(param, grad, state, lr=lr, betas=betas, eps=eps,
                        weight_decay=weight_decay, amsgrad=amsgrad, decoupled=True, xp=xp,
                        inplace=inplace)
 
@@ -469,16 +493,24 @@ def adamw_update(
 # ----------------------------------------------------------------------------------------------
 
 
-def adamax_init(param: Array, *, xp: Any) -> State:
+class AdamaxState(NamedTuple):
+    """Adamax's state: the step count, the first moment and the infinity norm ``u``."""
+
+    step: int
+    exp_avg: Array
+    exp_inf: Array
+
+
+def adamax_init(param: Array, *, xp: Any) -> AdamaxState:
     """Adamax's state: ``exp_avg`` and the infinity norm ``exp_inf`` at zero."""
-    return {"step": 0, "exp_avg": _zeros_like(param, xp), "exp_inf": _zeros_like(param, xp)}
+    return AdamaxState(0, _zeros_like(param, xp), _zeros_like(param, xp))
 
 
 def adamax_update(
-    param: Array, grad: Array, state: State, *, lr: float = 2e-3, beta1: float = 0.9,
-    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, xp: Any,
-    inplace: bool = False,
-) -> tuple[Array, State]:
+    param: Array, grad: Array, state: AdamaxState, *, lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+    xp: Any, inplace: bool = False,
+) -> tuple[Array, AdamaxState]:
     """Adamax (torch.optim.Adamax), Adam with the infinity norm.
 
     .. math::
@@ -490,10 +522,11 @@ def adamax_update(
     Kingma & Ba (2015), section 7.1. torch adds ε to ``|g|`` inside the max (so ``u`` is never 0);
     Keras computes ``max(β₂ u, |g|)`` and adds ε to the denominator instead.
     """
+    beta1, beta2 = betas
     g = _l2(grad, param, weight_decay, inplace)
-    step = state["step"] + 1
-    m = _ema(state["exp_avg"], g, beta1, inplace)
-    u = state["exp_inf"]
+    step = state.step + 1
+    m = _ema(state.exp_avg, g, beta1, inplace)
+    u = state.exp_inf
     g_abs = _plus(xp.abs(g), eps, inplace)
     if inplace:
         u *= beta2
@@ -501,8 +534,7 @@ def adamax_update(
     else:
         u = xp.maximum(u * beta2, g_abs)
     param = _add_ratio(param, m, u, -lr / (1 - beta1**step), inplace)
-    state["step"], state["exp_avg"], state["exp_inf"] = step, m, u
-    return param, state
+    return param, AdamaxState(step, m, u)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,18 +542,27 @@ def adamax_update(
 # ----------------------------------------------------------------------------------------------
 
 
-def nadam_init(param: Array, *, xp: Any) -> State:
+class NAdamState(NamedTuple):
+    """NAdam's state: the step count, the running product Π_t of the momentum schedule (a
+    Python float) and the first and second moments."""
+
+    step: int
+    mu_product: float
+    exp_avg: Array
+    exp_avg_sq: Array
+
+
+def nadam_init(param: Array, *, xp: Any) -> NAdamState:
     """NAdam's state: moments at zero and the running product of the momentum schedule at 1."""
-    return {"step": 0, "mu_product": 1.0, "exp_avg": _zeros_like(param, xp),
-            "exp_avg_sq": _zeros_like(param, xp)}
+    return NAdamState(0, 1.0, _zeros_like(param, xp), _zeros_like(param, xp))
 
 
 def nadam_update(
-    param: Array, grad: Array, state: State, *, lr: float = 2e-3, beta1: float = 0.9,
-    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+    param: Array, grad: Array, state: NAdamState, *, lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
     momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, xp: Any,
     inplace: bool = False,
-) -> tuple[Array, State]:
+) -> tuple[Array, NAdamState]:
     """NAdam (torch.optim.NAdam): Adam with Nesterov momentum and Dozat's momentum schedule.
 
     .. math::
@@ -533,12 +574,13 @@ def nadam_update(
 
     with momentum decay ψ (``momentum_decay``) and ``g_t = ∇f + λθ`` (or decoupled decay
     ``θ ← θ(1 − γλ)`` with ``decoupled_weight_decay=True``). Dozat (2016), "Incorporating Nesterov
-    momentum into Adam", ICLR workshop. ``state["mu_product"]`` holds Π_t.
+    momentum into Adam", ICLR workshop. ``state.mu_product`` holds Π_t.
 
     Other libraries: Keras' Nadam uses the same schedule with ψ fixed at 0.004 but its own ε
     placement (``m̂ / (√v̂ + ε)`` with ε = 1e-7).
     """
-    step = state["step"] + 1
+    beta1, beta2 = betas
+    step = state.step + 1
     if decoupled_weight_decay:
         param = _decay(param, lr, weight_decay, inplace)
         g = grad
@@ -547,9 +589,9 @@ def nadam_update(
     bc2_sqrt = math.sqrt(1 - beta2**step)
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
-    mu_product = state["mu_product"] * mu
-    m = _ema(state["exp_avg"], g, beta1, inplace)
-    v = _ema_sq(state["exp_avg_sq"], g, beta2, inplace)
+    mu_product = state.mu_product * mu
+    m = _ema(state.exp_avg, g, beta1, inplace)
+    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace)
     # √(v/(1−β₂ᵗ)) + ε = (√v + ε√(1−β₂ᵗ)) / √(1−β₂ᵗ): the bias correction moves into the two
     # scalar coefficients, and both terms share one division: θ += (c_g g + c_m m) / s.
     denom = _plus(xp.sqrt(v), eps * bc2_sqrt, inplace)
@@ -563,8 +605,7 @@ def nadam_update(
         param += num
     else:
         param = param + (g * c_g + m * c_m) / denom
-    state.update(step=step, mu_product=mu_product, exp_avg=m, exp_avg_sq=v)
-    return param, state
+    return param, NAdamState(step, mu_product, m, v)
 
 
 # ----------------------------------------------------------------------------------------------
