@@ -192,11 +192,8 @@ class Dense(Layer):
         self.init = get_initializer(init)
         self.use_bias = check_flag(bias, argument="bias")
         self.dtype = check_float_dtype(dtype, self.xp)
-        self.l1 = float(check_positive(l1, argument="l1", allow_zero=True))
-        self.l2 = float(check_positive(l2, argument="l2", allow_zero=True))
-        for key, rate in (("l1", self.l1), ("l2", self.l2)):
-            if rate == float("inf"):
-                raise ValueError(f"{key} must be a finite number >= 0, got {rate!r}")
+        self.l1 = float(check_positive(l1, argument="l1", allow_zero=True, finite=True))
+        self.l2 = float(check_positive(l2, argument="l2", allow_zero=True, finite=True))
         self.max_norm = (None if max_norm is None
                          else float(check_positive(max_norm, argument="max_norm")))
         self.activation = get_activation(activation, dtype=self.dtype)
