@@ -1,13 +1,13 @@
 """Activation layers: each wraps a kernel pair from :mod:`nnxp.kernels.activations`.
 
-Every layer follows the layer protocol of :mod:`nnxp.layers.core`: ``forward(x, training=...)``
+Every layer follows the layer protocol of :mod:`nnxp.layers.base`: ``forward(x, training=...)``
 keeps what ``backward`` needs only in training mode, and ``backward`` without a training forward
-raises :class:`~nnxp.layers.core.BackwardError`. Only :class:`PReLU` and :class:`Maxout` have
+raises :class:`~nnxp.layers.base.BackwardError`. Only :class:`PReLU` and :class:`Maxout` have
 parameters; only :class:`RReLU` behaves differently in training and evaluation.
 
 :data:`ACTIVATIONS` maps names to layer factories, so that an activation can be named by string,
 ``Dense(64, 32, activation="leaky_relu")``; :func:`get_activation` resolves a name, a layer or
-``None``.
+``None``, and :func:`get_elementwise_activation` does so for ``Dense``'s ``activation=``.
 
 Pairing with initialisers: ReLU and its variants go with He initialisation (std √(2/fan_in),
 ``init="he_normal"``, Dense's default), tanh and sigmoid with Xavier/Glorot
@@ -35,7 +35,7 @@ from ..validation import (
     check_float_dtype,
     check_int,
 )
-from .core import LAYERS, Layer, input_error, layer_class_name
+from .base import LAYERS, Layer, input_error, layer_class_name
 
 Array = Any
 
@@ -634,6 +634,31 @@ def get_activation(
         "activation must be a name from nnxp.layers.ACTIVATIONS, a layer instance or None, got "
         f"{type(activation).__name__} {activation!r}"
     )
+
+
+def get_elementwise_activation(
+    activation: str | Layer | dict[str, Any] | None, *, dtype: Any = None
+) -> Layer | None:
+    """Resolve the ``activation=`` of a layer with a ``(batch, out_features)`` output (Dense).
+
+    As :func:`get_activation`, and the activation must keep the width: an element-wise layer,
+    or a softmax over the features.
+
+    Raises
+    ------
+    TypeError
+        for a layer that changes the width (it has ``in_features`` or ``out_features``).
+    ValueError
+        for a ``Softmax`` along an axis other than the features' (``dim`` not 1 or -1).
+    """
+    layer = get_activation(activation, dtype=dtype)
+    if layer is not None and (hasattr(layer, "in_features") or hasattr(layer, "out_features")):
+        raise TypeError(f"activation must be an element-wise activation layer, got {layer!r}, "
+                        "which changes the width; put it after this layer in the model instead")
+    if isinstance(layer, Softmax) and layer.dim not in (1, -1):
+        raise ValueError(f"activation is Softmax(dim={layer.dim}), but this layer's output has "
+                         "shape (batch, out_features): use dim=-1")
+    return layer
 
 
 def activation_config(layer: Layer) -> dict[str, Any]:

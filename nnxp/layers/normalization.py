@@ -18,7 +18,7 @@ from ..validation import (
     check_layer_input,
     check_positive,
 )
-from .core import Layer
+from .base import Layer
 
 Array = Any
 

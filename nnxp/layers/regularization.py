@@ -11,7 +11,7 @@ from typing import Any
 from ..kernels import dropout as k
 from ..random import BackendGenerator, Generator
 from ..validation import check_dropout_rate
-from .core import Layer
+from .base import Layer
 
 Array = Any
 
