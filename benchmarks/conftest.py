@@ -7,8 +7,8 @@ Environment variables:
   when named). Absent libraries and GPUs are left out, never failed.
 * ``NNXP_BENCH_SIZES`` — ``quick``, ``default`` (batch×width 32×128 and 256×1024), ``full``
   (adds 1024×2048 and 4096×4096, and the 60,000-sample epoch) or a list like ``32x128,512x512``.
-* ``NNXP_BENCH_OPTIMIZERS`` — the optimizers of the model steps (default ``sgd,adam``; those
-  nnxp does not have yet are left out).
+* ``NNXP_BENCH_OPTIMIZERS`` — the optimizers of the model steps (default ``sgd,adam``); a name
+  that is not an optimizer of ``nnxp.bench.optimizer_classes()`` stops the run with an error.
 * ``NNXP_BENCH_BUDGET`` — seconds of timed rounds per row (default 0.3; at least 3 rounds).
 """
 
@@ -26,7 +26,9 @@ BACKENDS = bench.selected_backends()
 SIZES = bench.selected_sizes()
 BUDGET = float(os.environ.get("NNXP_BENCH_BUDGET", "0.3"))
 OPTIMIZERS = [o.strip() for o in os.environ.get("NNXP_BENCH_OPTIMIZERS", "sgd,adam").split(",")
-              if o.strip() in bench.optimizer_classes()]
+              if o.strip()]
+for _name in OPTIMIZERS:
+    bench.make_optimizer(_name)  # a clear error for an unknown name, before any timing
 
 
 def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, Any]) -> None:

@@ -138,7 +138,7 @@ def torch_optimizer(name: str, params: Any, *, fused: bool = False) -> Any:
     SGD gets nnxp's default learning rate, since torch's SGD has none before 2.6)."""
     optim = torch.optim
     if name == "sgd":
-        return optim.SGD(params, lr=float(getattr(bench.make_optimizer("sgd"), "lr", 1e-3)))
+        return optim.SGD(params, lr=float(bench.make_optimizer("sgd").lr))
     classes = {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop,
                "adagrad": optim.Adagrad, "nadam": optim.NAdam, "adamax": optim.Adamax,
                "adadelta": optim.Adadelta}

@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
     load_before = [round(v, 2) for v in os.getloadavg()]
-    opts = [o for o in ("sgd", "adam") if o in bench.optimizer_classes()]
-    main_opt = bench.default_optimizer()
+    opts = ["sgd", "adam"]
+    main_opt = bench.DEFAULT_OPTIMIZER
     big = interleave(candidates("big", opts), args.seconds)
     small = interleave(candidates("small", opts), args.seconds)
     memory = [bench.peak_memory("numpy", "big", o, via=via) for o in opts

@@ -2,7 +2,7 @@
 
 Models (:data:`nnxp.bench.MODELS`): "small" 64-128-10 at batch 32, "big" 784-1024-1024-10 at
 batch 256, "wide" four 4096×4096 layers at batch 4096 (GPU backends only). Each is timed with
-every optimizer of ``NNXP_BENCH_OPTIMIZERS`` that nnxp has, on every backend, next to the
+every optimizer of ``NNXP_BENCH_OPTIMIZERS``, on every backend, next to the
 ``matmul-bound`` of the step (its bare products in the same backend), the ``torch`` peer on the
 same device (and ``torch-fused`` Adam) and, on the CPU, the ``numpy-by-hand`` step.
 """

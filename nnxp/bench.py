@@ -9,10 +9,10 @@ and adds the *peer* rows (the same computation written in PyTorch, and a hand-wr
 step), which need torch and numpy directly and so live outside the package: only
 ``nnxp/backend.py`` and ``nnxp/random.py`` may import an array library.
 
-Workloads are discovered, not listed: every activation in ``nnxp.layers.ACTIVATIONS`` (or ReLU
-when there is no registry), every loss in ``nnxp.losses.LOSSES``, every optimizer in
-``nnxp.optim`` (``OPTIMIZERS`` or the ``Optimizer`` subclasses), and the ``BatchNorm1d`` and
-``Dropout`` layers when they exist. A new kernel shows up in the benchmarks without an edit here.
+Workloads are discovered, not listed: every activation in ``nnxp.layers.ACTIVATIONS``, every
+loss in ``nnxp.losses.LOSSES``, every optimizer in ``nnxp.optim.OPTIMIZERS`` (but those whose
+step needs a closure), and the ``BatchNorm1d`` and ``Dropout`` layers. A new kernel shows up in
+the benchmarks without an edit here.
 
 Everything is float32. Sizes are ``(batch, width)`` pairs; see :data:`SIZE_SETS`.
 """
@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import backend, layers, losses, optim
-from .layers import Dense, ReLU
+from . import backend, losses
+from .layers import ACTIVATIONS, BatchNorm1d, Dense, Dropout, ReLU
 from .model import Sequential
+from .optim import OPTIMIZERS
 from .random import Generator
 
 Array = Any
@@ -214,28 +215,18 @@ def _dense_bound_cases(spec: str, batch: int, width: int) -> list[Case]:
 
 
 def activation_classes() -> dict[str, Any]:
-    """Activation layers by name: ``nnxp.layers.ACTIVATIONS`` when it exists, else ReLU."""
-    registry = getattr(layers, "ACTIVATIONS", None)
-    if not isinstance(registry, dict) or not registry:
-        return {"relu": ReLU}
+    """Activation layers by name, from ``nnxp.layers.ACTIVATIONS``, each alias left out."""
     unique: dict[str, Any] = {}
-    for name, cls in registry.items():  # aliases ("linear" for "identity") are timed once
+    for name, cls in ACTIVATIONS.items():  # aliases ("linear" for "identity") are timed once
         if not any(cls is seen for seen in unique.values()):
             unique[name] = cls
     return unique
 
 
 def optimizer_classes() -> dict[str, Any]:
-    """Optimizer classes by lower-case name (``nnxp.optim.OPTIMIZERS`` or the subclasses)."""
-    registry = getattr(optim, "OPTIMIZERS", None)
-    if isinstance(registry, dict) and registry:
-        found = {k.lower(): v for k, v in registry.items()}
-    else:
-        found = {name.lower(): cls for name, cls in vars(optim).items()
-                 if inspect.isclass(cls) and issubclass(cls, optim.Optimizer)
-                 and cls is not optim.Optimizer and not name.startswith("_")}
+    """Optimizer classes by lower-case name, from ``nnxp.optim.OPTIMIZERS``."""
     # L-BFGS needs a closure that re-evaluates the loss: a full-batch method, not a step to time
-    return {k: v for k, v in found.items() if k not in CLOSURE_OPTIMIZERS}
+    return {k.lower(): v for k, v in OPTIMIZERS.items() if k.lower() not in CLOSURE_OPTIMIZERS}
 
 
 CLOSURE_OPTIMIZERS = frozenset({"lbfgs"})
@@ -251,17 +242,8 @@ def make_optimizer(name: str) -> Any:
     return classes[name]()
 
 
-def default_optimizer() -> str:
-    """Adam when nnxp has it, SGD until then: the optimizer of the issue's "big" step."""
-    return "adam" if "adam" in optimizer_classes() else "sgd"
-
-
-def _optional_layer(*names: str) -> Any:
-    for name in names:
-        cls = getattr(layers, name, None)
-        if cls is not None:
-            return cls
-    return None
+DEFAULT_OPTIMIZER = "adam"
+"""The optimizer of the reference MLPs' training steps (issue 5's "big" step)."""
 
 
 class _ParamHolder:
@@ -286,12 +268,8 @@ def kernel_cases(spec: str, batch: int, width: int) -> list[Case]:
         cases += _dense_bound_cases(spec, batch, width)
         for name, cls in activation_classes().items():
             cases += _layer_cases(spec, name, cls, batch, width)
-        bn = _optional_layer("BatchNorm1d", "BatchNorm")
-        if bn is not None:
-            cases += _layer_cases(spec, "batchnorm", lambda: bn(width), batch, width)
-        drop = _optional_layer("Dropout")
-        if drop is not None:
-            cases += _layer_cases(spec, "dropout", lambda: drop(0.5), batch, width)
+        cases += _layer_cases(spec, "batchnorm", lambda: BatchNorm1d(width), batch, width)
+        cases += _layer_cases(spec, "dropout", lambda: Dropout(0.5), batch, width)
         for name, loss_cls in losses.LOSSES.items():
             cases += _loss_cases(spec, name, loss_cls, batch, width, xp, dev)
         for name in optimizer_classes():
@@ -585,7 +563,7 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
     Returns the live set's parts (bytes), ``live_bytes``, ``peak_bytes``, ``ratio`` (peak/live)
     and the ``method`` used.
     """
-    opt_name = opt_name or default_optimizer()
+    opt_name = opt_name or DEFAULT_OPTIMIZER
     cfg = MODELS[name]
     if via not in ("step", "fit", "fit-lean"):
         raise ValueError(f"via must be 'step', 'fit' or 'fit-lean', got {via!r}")
@@ -756,8 +734,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{', '.join(SIZE_SETS)} or a list like 32x128,256x1024 "
                              "(default: $NNXP_BENCH_SIZES or 'default')")
     parser.add_argument("--optimizer", default=None,
-                        help="optimizer of the model steps (default: adam if nnxp has it, "
-                             "else sgd)")
+                        help=f"optimizer of the model steps (default: {DEFAULT_OPTIMIZER})")
     parser.add_argument("--models", default=None,
                         help=f"comma-separated subset of {', '.join(MODELS)} (default: all that "
                              "suit the backend; --quick: small,big)")
@@ -776,7 +753,7 @@ def run_args(args: argparse.Namespace) -> int:
     if not backends:
         raise ValueError(f"none of the backends {args.backends!r} can run here")
     sizes = selected_sizes("quick" if args.quick and args.sizes is None else args.sizes)
-    opt_name = args.optimizer or default_optimizer()
+    opt_name = args.optimizer or DEFAULT_OPTIMIZER
     make_optimizer(opt_name)  # a clear error for an unknown name before any timing
     models = ["small", "big"] if args.quick else None
     if args.models:

@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import backend, bench
@@ -32,30 +32,40 @@ from .layers import Dense, Standardize, get_activation
 from .model import Sequential, TrainingDivergedError
 from .optim import OPTIMIZERS, get_optimizer
 from .random import Generator
+from .validation import check_above_zero, check_count
 
 
 class UsageError(Exception):
     """A problem with the user's command or data: one line on stderr, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _option_type(parse: Callable[[str], Any], check: Callable[..., Any], *, unparsable: str,
+                 rejected: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` converter over a :mod:`nnxp.validation` check.
+
+    The text is parsed with ``parse`` (``int``, ``float``) and the value handed to ``check``,
+    which holds the rule; either failure becomes an :class:`argparse.ArgumentTypeError`, which
+    argparse prints after the option's name: ``argument --epochs: must be a positive integer,
+    got 0``. ``unparsable`` and ``rejected`` say what was expected in the two cases.
+    """
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {unparsable}, got {text!r}") from None
+        try:
+            return check(value, argument="value")
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {rejected}, got {text}") from None
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+_positive_int = _option_type(int, check_count, unparsable="a positive integer",
+                             rejected="a positive integer")
+_positive_float = _option_type(float, check_above_zero, unparsable="a number > 0",
+                               rejected="> 0")
 
 
 class _Parser(argparse.ArgumentParser):

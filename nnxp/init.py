@@ -33,6 +33,7 @@ from typing import Any
 
 from . import backend
 from .random import Generator
+from .validation import check_finite, check_shape
 
 Array = Any
 Initializer = Callable[..., Array]
@@ -41,16 +42,6 @@ Initializer = Callable[..., Array]
 class SymmetryWarning(UserWarning):
     """Constant initial weights: every unit of the layer will stay identical (the symmetry
     problem), because identical units receive identical gradients."""
-
-
-def check_shape(shape: Any) -> tuple[int, ...]:
-    """``shape`` as a tuple of non-negative ints, else an error naming it."""
-    if not isinstance(shape, (tuple, list)) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise (ValueError if isinstance(shape, (tuple, list)) else TypeError)(
-            f"shape must be a tuple of non-negative ints such as (in_features, out_features), "
-            f"got {shape!r}")
-    return tuple(shape)
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -97,10 +88,7 @@ class Constant:
     """``W = value`` everywhere; on a weight of 2+ dimensions it warns (symmetry problem)."""
 
     def __init__(self, value: float = 0.0) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                value):
-            raise ValueError(f"value must be a finite number, got {value!r}")
-        self.value = float(value)
+        self.value = check_finite(value, argument="value")
 
     def __call__(self, shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
                  device: Any) -> Array:
@@ -121,20 +109,12 @@ def constant(value: float = 0.0) -> Constant:
 # ----------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{argument} must be a finite number, got {value!r}")
-    return float(value)
-
-
 class RandomNormal:
     """``W ~ N(mean, std²)``: mean ``mean``, variance ``std²``."""
 
     def __init__(self, mean: float = 0.0, std: float = 0.05) -> None:
-        self.mean = _finite(mean, "mean")
-        self.std = _finite(std, "std")
-        if self.std <= 0:
-            raise ValueError(f"std must be > 0, got {std!r}")
+        self.mean = check_finite(mean, argument="mean")
+        self.std = check_finite(std, argument="std", positive=True)
 
     def __call__(self, shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
                  device: Any) -> Array:
@@ -155,8 +135,8 @@ class RandomUniform:
     """``W ~ U[low, high)``: mean ``(low + high)/2``, variance ``(high − low)²/12``."""
 
     def __init__(self, low: float = -0.05, high: float = 0.05) -> None:
-        self.low = _finite(low, "low")
-        self.high = _finite(high, "high")
+        self.low = check_finite(low, argument="low")
+        self.high = check_finite(high, argument="high")
         if not self.low < self.high:
             raise ValueError(f"low must be < high, got low={low!r}, high={high!r}")
 
@@ -249,9 +229,7 @@ class Orthogonal:
     """
 
     def __init__(self, gain: float = 1.0) -> None:
-        self.gain = _finite(gain, "gain")
-        if self.gain <= 0:
-            raise ValueError(f"gain must be > 0, got {gain!r}")
+        self.gain = check_finite(gain, argument="gain", positive=True)
 
     def __call__(self, shape: tuple[int, ...], *, rng: Generator, dtype: Any, xp: Any,
                  device: Any) -> Array:

@@ -32,18 +32,6 @@ _SPARSE_HINT = (" (integer class labels need loss='sparse_categorical_cross_entr
                 "probabilities or 'softmax_cross_entropy' on logits)")
 
 
-def _check_fraction(value: Any, *, argument: str, low: float, high: float,
-                    open_interval: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument} must be a number, got {value!r}")
-    value = float(value)
-    inside = (low < value < high) if open_interval else (low <= value <= high)
-    if not inside:
-        interval = f"({low:g}, {high:g})" if open_interval else f"[{low:g}, {high:g}]"
-        raise ValueError(f"{argument} must lie in {interval}, got {value!r}")
-    return value
-
-
 class Loss:
     """Base class of the loss objects in :data:`LOSSES`.
 
@@ -218,8 +206,9 @@ class _Smoothed(Loss):
     is_classifier = True
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.label_smoothing = _check_fraction(label_smoothing, argument="label_smoothing",
-                                               low=0.0, high=1.0)
+        self.label_smoothing = validation.check_interval(label_smoothing,
+                                                         argument="label_smoothing",
+                                                         low=0.0, high=1.0)
 
     def _options(self) -> dict[str, Any]:
         return {"label_smoothing": self.label_smoothing}
@@ -230,7 +219,8 @@ class _OnProbabilities(_Smoothed):
 
     def __init__(self, label_smoothing: float = 0.0, eps: float = k.DEFAULT_EPS) -> None:
         super().__init__(label_smoothing)
-        self.eps = _check_fraction(eps, argument="eps", low=0.0, high=0.5, open_interval=True)
+        self.eps = validation.check_interval(eps, argument="eps", low=0.0, high=0.5,
+                                             open_interval=True)
 
     def _options(self) -> dict[str, Any]:
         return {"label_smoothing": self.label_smoothing, "eps": self.eps}

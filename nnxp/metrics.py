@@ -33,6 +33,7 @@ import re
 from typing import Any
 
 from . import backend
+from .validation import check_count
 
 Array = Any
 State = Any
@@ -152,10 +153,8 @@ class TopKAccuracy(Metric):
     task = "classification"
 
     def __init__(self, k: int = 5, *, name: str | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        self.k = k
-        self.name = name if name is not None else f"top_{k}_accuracy"
+        self.k = check_count(k, argument="k")
+        self.name = name if name is not None else f"top_{self.k}_accuracy"
 
     def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
         if outputs.ndim != 2 or outputs.shape[1] < 2:

@@ -26,27 +26,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-
-def _pos_int(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> int:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise ValueError(f"{owner}: {name} must be an int {bound}, got {value!r}")
-    return value
-
-
-def _real(owner: str, name: str, value: Any, *, low: float = 0.0, low_open: bool = False,
-          high: float = math.inf, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{owner}: {name} must be a real number, got {value!r}")
-    v = float(value)
-    bad_low = v <= low if low_open else v < low
-    bad_high = v >= high if high_open else v > high
-    if bad_low or bad_high:
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
-        raise ValueError(f"{owner}: {name} must be in {lb}{low}, {high}{hb}, got {value!r}")
-    return v
+from .validation import check_choice, check_int, check_real_range
 
 
 class Schedule:
@@ -108,7 +88,7 @@ class Schedule:
         if epoch is None:
             self.last_epoch += 1
         else:
-            self.last_epoch = _pos_int(type(self).__name__, "epoch", epoch, allow_zero=True)
+            self.last_epoch = check_int(epoch, argument=f"{type(self).__name__}: epoch", low=0)
         return self._apply()
 
     def get_last_lr(self) -> list[float]:
@@ -142,8 +122,8 @@ class StepLR(Schedule):
     """
 
     def __init__(self, optimizer: Any = None, *, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = _pos_int("StepLR", "step_size", step_size)
-        self.gamma = _real("StepLR", "gamma", gamma, low=0.0, low_open=True)
+        self.step_size = check_int(step_size, argument="StepLR: step_size", low=1)
+        self.gamma = check_real_range(gamma, argument="StepLR: gamma", low=0.0, low_open=True)
         super().__init__(optimizer)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
@@ -165,8 +145,10 @@ class MultiStepLR(Schedule):
         if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
             raise ValueError(f"MultiStepLR: milestones must be a list of ints, got "
                              f"{milestones!r}")
-        self.milestones = sorted(_pos_int("MultiStepLR", "milestones[]", m) for m in milestones)
-        self.gamma = _real("MultiStepLR", "gamma", gamma, low=0.0, low_open=True)
+        self.milestones = sorted(check_int(m, argument="MultiStepLR: milestones[]", low=1)
+                                 for m in milestones)
+        self.gamma = check_real_range(gamma, argument="MultiStepLR: gamma", low=0.0,
+                                      low_open=True)
         super().__init__(optimizer)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
@@ -183,7 +165,8 @@ class ExponentialLR(Schedule):
     """
 
     def __init__(self, optimizer: Any = None, *, gamma: float) -> None:
-        self.gamma = _real("ExponentialLR", "gamma", gamma, low=0.0, low_open=True)
+        self.gamma = check_real_range(gamma, argument="ExponentialLR: gamma", low=0.0,
+                                      low_open=True)
         super().__init__(optimizer)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
@@ -207,8 +190,8 @@ class CosineAnnealingLR(Schedule):
     """
 
     def __init__(self, optimizer: Any = None, *, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803
-        self.T_max = _pos_int("CosineAnnealingLR", "T_max", T_max)
-        self.eta_min = _real("CosineAnnealingLR", "eta_min", eta_min)
+        self.T_max = check_int(T_max, argument="CosineAnnealingLR: T_max", low=1)
+        self.eta_min = check_real_range(eta_min, argument="CosineAnnealingLR: eta_min")
         super().__init__(optimizer)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
@@ -243,9 +226,10 @@ class LinearWarmup(Schedule):
 
     def __init__(self, optimizer: Any = None, *, warmup_epochs: int = 5,
                  start_factor: float = 1.0 / 3, after: Schedule | None = None) -> None:
-        self.warmup_epochs = _pos_int("LinearWarmup", "warmup_epochs", warmup_epochs)
-        self.start_factor = _real("LinearWarmup", "start_factor", start_factor, low=0.0,
-                                  low_open=True, high=1.0)
+        self.warmup_epochs = check_int(warmup_epochs, argument="LinearWarmup: warmup_epochs",
+                                       low=1)
+        self.start_factor = check_real_range(start_factor, argument="LinearWarmup: start_factor",
+                                             low=0.0, low_open=True, high=1.0)
         if after is not None and (not isinstance(after, Schedule) or after.requires_metric):
             raise ValueError(f"LinearWarmup: after must be an epoch schedule such as "
                              f"CosineAnnealingLR(T_max=...), got {after!r}")
@@ -303,22 +287,20 @@ class ReduceLROnPlateau(Schedule):
                  cooldown: int = 0, min_lr: float | Sequence[float] = 0.0,
                  eps: float = 1e-8) -> None:
         n = "ReduceLROnPlateau"
-        if mode not in ("min", "max"):
-            raise ValueError(f"{n}: mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"{n}: threshold_mode must be 'rel' or 'abs', got "
-                             f"{threshold_mode!r}")
-        self.mode, self.threshold_mode = mode, threshold_mode
-        self.factor = _real(n, "factor", factor, high=1.0, high_open=True)
-        self.patience = _pos_int(n, "patience", patience, allow_zero=True)
-        self.threshold = _real(n, "threshold", threshold)
-        self.cooldown = _pos_int(n, "cooldown", cooldown, allow_zero=True)
-        self.eps = _real(n, "eps", eps)
+        self.mode = check_choice(mode, ("min", "max"), argument=f"{n}: mode")
+        self.threshold_mode = check_choice(threshold_mode, ("rel", "abs"),
+                                           argument=f"{n}: threshold_mode")
+        self.factor = check_real_range(factor, argument=f"{n}: factor", high=1.0, high_open=True)
+        self.patience = check_int(patience, argument=f"{n}: patience", low=0)
+        self.threshold = check_real_range(threshold, argument=f"{n}: threshold")
+        self.cooldown = check_int(cooldown, argument=f"{n}: cooldown", low=0)
+        self.eps = check_real_range(eps, argument=f"{n}: eps")
         if isinstance(min_lr, (list, tuple)):
-            self._min_lrs: list[float] | None = [_real(n, "min_lr[]", m) for m in min_lr]
+            self._min_lrs: list[float] | None = [
+                check_real_range(m, argument=f"{n}: min_lr[]") for m in min_lr]
             self.min_lr: Any = list(self._min_lrs)
         else:
-            self.min_lr = _real(n, "min_lr", min_lr)
+            self.min_lr = check_real_range(min_lr, argument=f"{n}: min_lr")
             self._min_lrs = None
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0

@@ -54,7 +54,7 @@ from .losses import get_loss
 from .model import Sequential
 from .optim import OPTIMIZERS
 from .random import Generator
-from .validation import check_features
+from .validation import check_features, check_int
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -115,10 +115,8 @@ class _BaseMLP(BaseEstimator):
         if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) > 0
                    for s in sizes):
             raise ValueError(f"hidden_layer_sizes must hold positive ints, got {sizes!r}")
-        for name, low in (("max_iter", 1), ("n_iter_no_change", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for name in ("max_iter", "n_iter_no_change"):
+            check_int(getattr(self, name), argument=name, low=1)
         if not isinstance(self.learning_rate_init, numbers.Real) or \
                 not self.learning_rate_init > 0:
             raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")

@@ -1,7 +1,18 @@
-"""Input checks with messages that name the argument, the expected and the received value.
+"""Every argument check of nnxp, with messages that name the argument, the expected and the
+received value.
 
-Checks run through the array namespace, on the array's own device, and cost one small
-device-to-host transfer each; they run once per ``fit``/``predict`` call, never per batch.
+This is the one home of the rules: layers, initialisers, losses, metrics, schedules, optimizers,
+the estimators and the command line call these functions instead of keeping their own. Two
+families:
+
+* data checks (:func:`check_features`, :func:`check_class_labels`, :func:`check_float_targets`,
+  :func:`check_sample_weight`) run through the array namespace, on the array's own device, and
+  cost one small device-to-host transfer each; they run once per ``fit``/``predict`` call, never
+  per batch;
+* option checks (counts, flags, real numbers and their ranges, choices, shapes) look at Python
+  values only. Each returns the value in canonical form (a Python ``int`` or ``float``) or raises
+  a ``TypeError`` / ``ValueError`` whose wording callers and tests rely on: the wording of each
+  function is part of its contract, which is why some checks differ only in their messages.
 """
 
 from __future__ import annotations
@@ -154,16 +165,224 @@ def check_betas(value: Any, *, argument: str = "betas") -> tuple[float, float]:
 
 
 def check_positive(value: Any, *, argument: str, integer: bool = False,
-                   allow_zero: bool = False) -> Any:
-    """A positive (or non-negative) number, else a ValueError naming ``argument``."""
+                   allow_zero: bool = False, finite: bool = False) -> Any:
+    """A positive (or non-negative) Python number, returned as it is.
+
+    Parameters
+    ----------
+    value
+        The option; an ``int`` or ``float`` (with ``integer``, an ``int``), never a bool.
+    argument
+        Its name, for the messages.
+    integer
+        Require an ``int``.
+    allow_zero
+        Accept 0 (``>= 0`` rather than ``> 0``).
+    finite
+        Refuse infinity as well (a weight penalty, where ``inf`` would make every loss inf).
+
+    Raises
+    ------
+    TypeError
+        ``"{argument} must be a number, got ..."`` (``"an int"`` with ``integer``).
+    ValueError
+        ``"{argument} must be > 0, got ..."`` (``">= 0"`` with ``allow_zero``; NaN fails too);
+        with ``finite``, ``"{argument} must be a finite number > 0, got inf"``.
+    """
     ok_type = (isinstance(value, int) if integer else isinstance(value, (int, float)))
     if isinstance(value, bool) or not ok_type:
         kind = "an int" if integer else "a number"
         raise TypeError(f"{argument} must be {kind}, got {value!r}")
+    bound = ">= 0" if allow_zero else "> 0"
     if value < 0 or (value == 0 and not allow_zero) or value != value:
-        bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{argument} must be {bound}, got {value!r}")
+    if finite and math.isinf(value):
+        raise ValueError(f"{argument} must be a finite number {bound}, got {float(value)!r}")
     return value
+
+
+def _is_real(value: Any) -> bool:
+    """A real number other than a bool: Python or NumPy ints and floats, fractions."""
+    return (not isinstance(value, bool) and type(value).__name__ not in ("bool", "bool_")
+            and isinstance(value, numbers.Real))
+
+
+def check_finite(value: Any, *, argument: str, what: str = "a finite number",
+                 positive: bool = False) -> float:
+    """A finite real number (a NumPy scalar too), returned as a Python float.
+
+    The check of the real-valued options of initialisers (``mean``, ``std``, ``gain``) and of
+    activation layers (``negative_slope``, ``alpha``, ...), which raise ValueError whatever is
+    wrong.
+
+    Parameters
+    ----------
+    value
+        The option.
+    argument
+        Its name, for the messages.
+    what
+        What was expected, as the message says it: ``"a finite number"`` (initialisers) or
+        ``"a finite real number"`` (activation layers).
+    positive
+        Also require ``value > 0`` (a standard deviation, an ELU's ``alpha``).
+
+    Raises
+    ------
+    ValueError
+        ``"{argument} must be {what}, got ..."`` for a bool, a non-number, NaN or ±inf;
+        ``"{argument} must be > 0, got ..."`` when ``positive`` and ``value <= 0``.
+    """
+    if not _is_real(value) or not math.isfinite(value):
+        raise ValueError(f"{argument} must be {what}, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{argument} must be > 0, got {value!r}")
+    return float(value)
+
+
+def check_interval(value: Any, *, argument: str, low: float, high: float,
+                   open_interval: bool = False) -> float:
+    """A real number in ``[low, high]`` (``(low, high)`` with ``open_interval``), as a float.
+
+    The check of the losses' options (``label_smoothing`` in ``[0, 1]``, a clipping ``eps`` in
+    ``(0, 0.5)``).
+
+    Raises
+    ------
+    TypeError
+        ``"{argument} must be a number, got ..."`` for a bool or a non-number.
+    ValueError
+        ``"{argument} must lie in [0, 1], got ..."`` (the bounds written with ``:g``) outside
+        the interval, NaN included.
+    """
+    if not _is_real(value):
+        raise TypeError(f"{argument} must be a number, got {value!r}")
+    v = float(value)
+    inside = (low < v < high) if open_interval else (low <= v <= high)
+    if not inside:
+        interval = f"({low:g}, {high:g})" if open_interval else f"[{low:g}, {high:g}]"
+        raise ValueError(f"{argument} must lie in {interval}, got {v!r}")
+    return v
+
+
+def check_real_range(value: Any, *, argument: str, low: float = 0.0, high: float = math.inf,
+                     low_open: bool = False, high_open: bool = False) -> float:
+    """A real number between ``low`` and ``high``, each end closed or open, as a float.
+
+    The check of the schedules' options (``gamma`` in ``(0.0, inf]``, ``factor`` in
+    ``[0.0, 1.0)``), which name their class in ``argument`` (``"StepLR: gamma"``) and raise a
+    ValueError whatever is wrong.
+
+    Raises
+    ------
+    ValueError
+        ``"{argument} must be a real number, got ..."`` for a bool, a non-number or NaN;
+        ``"{argument} must be in (0.0, inf], got ..."`` (the bounds as given) outside the range.
+    """
+    if not _is_real(value) or value != value:
+        raise ValueError(f"{argument} must be a real number, got {value!r}")
+    v = float(value)
+    if (v <= low if low_open else v < low) or (v >= high if high_open else v > high):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        raise ValueError(f"{argument} must be in {lb}{low}, {high}{hb}, got {value!r}")
+    return v
+
+
+def check_int(value: Any, *, argument: str, low: int | None = None) -> int:
+    """An int (a NumPy integer too, never a bool), at least ``low`` when given, as a Python int.
+
+    For integers that are not widths or counts (those are :func:`check_count`'s): an axis
+    (``Softmax(dim=-1)``), a patience or an epoch number (``low=0``), a step size (``low=1``).
+
+    Raises
+    ------
+    ValueError
+        ``"{argument} must be an int, got ..."``, or ``"{argument} must be an int >= {low},
+        got ..."`` when ``low`` is given.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+            low is not None and value < low):
+        bound = "" if low is None else f" >= {low}"
+        raise ValueError(f"{argument} must be an int{bound}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value: Any, choices: tuple[Any, ...], *, argument: str) -> Any:
+    """One of ``choices``, returned as it is.
+
+    Raises
+    ------
+    ValueError
+        ``"{argument} must be 'none' or 'tanh', got ..."`` (the choices written with ``repr``,
+        the last one after ``or``).
+    """
+    if value not in choices:
+        named = [repr(c) for c in choices]
+        expected = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+        raise ValueError(f"{argument} must be {expected}, got {value!r}")
+    return value
+
+
+def check_dropout_rate(p: Any, *, argument: str = "p") -> float:
+    """A dropout probability in ``[0, 1)``, as a float.
+
+    ``p = 1`` is refused: it would drop every unit and the scale ``1/(1 − p)`` is infinite.
+
+    Raises
+    ------
+    TypeError
+        ``"{argument} must be a number in [0, 1), got float32 ..."`` (the type named) for a bool
+        or a non-number.
+    ValueError
+        ``"{argument} must be a dropout rate in [0, 1), got ..."`` outside it, NaN included.
+    """
+    if not _is_real(p):
+        raise TypeError(f"{argument} must be a number in [0, 1), got {type(p).__name__} {p!r}")
+    if not 0.0 <= p < 1.0:  # also false for NaN
+        raise ValueError(f"{argument} must be a dropout rate in [0, 1), got {p!r}")
+    return float(p)
+
+
+def check_shape(shape: Any, *, argument: str = "shape") -> tuple[int, ...]:
+    """A shape given as a tuple or list of non-negative Python ints, returned as a tuple.
+
+    Raises
+    ------
+    TypeError
+        when ``shape`` is not a tuple or a list;
+    ValueError
+        when an entry is not a non-negative int. Both say ``"{argument} must be a tuple of
+        non-negative ints such as (in_features, out_features), got ..."``.
+    """
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise (ValueError if isinstance(shape, (tuple, list)) else TypeError)(
+            f"{argument} must be a tuple of non-negative ints such as (in_features, "
+            f"out_features), got {shape!r}")
+    return tuple(shape)
+
+
+def check_layer_input(x: Any, width: int, *, layer: str) -> None:
+    """``x`` is a 2-D array ``(batch, width)``: the input check of a layer that cannot let its
+    kernel find out (a normalisation layer would broadcast a wrong width silently).
+
+    Costs no device work (it reads ``ndim`` and ``shape``), so a layer may run it on every
+    forward pass.
+
+    Raises
+    ------
+    TypeError
+        ``"{layer} expects an array of shape (batch, {width}), got list; ..."`` for a non-array.
+    ValueError
+        ``"{layer} expects input of shape (batch, {width}), got shape ..."``.
+    """
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{layer} expects an array of shape (batch, {width}), got "
+                        f"{type(x).__name__}; convert it with nnxp.asarray")
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"{layer} expects input of shape (batch, {width}), got shape "
+                         f"{tuple(x.shape)}")
 
 
 def check_float_targets(

@@ -56,7 +56,8 @@ def test_registries_are_discovered() -> None:
     assert len({id(c) for c in acts.values()}) == len(acts)  # aliases timed once
     opts = bench.optimizer_classes()
     assert "sgd" in opts and not set(opts) & bench.CLOSURE_OPTIMIZERS
-    assert bench.default_optimizer() in opts
+    assert bench.DEFAULT_OPTIMIZER in opts and {"adam", "sgd"} <= set(opts)
+    assert set(acts) >= {"relu", "sigmoid", "softmax"}
     with pytest.raises(ValueError, match="optimizer 'nope'"):
         bench.make_optimizer("nope")
 
@@ -64,7 +65,8 @@ def test_registries_are_discovered() -> None:
 def test_every_kernel_case_runs_on_every_backend(bk: Any) -> None:
     cases = bench.kernel_cases(bk.spec, 4, 8)
     names = {(c.workload, c.op, c.impl) for c in cases}
-    assert {("dense", "forward", "nnxp"), ("dense", "backward", "matmul-bound")} <= names
+    assert {("dense", "forward", "nnxp"), ("dense", "backward", "matmul-bound"),
+            ("batchnorm", "backward", "nnxp"), ("dropout", "backward", "nnxp")} <= names
     assert all((n, "backward", "nnxp") in names for n in bench.activation_classes())
     assert all((n, "forward", "nnxp") in names for n in nnxp.losses.LOSSES)
     assert all((n, "update", "nnxp") in names for n in bench.optimizer_classes())
@@ -113,7 +115,6 @@ def test_live_set_counts_bytes_by_hand() -> None:
     assert parts["activations"] >= 4 * 4 * 5  # at least the ReLU output the next layer keeps
 
 
-@pytest.mark.skipif("adam" not in bench.optimizer_classes(), reason="nnxp has no Adam yet")
 def test_live_set_counts_adam_moments() -> None:
     with nnxp.use_backend("numpy") as info:
         model = bench.build_mlp([6, 5, 3])

@@ -250,7 +250,7 @@ def test_the_rate_set_is_the_rate_used(data) -> None:
 
 
 def test_scheduler_with_a_schedule_object(data) -> None:
-    schedules = pytest.importorskip("nnxp.schedules")
+    schedules = nnxp.schedules
     X, y = data
     opt = SGD(lr=0.1)
     step = schedules.StepLR(step_size=2, gamma=0.5)  # attached when training begins
@@ -292,7 +292,7 @@ def test_scheduler_steps_objects_and_passes_the_metric_to_plateau_ones(data) -> 
 
 
 def test_reduce_on_plateau_lowers_the_rate(data) -> None:
-    schedules = pytest.importorskip("nnxp.schedules")
+    schedules = nnxp.schedules
     X, y = data
     opt = SGD(lr=0.1)
     plateau = schedules.ReduceLROnPlateau(opt, factor=0.5, patience=0)

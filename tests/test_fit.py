@@ -41,10 +41,7 @@ def assert_same_weights(a: nnxp.Sequential, b: nnxp.Sequential, exact: bool) -> 
 
 
 def adam(**kw):
-    cls = getattr(nnxp.optim, "Adam", None)
-    if cls is None:
-        pytest.skip("nnxp.optim.Adam is not available")
-    return cls(**kw)
+    return nnxp.optim.Adam(**kw)
 
 
 # --- batch sizes ----------------------------------------------------------------------------------
@@ -275,9 +272,8 @@ def test_fit_calls_step_with_a_closure_when_asked(cpu_bk, data) -> None:
 
 
 def test_lbfgs_trains_full_batch(data) -> None:
-    LBFGS = getattr(nnxp.optim, "LBFGS", None)
-    if LBFGS is None or not getattr(LBFGS, "requires_closure", False):
-        pytest.skip("nnxp.optim.LBFGS does not declare requires_closure yet")
+    LBFGS = nnxp.optim.LBFGS
+    assert LBFGS.requires_closure  # fit hands it a closure that re-evaluates the loss
     X, y = data
     model = small_model()
     h = model.fit(X, y, epochs=5, batch_size=None, verbose=0, optimizer=LBFGS())

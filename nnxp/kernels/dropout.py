@@ -14,18 +14,6 @@ from typing import Any
 Array = Any
 
 
-def check_rate(p: Any, *, argument: str = "p") -> float:
-    """``p`` as a float in ``[0, 1)``, else a ValueError naming ``argument``.
-
-    ``p = 1`` is refused: it would drop every unit and the scale ``1/(1 − p)`` is infinite.
-    """
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"{argument} must be a number in [0, 1), got {type(p).__name__} {p!r}")
-    if not 0.0 <= p < 1.0:  # also false for NaN
-        raise ValueError(f"{argument} must be a dropout rate in [0, 1), got {p!r}")
-    return float(p)
-
-
 def dropout_mask(u: Array, *, p: float, xp: Any) -> Array:
     """The scaled keep-mask ``m = 1[u ≥ p] / (1 − p)`` from uniform draws ``u ~ U[0, 1)``.
 

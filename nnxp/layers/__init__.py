@@ -1,6 +1,6 @@
 """Layers: thin stateful objects over the kernels, one module per family.
 
-See :mod:`nnxp.layers.core` for the layer protocol every layer follows.
+See :mod:`nnxp.layers.base` for the layer protocol every layer follows.
 """
 
 from .activations import (
@@ -24,7 +24,8 @@ from .activations import (
     Tanh,
     get_activation,
 )
-from .core import BackwardError, Dense, Layer
+from .base import BackwardError, Layer
+from .core import Dense
 from .normalization import BatchNorm1d, LayerNorm
 from .preprocessing import Standardize
 from .regularization import Dropout

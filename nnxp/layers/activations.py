@@ -1,13 +1,13 @@
 """Activation layers: each wraps a kernel pair from :mod:`nnxp.kernels.activations`.
 
-Every layer follows the layer protocol of :mod:`nnxp.layers.core`: ``forward(x, training=...)``
+Every layer follows the layer protocol of :mod:`nnxp.layers.base`: ``forward(x, training=...)``
 keeps what ``backward`` needs only in training mode, and ``backward`` without a training forward
-raises :class:`~nnxp.layers.core.BackwardError`. Only :class:`PReLU` and :class:`Maxout` have
+raises :class:`~nnxp.layers.base.BackwardError`. Only :class:`PReLU` and :class:`Maxout` have
 parameters; only :class:`RReLU` behaves differently in training and evaluation.
 
 :data:`ACTIVATIONS` maps names to layer factories, so that an activation can be named by string,
 ``Dense(64, 32, activation="leaky_relu")``; :func:`get_activation` resolves a name, a layer or
-``None``.
+``None``, and :func:`get_elementwise_activation` does so for ``Dense``'s ``activation=``.
 
 Pairing with initialisers: ReLU and its variants go with He initialisation (std √(2/fan_in),
 ``init="he_normal"``, Dense's default), tanh and sigmoid with Xavier/Glorot
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,16 +27,19 @@ from .. import backend
 from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import activations as act
 from ..random import Generator
-from ..validation import check_count, check_flag, check_float_dtype
-from .core import LAYERS, Layer, input_error, layer_class_name
+from ..validation import (
+    check_choice,
+    check_count,
+    check_finite,
+    check_flag,
+    check_float_dtype,
+    check_int,
+)
+from .base import LAYERS, Layer, input_error, layer_class_name
 
 Array = Any
 
-
-def _check_real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
+_REAL = "a finite real number"  # what the messages of the real-valued options say
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        self.negative_slope = _check_real("negative_slope", negative_slope)
+        self.negative_slope = check_finite(negative_slope, argument="negative_slope", what=_REAL)
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self._cache = x if training else None
@@ -220,7 +222,7 @@ class PReLU(Layer):
                  dtype: Any = "float32") -> None:
         super().__init__()
         self.num_parameters = check_count(num_parameters, argument="num_parameters")
-        self.init = _check_real("init", init)
+        self.init = check_finite(init, argument="init", what=_REAL)
         self.dtype = check_float_dtype(dtype, self.xp)
         self.reset_parameters(Generator(0))
 
@@ -278,8 +280,8 @@ class RReLU(Layer):
     def __init__(self, lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *,
                  seed: int | None = None) -> None:
         super().__init__()
-        self.lower = _check_real("lower", lower)
-        self.upper = _check_real("upper", upper)
+        self.lower = check_finite(lower, argument="lower", what=_REAL)
+        self.upper = check_finite(upper, argument="upper", what=_REAL)
         if self.lower > self.upper:
             raise ValueError(f"lower must be <= upper, got lower={lower!r} and upper={upper!r}")
         self.seed = seed
@@ -327,9 +329,7 @@ class ELU(Layer):
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
-        self.alpha = _check_real("alpha", alpha)
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        self.alpha = check_finite(alpha, argument="alpha", what=_REAL, positive=True)
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         y = act.elu(x, self.alpha, xp=self.xp)
@@ -377,9 +377,7 @@ class Softplus(Layer):
 
     def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
-        self.beta = _check_real("beta", beta)
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta!r}")
+        self.beta = check_finite(beta, argument="beta", what=_REAL, positive=True)
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self._cache = x if training else None
@@ -415,9 +413,7 @@ class GELU(Layer):
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
+        self.approximate = check_choice(approximate, ("none", "tanh"), argument="approximate")
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self._cache = x if training else None
@@ -464,9 +460,7 @@ class Softmax(Layer):
 
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise ValueError(f"dim must be an int, got {dim!r}")
-        self.dim = dim
+        self.dim = check_int(dim, argument="dim")
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         y = act.softmax(x, self.dim, xp=self.xp)
@@ -640,6 +634,31 @@ def get_activation(
         "activation must be a name from nnxp.layers.ACTIVATIONS, a layer instance or None, got "
         f"{type(activation).__name__} {activation!r}"
     )
+
+
+def get_elementwise_activation(
+    activation: str | Layer | dict[str, Any] | None, *, dtype: Any = None
+) -> Layer | None:
+    """Resolve the ``activation=`` of a layer with a ``(batch, out_features)`` output (Dense).
+
+    As :func:`get_activation`, and the activation must keep the width: an element-wise layer,
+    or a softmax over the features.
+
+    Raises
+    ------
+    TypeError
+        for a layer that changes the width (it has ``in_features`` or ``out_features``).
+    ValueError
+        for a ``Softmax`` along an axis other than the features' (``dim`` not 1 or -1).
+    """
+    layer = get_activation(activation, dtype=dtype)
+    if layer is not None and (hasattr(layer, "in_features") or hasattr(layer, "out_features")):
+        raise TypeError(f"activation must be an element-wise activation layer, got {layer!r}, "
+                        "which changes the width; put it after this layer in the model instead")
+    if isinstance(layer, Softmax) and layer.dim not in (1, -1):
+        raise ValueError(f"activation is Softmax(dim={layer.dim}), but this layer's output has "
+                         "shape (batch, out_features): use dim=-1")
+    return layer
 
 
 def activation_config(layer: Layer) -> dict[str, Any]:

@@ -1,18 +1,11 @@
-"""The layer protocol, its base class, and the dense layer.
+"""The dense layer, ``y = f(x W + b)``.
 
-The layer protocol, which the model, the optimizers and users' own layers rely on:
-
-* ``params``  — dict of trainable arrays;
-* ``grads``   — dict with the same keys, overwritten by every ``backward``;
-* ``buffers`` — dict of non-trainable state (e.g. running statistics);
-* ``forward(x, *, training=True) -> y`` keeps what ``backward`` needs only when ``training``;
-* ``backward(dy) -> dx`` fills ``grads``, drops the cache and returns ``∂L/∂x``. Calling it
-  without a training-mode forward first raises :class:`BackwardError`;
-* ``needs_input_grad`` — True by default. A model sets it to False on its first trainable
-  layer for the duration of a training backward pass, whose ``∂L/∂x`` (the gradient with
-  respect to the data) nobody reads; a layer may then skip that computation and return None.
-
-A layer is bound to the backend (namespace and device) that was active when it was created.
+The layer protocol, the :class:`~nnxp.layers.base.Layer` base class, the layer registry and
+:class:`~nnxp.layers.base.BackwardError` live in :mod:`nnxp.layers.base`; ``LAYERS``,
+``BackwardError`` and ``layer_class_name``, first defined here, stay importable from here.
+``Dense`` resolves its ``activation=`` with
+:func:`~nnxp.layers.activations.get_elementwise_activation`: this module imports
+:mod:`~nnxp.layers.activations`, which imports only :mod:`~nnxp.layers.base`, never this module.
 """
 
 from __future__ import annotations
@@ -24,111 +17,14 @@ from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import dense as dense_k
 from ..kernels import regularization as reg_k
 from ..random import Generator
-from ..validation import check_count, check_flag, check_float_dtype, check_positive, describe
+from ..validation import check_count, check_flag, check_float_dtype, check_positive
+from .activations import activation_config, get_elementwise_activation
+from .base import LAYERS as LAYERS
+from .base import BackwardError as BackwardError
+from .base import Layer, input_error
+from .base import layer_class_name as layer_class_name
 
 Array = Any
-
-
-class BackwardError(RuntimeError):
-    """``backward`` was called without a preceding ``forward(..., training=True)``."""
-
-
-LAYERS: dict[str, type[Layer]] = {}
-"""Every layer class by its registry name (filled by ``Layer.__init_subclass__``); ``nnxp.load``
-rebuilds saved layers from it."""
-
-
-def layer_class_name(cls: type) -> str:
-    """Registry name of a layer class: ``"Dense"`` for nnxp's own, ``"module.Qualname"`` else."""
-    if cls.__module__.startswith("nnxp."):
-        return cls.__name__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-class Layer:
-    """Base class: empty ``params``/``grads``/``buffers`` and the backend binding.
-
-    Subclasses are registered by name in :data:`LAYERS` when they are defined, and describe
-    their constructor arguments with :meth:`get_config`, so that ``model.save`` / ``nnxp.load``
-    handle every layer that follows the protocol.
-    """
-
-    needs_input_grad: bool = True
-    """Whether :meth:`backward` must return ``∂L/∂x`` (see the module docstring)."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        LAYERS[layer_class_name(cls)] = cls
-
-    def get_config(self) -> dict[str, Any]:
-        """Constructor keyword arguments as a JSON-serialisable dict: ``type(self)(**config)``
-        rebuilds the layer (its arrays are then restored from ``params`` and ``buffers``)."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Layer:
-        """The inverse of :meth:`get_config`: a fresh layer on the active backend."""
-        return cls(**config)
-
-    def __init__(self) -> None:
-        info = backend.get_backend()
-        self.xp = info.xp
-        self.device = info.device
-        self.params: dict[str, Array] = {}
-        self.grads: dict[str, Array] = {}
-        self.buffers: dict[str, Array] = {}
-        self._cache: Any = None
-
-    def forward(self, x: Array, *, training: bool = True) -> Array:
-        raise NotImplementedError
-
-    def backward(self, dy: Array) -> Array:
-        raise NotImplementedError
-
-    def __call__(self, x: Array, *, training: bool = False) -> Array:
-        return self.forward(x, training=training)
-
-    def reset_parameters(self, rng: Generator) -> None:
-        """Draw fresh parameters from ``rng`` (layers without parameters do nothing)."""
-
-    @property
-    def has_penalty(self) -> bool:
-        """Whether :meth:`penalty` can be non-zero (lets the model skip the others)."""
-        return False
-
-    def penalty(self) -> Array:
-        """The layer's weight penalty, added to the loss: a 0-d array (0 for most layers)."""
-        dtype = next(iter(self.params.values())).dtype if self.params else self.xp.float32
-        return self.xp.zeros((), dtype=dtype, device=self.device)
-
-    def apply_constraints(self) -> None:
-        """Project parameters back onto their constraints; the model calls it after each
-        optimizer step (a no-op for layers without constraints)."""
-
-    def _take_cache(self) -> Any:
-        cache, self._cache = self._cache, None
-        if cache is None:
-            raise BackwardError(
-                f"{type(self).__name__}.backward() needs a forward(x, training=True) first: "
-                "the forward pass in evaluation mode (training=False) keeps nothing to "
-                "differentiate, and each backward consumes the cache of one forward"
-            )
-        return cache
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-def input_error(layer: Layer, x: Any, width: int, exc: BaseException) -> Exception:
-    """The error for an input a layer's kernel rejected: what was expected, what arrived."""
-    W = layer.params["W"]
-    expected = (f"{type(layer).__name__}.forward expects x of shape (batch, {width}), "
-                f"{backend.dtype_name(W.dtype)}, on the layer's backend "
-                f"({backend.backend_name_of(W)})")
-    shape = getattr(x, "shape", None)
-    kind = ValueError if shape is not None and tuple(shape)[-1:] != (width,) else TypeError
-    return kind(f"{expected}, got {describe(x)} ({type(exc).__name__}: {exc}); convert "
-                "inputs with nnxp.asarray, or use model.predict, which checks them")
 
 
 class Dense(Layer):
@@ -181,33 +77,17 @@ class Dense(Layer):
         max_norm: float | None = None,
         activation: str | Layer | dict[str, Any] | None = None,
     ) -> None:
-        from .activations import (  # noqa: PLC0415 - activations imports this module
-            Softmax,
-            get_activation,
-        )
-
         super().__init__()
         self.in_features = check_count(in_features, argument="in_features")
         self.out_features = check_count(out_features, argument="out_features")
         self.init = get_initializer(init)
         self.use_bias = check_flag(bias, argument="bias")
         self.dtype = check_float_dtype(dtype, self.xp)
-        self.l1 = float(check_positive(l1, argument="l1", allow_zero=True))
-        self.l2 = float(check_positive(l2, argument="l2", allow_zero=True))
-        for key, rate in (("l1", self.l1), ("l2", self.l2)):
-            if rate == float("inf"):
-                raise ValueError(f"{key} must be a finite number >= 0, got {rate!r}")
+        self.l1 = float(check_positive(l1, argument="l1", allow_zero=True, finite=True))
+        self.l2 = float(check_positive(l2, argument="l2", allow_zero=True, finite=True))
         self.max_norm = (None if max_norm is None
                          else float(check_positive(max_norm, argument="max_norm")))
-        self.activation = get_activation(activation, dtype=self.dtype)
-        if self.activation is not None and (hasattr(self.activation, "in_features")
-                                            or hasattr(self.activation, "out_features")):
-            raise TypeError(f"activation must be an element-wise activation layer, got "
-                            f"{self.activation!r}, which changes the width; put it after this "
-                            "layer in the model instead")
-        if isinstance(self.activation, Softmax) and self.activation.dim not in (1, -1):
-            raise ValueError(f"activation is Softmax(dim={self.activation.dim}), but this "
-                             "layer's output has shape (batch, out_features): use dim=-1")
+        self.activation = get_elementwise_activation(activation, dtype=self.dtype)
         self.reset_parameters(Generator(seed))
 
     def reset_parameters(self, rng: Generator) -> None:
@@ -283,8 +163,6 @@ class Dense(Layer):
         if self.max_norm is not None:
             config["max_norm"] = self.max_norm
         if self.activation is not None:
-            from .activations import activation_config  # noqa: PLC0415 - see __init__
-
             config["activation"] = activation_config(self.activation)
         return config
 

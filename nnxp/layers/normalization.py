@@ -11,19 +11,16 @@ from typing import Any
 from .. import backend
 from ..kernels import normalization as k
 from ..random import Generator
-from ..validation import check_count, check_flag, check_float_dtype, check_positive
-from .core import Layer
+from ..validation import (
+    check_count,
+    check_flag,
+    check_float_dtype,
+    check_layer_input,
+    check_positive,
+)
+from .base import Layer
 
 Array = Any
-
-
-def _check_input(x: Array, width: int, layer: str) -> None:
-    if not hasattr(x, "ndim"):
-        raise TypeError(f"{layer} expects an array of shape (batch, {width}), got "
-                        f"{type(x).__name__}; convert it with nnxp.asarray")
-    if x.ndim != 2 or x.shape[1] != width:
-        raise ValueError(f"{layer} expects input of shape (batch, {width}), got shape "
-                         f"{tuple(x.shape)}")
 
 
 class BatchNorm1d(Layer):
@@ -101,7 +98,7 @@ class BatchNorm1d(Layer):
         self.grads.clear()
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        _check_input(x, self.num_features, "BatchNorm1d")
+        check_layer_input(x, self.num_features, layer="BatchNorm1d")
         gamma, beta = self.params.get("weight"), self.params.get("bias")
         if not training and self.track_running_stats:
             self._cache = None
@@ -189,7 +186,7 @@ class LayerNorm(Layer):
         self.grads.clear()
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        _check_input(x, self.normalized_shape, "LayerNorm")
+        check_layer_input(x, self.normalized_shape, layer="LayerNorm")
         y, cache = k.layer_norm_forward(x, self.params.get("weight"), self.params.get("bias"),
                                         eps=self.eps, xp=self.xp)
         self._cache = cache if training else None

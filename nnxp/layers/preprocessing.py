@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import backend
 from ..validation import check_count, check_features, check_float_dtype
-from .core import Layer
+from .base import Layer
 
 Array = Any
 

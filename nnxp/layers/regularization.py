@@ -10,7 +10,8 @@ from typing import Any
 
 from ..kernels import dropout as k
 from ..random import BackendGenerator, Generator
-from .core import Layer
+from ..validation import check_dropout_rate
+from .base import Layer
 
 Array = Any
 
@@ -39,7 +40,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__()
-        self.p = k.check_rate(p, argument="p")
+        self.p = check_dropout_rate(p, argument="p")
         self.generator = BackendGenerator(seed, self.xp, self.device)
 
     def reset_parameters(self, rng: Generator) -> None:
