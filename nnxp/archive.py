@@ -488,7 +488,9 @@ def _assign_arrays(layer: Any, entry: dict[str, Any], arrays: dict[str, Any], in
         layer.set_extra_state(_decode(entry["extra_state"], arrays))
     if hasattr(layer, "grads"):
         layer.grads.clear()
-    layer._cache = None
+    clear = getattr(layer, "clear_cache", None)
+    if callable(clear):
+        clear()
 
 
 def _generator_states(layer: Any, arrays: dict[str, Any], path: str) -> dict[str, Any]:

@@ -22,8 +22,9 @@ def move(model: Any, backend_name: str | Any, device: Any = None) -> Any:
 
     Every array attribute of every layer moves to the new namespace and device; dtype
     attributes are re-resolved in the new namespace; caches of a pending backward are dropped.
-    Layers holding other backend-bound objects may define ``_moved_to(xp, device)`` to rebuild
-    them. The optimizer's ``state_dict()`` is taken before and loaded back after rebinding.
+    Layers holding other backend-bound objects rebuild them in their ``moved_to(xp, device)``
+    hook (:meth:`nnxp.layers.Layer.moved_to`). The optimizer's ``state_dict()`` is taken
+    before and loaded back after rebinding.
 
     Parameters
     ----------
@@ -73,8 +74,10 @@ def _move_object(layer: Any, xp: Any, device: Any) -> None:
         elif isinstance(value, BackendGenerator):  # continue from a seed drawn from the old one
             seed = int(backend.to_float(value.uniform((1,), "float64")[0]) * (2**63 - 1))
             setattr(layer, name, BackendGenerator(seed, xp, device))
-    layer._cache = None
+    clear = getattr(layer, "clear_cache", None)
+    if callable(clear):
+        clear()
     layer.xp, layer.device = xp, device
-    hook = getattr(layer, "_moved_to", None)
+    hook = getattr(layer, "moved_to", None)
     if callable(hook):
         hook(xp, device)

@@ -183,11 +183,13 @@ class Sequential:
         loss = self.loss if loss is None else loss
         value, cache = loss.forward(self.forward(x, training=True), y, xp=self.xp)
         self.backward(loss.backward(cache, xp=self.xp), need_input_grad=False)
-        return value + self.penalty() if self._regularized() else value
+        return value + self.penalty() if self.has_penalty else value
 
     # --- weight penalties and constraints ---------------------------------------------------
 
-    def _regularized(self) -> bool:
+    @property
+    def has_penalty(self) -> bool:
+        """Whether any layer adds a weight penalty to the loss (``Dense(l1=, l2=)``)."""
         return any(getattr(layer, "has_penalty", False) for layer in self.layers)
 
     def penalty(self) -> Array:
@@ -214,8 +216,10 @@ class Sequential:
 
     # --- training (the loop itself is nnxp.training) ------------------------------------------
 
-    def _prepare(self, X: Any, y: Any, loss: Loss) -> tuple[Array, Array]:
-        """``(X, y)`` checked against the model's widths, on its backend, device and dtype."""
+    def check_data(self, X: Any, y: Any, loss: Loss | None = None) -> tuple[Array, Array]:
+        """``(X, y)`` checked against the model's widths and ``loss`` (the model's by default)
+        and brought onto its backend, device and dtype; errors name the argument."""
+        loss = self.loss if loss is None else loss
         X = check_features(X, n_features=self.n_features, dtype=self.dtype, xp=self.xp,
                            device=self.device)
         n_out = self.n_outputs
@@ -416,21 +420,23 @@ class Sequential:
         device in chunks of ``batch_size`` samples, with one transfer to the host.
         """
         check_positive(batch_size, argument="batch_size", integer=True)
-        X, y = self._prepare(X, y, self.loss)
+        X, y = self.check_data(X, y)
         if metrics is not None:
             chosen = get_metrics(metrics, is_classifier=self.loss.is_classifier, loss=self.loss)
         elif self.metrics is not None:
             chosen = self.metrics
         else:
             chosen = get_metrics(None, is_classifier=self.loss.is_classifier, loss=self.loss)
-        names, arrays = self._evaluate_arrays(X, y, chosen, batch_size)
+        names, arrays = self.evaluate_arrays(X, y, chosen, batch_size)
         host = backend.to_numpy(self.xp.stack(arrays))
         return {name: float(v) for name, v in zip(names, host.tolist())}
 
-    def _evaluate_arrays(self, X: Array, y: Array, metrics: list[Metric], batch_size: int,
-                         prefix: str = "") -> tuple[list[str], list[Array]]:
-        """Loss (penalties included) and metrics on prepared arrays, as 0-d float64 device
-        arrays (no host transfer), evaluated in chunks of ``batch_size`` samples."""
+    def evaluate_arrays(self, X: Array, y: Array, metrics: list[Metric], batch_size: int,
+                        prefix: str = "") -> tuple[list[str], list[Array]]:
+        """Loss (penalties included) and metrics on checked arrays (:meth:`check_data`), as
+        ``(names, 0-d float64 device arrays)``: no host transfer, so a caller can fetch them
+        together with other numbers in one (what :meth:`evaluate` and the training loop do).
+        Evaluated in chunks of ``batch_size`` samples; names get ``prefix`` (``"val_"``)."""
         xp, n = self.xp, X.shape[0]
         total: Array = None
         states: list[Any] = [None] * len(metrics)
@@ -444,7 +450,7 @@ class Sequential:
             for i, metric in enumerate(metrics):
                 states[i] = metric.update(states[i], out, yb, xp=xp)
         loss = total / n
-        if self._regularized():
+        if self.has_penalty:
             loss = loss + xp.astype(self.penalty(), xp.float64)
         names = [prefix + "loss"] + [prefix + m.name for m in metrics]
         values = [loss] + [m.result(s, xp=xp) for m, s in zip(metrics, states)]

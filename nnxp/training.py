@@ -201,7 +201,7 @@ def fit(
                         keep_finite_weights=keep_finite_weights)
     if loss is not None:
         model.loss = get_loss(loss)
-    X, y = model._prepare(X, y, model.loss)
+    X, y = model.check_data(X, y)
     w = _sample_weight(model, sample_weight, X.shape[0])
     X, y, val = _validation_sets(model, X, y, validation_split, validation_data)
     if w is not None and w.shape[0] != X.shape[0]:
@@ -235,7 +235,7 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
     documents it. Returns the loss before the update, read on the host."""
     if loss is not None:
         model.loss = get_loss(loss)
-    X, y = model._prepare(X, y, model.loss)
+    X, y = model.check_data(X, y)
     opt = _use_optimizer(model, optimizer)
     closure_based = getattr(opt, "requires_closure", False)
     saved = model.snapshot_weights() if closure_based else None
@@ -400,7 +400,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 names = ["loss"] + [m.name for m in metrics]
                 arrays = [loss_sum / n] + [m.result(s, xp=xp) for m, s in zip(metrics, states)]
                 if val is not None:
-                    v_names, v_arrays = model._evaluate_arrays(
+                    v_names, v_arrays = model.evaluate_arrays(
                         val[0], val[1], metrics, max(bs, 4096), prefix="val_")
                     names, arrays = names + v_names, arrays + v_arrays
                 diag_arrays = recorder.epoch_arrays() if recorder is not None else []
@@ -477,7 +477,7 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
         else:  # checked once in fit: no per-batch validation
             value, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
                                               validate_sample_weight=False)
-        if model._regularized():  # weight penalties, at the weights of this forward
+        if model.has_penalty:  # weight penalties, at the weights of this forward
             value = value + model.penalty()
         model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
         return value, out

@@ -150,3 +150,45 @@ def test_type_checking_imports_and_subpackages_resolve(tmp_path: Path) -> None:
     assert graph["pkg.b"] == {"pkg.sub.c"}
     assert graph["pkg.sub.c"] == {"pkg.a"}
     assert cycles(graph) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules talk through public names: no reaching into another object's private attributes
+# ----------------------------------------------------------------------------------------------
+
+NAMEDTUPLE_API = {"_fields", "_asdict", "_replace", "_make"}  # public, despite the underscore
+ALLOWED_PRIVATE = {
+    ("random.py", "child._rng"),  # a Generator seeding the child Generator it just created
+    ("sklearn.py", "estimator._validate_data"),  # scikit-learn's own (older) estimator API
+}
+
+
+def private_reaches(source: str) -> list[str]:
+    """``obj._name`` accesses where ``obj`` is not ``self``/``cls``/``type(self)``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__") and node.attr not in NAMEDTUPLE_API):
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        if (isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name)
+                and owner.func.id == "type" and len(owner.args) == 1
+                and isinstance(owner.args[0], ast.Name) and owner.args[0].id == "self"):
+            continue
+        found.append(ast.unparse(node))
+    return found
+
+
+def test_no_module_reaches_into_private_attributes() -> None:
+    bad = [(str(p.relative_to(PACKAGE)), hit) for p in sorted(PACKAGE.rglob("*.py"))
+           for hit in private_reaches(p.read_text())]
+    bad = [b for b in bad if (Path(b[0]).name, b[1]) not in ALLOWED_PRIVATE]
+    assert not bad, f"private attributes used from outside their class: {bad}"
+
+
+def test_private_reach_checker() -> None:
+    source = ("def f(model, self):\n    model._snapshot()\n    self._ok()\n"
+              "    type(self)._ok2\n    record._asdict()\n    x.__class__\n")
+    assert private_reaches(source) == ["model._snapshot"]

@@ -264,3 +264,41 @@ def test_the_loss_can_be_chosen_before_training() -> None:
     assert model.loss.name == "mse" and model.evaluate(X, y)["loss"] < before["loss"]
     with pytest.raises(ValueError, match="loss='hinge2' is not a known loss"):
         nnxp.Sequential([Dense(3, 1)], loss="hinge2")
+
+
+def test_check_data_evaluate_arrays_and_has_penalty_are_the_public_training_interface(
+        cpu_bk, rng) -> None:
+    """What nnxp.training uses of a model: checked data, device-side evaluation, penalties."""
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, size=20)
+    plain = nnxp.Sequential([Dense(4, 8), ReLU(), Dense(8, 3)], seed=0)
+    assert plain.has_penalty is False
+    Xc, yc = plain.check_data(X, y)
+    assert Xc.dtype == plain.dtype and tuple(Xc.shape) == (20, 4) and tuple(yc.shape) == (20,)
+    with pytest.raises(ValueError, match="X has 5 features per sample but the model expects 4"):
+        plain.check_data(rng.normal(size=(20, 5)), y)
+    names, arrays = plain.evaluate_arrays(Xc, yc, [], batch_size=7, prefix="val_")
+    assert names == ["val_loss"] and all(a.ndim == 0 for a in arrays)
+    assert float(nnxp.to_numpy(arrays[0])) == pytest.approx(plain.evaluate(X, y)["loss"],  # f32
+                                                            rel=1e-6)
+    penalised = nnxp.Sequential([Dense(4, 8, l2=0.1), ReLU(), Dense(8, 3)], seed=0)
+    assert penalised.has_penalty is True
+    _, with_penalty = penalised.evaluate_arrays(Xc, yc, [], batch_size=20)
+    assert float(nnxp.to_numpy(with_penalty[0])) == pytest.approx(
+        float(nnxp.to_numpy(arrays[0])) + float(nnxp.to_numpy(penalised.penalty())), rel=1e-6)
+
+
+def test_clear_cache_and_the_moved_to_hook() -> None:
+    calls = []
+
+    class Tracking(ReLU):
+        def moved_to(self, xp, device):
+            calls.append((xp.__name__, str(device)))
+
+    layer = Dense(3, 2)
+    layer.forward(nnxp.asarray(np.ones((1, 3))), training=True)
+    layer.clear_cache()
+    with pytest.raises(nnxp.BackwardError):
+        layer.backward(nnxp.asarray(np.ones((1, 2))))
+    model = nnxp.Sequential([Dense(3, 4), Tracking(), Dense(4, 2)], seed=0)
+    model.to("array_api_strict:device1")
+    assert calls == [("array_api_strict", "array_api_strict.Device('device1')")]

@@ -106,6 +106,16 @@ class Layer:
         """Project parameters back onto their constraints; the model calls it after each
         optimizer step (a no-op for layers without constraints)."""
 
+    def clear_cache(self) -> None:
+        """Drop what the last training-mode forward kept for backward (loading or moving a
+        layer does this: a cache from before would not match the new weights or device)."""
+        self._cache = None
+
+    def moved_to(self, xp: Any, device: Any) -> None:
+        """Called by :meth:`Sequential.to` after the layer's arrays moved to ``xp``/``device``:
+        a layer that holds other backend-bound objects rebuilds them here (a no-op by
+        default)."""
+
     def _take_cache(self) -> Any:
         cache, self._cache = self._cache, None
         if cache is None:
