@@ -67,8 +67,6 @@ __all__ = [
     "save",
 ]
 
-Array = Any
-
 FORMAT = "nnxp"
 """Value of the record's ``format`` field."""
 

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple, cast
 import array_api_compat
 import numpy as np
 
-Array = Any
+from .typing import Array
+
 """Alias for "an array of the active backend" in annotations (the standard has no base class)."""
 
 BACKENDS: tuple[str, ...] = ("numpy", "cupy", "torch", "array_api_strict")

@@ -40,8 +40,8 @@ from .layers import ACTIVATIONS, BatchNorm1d, Dense, Dropout, ReLU
 from .model import Sequential
 from .optim import OPTIMIZERS
 from .random import Generator
+from .typing import Array
 
-Array = Any
 Setup = Callable[[], Any]
 Run = Callable[[Any], Any]
 

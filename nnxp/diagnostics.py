@@ -37,11 +37,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from .typing import Array
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Sequential
     from .training import History
-
-Array = Any
 
 SIGMOID_SATURATION = (0.01, 0.99)
 """A sigmoid output below the first or above the second value counts as saturated."""

@@ -28,9 +28,8 @@ from typing import Any, NamedTuple
 
 from . import backend
 from .random import Generator
+from .typing import Array
 from .validation import check_features, check_flag, check_positive, describe, to_backend
-
-Array = Any
 
 
 class GradcheckError(AssertionError):

@@ -33,9 +33,9 @@ from typing import Any
 
 from . import backend
 from .random import Generator
+from .typing import Array
 from .validation import check_finite, check_shape
 
-Array = Any
 Initializer = Callable[..., Array]
 
 

@@ -25,8 +25,7 @@ from typing import Any
 from . import backend, validation
 from .kernels import activations as act
 from .kernels import losses as k
-
-Array = Any
+from .typing import Array
 
 _SPARSE_HINT = (" (integer class labels need loss='sparse_categorical_cross_entropy' on "
                 "probabilities or 'softmax_cross_entropy' on logits)")

@@ -33,9 +33,9 @@ import re
 from typing import Any
 
 from . import backend
+from .typing import Array
 from .validation import check_count
 
-Array = Any
 State = Any
 
 __all__ = [

@@ -18,11 +18,11 @@ from .metrics import Metric, get_metrics
 from .optim import Optimizer, ParamRef
 from .random import Generator
 from .training import History, TrainingDivergedError
+from .typing import Array
 from .validation import check_features, check_positive
 
 __all__ = ["History", "Sequential", "TrainingDivergedError"]
 
-Array = Any
 Snapshot = list[tuple[dict[str, Array], dict[str, Array]]]
 """What :meth:`Sequential.snapshot_weights` returns: per layer, copies of its parameters and
 buffers."""

@@ -26,9 +26,8 @@ from typing import Any
 
 from . import backend
 from .random import Generator
+from .typing import Array
 from .validation import check_features, check_positive, to_backend
-
-Array = Any
 
 
 class ConvergenceWarning(UserWarning):

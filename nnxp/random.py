@@ -24,8 +24,7 @@ import array_api_compat
 import numpy as np
 
 from . import backend
-
-Array = Any
+from .typing import Array
 
 
 class Generator:

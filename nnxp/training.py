@@ -33,12 +33,11 @@ from .losses import Loss, get_loss
 from .metrics import get_metrics
 from .optim import SGD, Optimizer
 from .progress import EpochProgress
+from .typing import Array
 from .validation import check_features, check_flag, check_positive, check_sample_weight
 
 if TYPE_CHECKING:  # pragma: no cover - for the type checker only: no import cycle at run time
     from .model import Sequential
-
-Array = Any
 
 __all__ = ["History", "TrainingDivergedError", "fit", "train_on_batch"]
 

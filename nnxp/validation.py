@@ -23,8 +23,7 @@ import warnings
 from typing import Any
 
 from . import backend
-
-Array = Any
+from .typing import Array
 
 
 def describe(x: Any) -> str:

@@ -192,3 +192,17 @@ def test_private_reach_checker() -> None:
     source = ("def f(model, self):\n    model._snapshot()\n    self._ok()\n"
               "    type(self)._ok2\n    record._asdict()\n    x.__class__\n")
     assert private_reaches(source) == ["model._snapshot"]
+
+
+def test_the_array_alias_has_one_home() -> None:
+    """``Array`` is declared once, in nnxp/typing.py, and imported from there everywhere."""
+    declared = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
+                for node in ast.parse(p.read_text()).body
+                if isinstance(node, (ast.Assign, ast.AnnAssign))
+                and any(isinstance(t, ast.Name) and t.id == "Array"
+                        for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))]
+    assert declared == ["typing.py"]
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "Array" for a in node.names):
+                assert node.module == "typing" and node.level >= 1, (path, node.module)

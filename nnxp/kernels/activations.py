@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-Array = Any
+from ..typing import Array
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 """SELU's α (Klambauer et al., 2017): the fixed point that keeps mean 0 and variance 1."""

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-Array = Any
+from ..typing import Array
 
 
 def global_norm(grads: Sequence[Array], *, norm_type: float = 2.0, xp: Any) -> Array:

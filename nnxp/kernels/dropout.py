@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Array = Any
+from ..typing import Array
 
 
 def dropout_mask(u: Array, *, p: float, xp: Any) -> Array:

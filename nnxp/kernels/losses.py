@@ -23,10 +23,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..typing import Array
 from .activations import sigmoid
-
-Array = Any
-
 
 DEFAULT_EPS = 1e-7
 """Clip bound of the losses on probabilities: ``p`` is clipped to ``[eps, 1 − eps]`` (Keras'

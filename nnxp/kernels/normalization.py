@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-Array = Any
+from ..typing import Array
 
 
 class NormCache(NamedTuple):

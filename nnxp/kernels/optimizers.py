@@ -37,8 +37,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-Array = Any
-
+from ..typing import Array
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers: one spelling for the in-place and the functional path

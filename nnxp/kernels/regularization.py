@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Array = Any
+from ..typing import Array
 
 
 def l1_l2_penalty(W: Array, *, l1: float, l2: float, xp: Any) -> Array:

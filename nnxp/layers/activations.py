@@ -27,6 +27,7 @@ from .. import backend
 from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import activations as act
 from ..random import Generator
+from ..typing import Array
 from ..validation import (
     check_choice,
     check_count,
@@ -36,8 +37,6 @@ from ..validation import (
     check_int,
 )
 from .base import LAYERS, Layer, input_error, layer_class_name
-
-Array = Any
 
 _REAL = "a finite real number"  # what the messages of the real-valued options say
 

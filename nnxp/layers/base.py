@@ -25,9 +25,8 @@ from typing import Any
 
 from .. import backend
 from ..random import Generator
+from ..typing import Array
 from ..validation import describe
-
-Array = Any
 
 
 class BackwardError(RuntimeError):

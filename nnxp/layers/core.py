@@ -17,14 +17,13 @@ from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import dense as dense_k
 from ..kernels import regularization as reg_k
 from ..random import Generator
+from ..typing import Array
 from ..validation import check_count, check_flag, check_float_dtype, check_positive
 from .activations import activation_config, get_elementwise_activation
 from .base import LAYERS as LAYERS
 from .base import BackwardError as BackwardError
 from .base import Layer, input_error
 from .base import layer_class_name as layer_class_name
-
-Array = Any
 
 
 class Dense(Layer):

@@ -11,6 +11,7 @@ from typing import Any
 from .. import backend
 from ..kernels import normalization as k
 from ..random import Generator
+from ..typing import Array
 from ..validation import (
     check_count,
     check_flag,
@@ -19,8 +20,6 @@ from ..validation import (
     check_positive,
 )
 from .base import Layer
-
-Array = Any
 
 
 class BatchNorm1d(Layer):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend
+from ..typing import Array
 from ..validation import check_count, check_features, check_float_dtype
 from .base import Layer
-
-Array = Any
 
 
 class Standardize(Layer):

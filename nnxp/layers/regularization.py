@@ -10,10 +10,9 @@ from typing import Any
 
 from ..kernels import dropout as k
 from ..random import BackendGenerator, Generator
+from ..typing import Array
 from ..validation import check_dropout_rate
 from .base import Layer
-
-Array = Any
 
 
 class Dropout(Layer):

@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 
 from .. import backend
 from ..kernels import clipping as clip_k
+from ..typing import Array
 from ..validation import check_above_zero, check_nonneg
 
-Array = Any
 ParamRef = tuple[Any, str]
 """``(layer, key)``: the parameter ``layer.params[key]`` with gradient ``layer.grads[key]``."""
 

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from .. import backend
 from ..kernels import clipping as clip_k
+from ..typing import Array
 from ..validation import check_above_zero
-from .base import Array, ParamRef, xp_of
+from .base import ParamRef, xp_of
 
 
 def _grads_of(params: Sequence[ParamRef], fn: str) -> list[Array]:

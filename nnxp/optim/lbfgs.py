@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 
 from .. import backend
 from ..kernels import optimizers as k
+from ..typing import Array
 from ..validation import check_above_zero, check_count, check_nonneg
 from . import base
-from .base import Array, Optimizer, gradient, hyperparameter, xp_of
+from .base import Optimizer, gradient, hyperparameter, xp_of
 
 
 @dataclass
