@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import inspect
 import json
@@ -509,6 +510,9 @@ def _arrays_in(obj: Any, depth: int = 0) -> Iterator[Any]:
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from _arrays_in(v, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # optimizer state records
+        for f in dataclasses.fields(obj):
+            yield from _arrays_in(getattr(obj, f.name), depth + 1)
     elif hasattr(obj, "__dict__") and not inspect.ismodule(obj) and not callable(obj):
         for v in vars(obj).values():
             yield from _arrays_in(v, depth + 1)

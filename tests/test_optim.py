@@ -15,7 +15,7 @@ from nnxp import optim
 from nnxp.kernels import optimizers as kern
 from nnxp.layers import Dense, ReLU
 from nnxp.optim.base import Hyperparameters as HyperparametersBase
-from nnxp.optim.base import hyperparameter
+from nnxp.optim.base import hyperparameter, record_items
 from nnxp.validation import check_nonneg
 
 N_STEPS = 50
@@ -231,7 +231,7 @@ def test_state_keeps_dtype_device_and_updates_in_place(bk, name):
     for g in grads:
         holder.grads = {k: nnxp.asarray(v, dtype="float32") for k, v in g.items()}
         opt.step()
-        arrays = {n: v for n, v in opt.state[0]._asdict().items() if nnxp.backend.is_array(v)}
+        arrays = {n: v for n, v in record_items(opt.state[0]) if nnxp.backend.is_array(v)}
         for arr in arrays.values():
             assert arr.dtype == bk.xp.float32
             assert str(nnxp.backend.device_of(arr)) == str(bk.device)
@@ -803,7 +803,8 @@ def _sign_sgd_update(param, grad, state, *, lr, xp, inplace):
     step = -lr * xp.sign(grad)
     if inplace:
         param += step
-        return param, kern.SGDState(state.step + 1)
+        state.step += 1
+        return param, state
     return param + step, kern.SGDState(state.step + 1)
 
 
@@ -876,17 +877,18 @@ def test_functional_kernels_return_new_state_and_keep_the_old_record():
     theta0, grads = _problem(n_steps=3)
     state = kern.adam_init(theta0["W"], amsgrad=True, xp=xp)
     before = {k: (v.copy() if isinstance(v, np.ndarray) else v)
-              for k, v in state._asdict().items()}
+              for k, v in record_items(state)}
     param, new = kern.adam_update(theta0["W"], grads[0]["W"], state, lr=0.1, amsgrad=True,
                                   xp=xp, inplace=False)
     assert isinstance(new, kern.AdamState) and new is not state and new.step == 1
-    for key, value in state._asdict().items():  # the record and its buffers are untouched
+    for key, value in record_items(state):  # the record and its buffers are untouched
         np.testing.assert_array_equal(value, before[key])
     assert all(getattr(new, k) is not getattr(state, k) for k in ("exp_avg", "exp_avg_sq"))
+    buffers = {k: getattr(new, k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
     _, same = kern.adam_update(theta0["W"].copy(), grads[1]["W"], new, lr=0.1, amsgrad=True,
                                xp=xp, inplace=True)
-    assert all(getattr(same, k) is getattr(new, k)  # in place: the same buffers, a new record
-               for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    assert same is new and same.step == 2  # in place: the same record, updated
+    assert all(getattr(same, k) is v for k, v in buffers.items())  # and the same buffers
 
 
 def test_load_state_dict_names_unknown_or_missing_state_entries():

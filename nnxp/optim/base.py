@@ -97,7 +97,7 @@ class Optimizer:
         constructor ``Subclass(*options, param_groups=None, clip_norm=None, clip_value=None)``
         is made from it, positional arguments in field order.
     ``State``
-        the per-parameter state record (a ``NamedTuple``; ``None`` marks a buffer not allocated).
+        the per-parameter state record (a dataclass; ``None`` marks a buffer not allocated).
     ``init_state(param, *, xp, **options) -> State``
         creates the state of one parameter on its first step.
     ``update(param, grad, state, *, xp, inplace, **options) -> (param, State)``
@@ -406,7 +406,7 @@ class Optimizer:
     def _export_state(self) -> dict[int, dict[str, Any]]:
         """Every state record as ``{name: NumPy copy | number}``, unallocated buffers left out."""
         return {i: {name: (backend.to_numpy(v).copy() if backend.is_array(v) else v)
-                    for name, v in record._asdict().items() if v is not None}
+                    for name, v in record_items(record) if v is not None}
                 for i, record in self.state.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -453,7 +453,7 @@ class Optimizer:
         pending, self._pending = self._pending or {}, None
         owner = type(self).__name__
         self.state = {}
-        fields = type(self).State._fields
+        fields = [f.name for f in dataclasses.fields(type(self).State)]
         for i, saved in pending.items():
             if not 0 <= i < len(self._refs):
                 raise ValueError(f"{owner}.load_state_dict: state for parameter {i}, but "
@@ -502,6 +502,12 @@ def gradient(layer: Any, key: str) -> Array:
         return layer.grads[key]
     except KeyError:
         raise _no_gradient(layer, key) from None
+
+
+def record_items(record: Any) -> list[tuple[str, Any]]:
+    """A state record's ``(field name, value)`` pairs, without copying (unlike
+    ``dataclasses.asdict``, which deep-copies every array)."""
+    return [(f.name, getattr(record, f.name)) for f in dataclasses.fields(record)]
 
 
 def _no_gradient(layer: Any, key: str) -> RuntimeError:

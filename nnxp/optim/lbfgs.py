@@ -14,7 +14,7 @@ from ..kernels import optimizers as k
 from ..typing import Array
 from ..validation import check_above_zero, check_count, check_nonneg
 from . import base
-from .base import Optimizer, gradient, hyperparameter, xp_of
+from .base import Optimizer, gradient, hyperparameter, record_items, xp_of
 
 
 @dataclass
@@ -333,7 +333,7 @@ class LBFGS(Optimizer):
         if st is None:
             return {}
         saved: dict[str, Any] = {}
-        for name, value in ((f.name, getattr(st, f.name)) for f in dataclasses.fields(st)):
+        for name, value in record_items(st):
             if name in ("old_dirs", "old_stps"):
                 saved[name] = _stack_rows(value) if value else None
             elif name == "ro":
