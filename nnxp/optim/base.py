@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -137,6 +138,7 @@ class Optimizer:
     _update_options: ClassVar[tuple[str, ...]] = ()
     _init_options: ClassVar[tuple[str, ...]] = ()
     _bind_update: ClassVar[Callable[..., Callable[..., Any]]]
+    _read_options: ClassVar[Callable[[dict[str, Any]], Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,6 +156,10 @@ class Optimizer:
                 raise TypeError(f"{cls.__name__} declares the option(s) {sorted(unused)}, "
                                 "which neither its init_state nor its update accepts")
             cls._bind_update = _keyword_binder(cls.update, cls._update_options)
+            # a group's option values as one tuple, in the binder's order (C-level itemgetter)
+            read = cls._update_options
+            cls._read_options = (operator.itemgetter(*read) if len(read) > 1
+                                 else lambda group: tuple(group[name] for name in read))
 
     def __init__(
         self,
@@ -344,14 +350,14 @@ class Optimizer:
             self._clip()
         states = self.state
         cls = type(self)
-        bind, init, names, init_names = (cls._bind_update, cls.init_state, cls._update_options,
-                                         cls._init_options)
+        bind, read, init, init_names = (cls._bind_update, cls._read_options, cls.init_state,
+                                        cls._init_options)
         for group, records in zip(self.param_groups, self._plan):
             if not records:
                 continue
             # the group's options are read on every step (schedules and callbacks edit them
             # between steps) and bound once for all of the group's parameters
-            update = bind(*[group[name] for name in names])
+            update = bind(*read(group))
             for layer, key, i, xp, inplace in records:
                 try:
                     grad = layer.grads[key]
