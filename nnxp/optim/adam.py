@@ -10,6 +10,16 @@ from . import base
 from .base import Optimizer, hyperparameter
 
 
+@dataclass(frozen=True)
+class _AdamFamilyHyperparameters(base.Hyperparameters):
+    """The options the whole family shares, in signature order: γ, (β₁, β₂), ε, λ."""
+
+    lr: float = hyperparameter(1e-3, check_nonneg)
+    betas: tuple[float, float] = hyperparameter((0.9, 0.999), check_betas)
+    eps: float = hyperparameter(1e-8, check_nonneg)
+    weight_decay: float = hyperparameter(0.0, check_nonneg)
+
+
 class Adam(Optimizer):
     """Adam: bias-corrected first and second moment estimates.
 
@@ -38,19 +48,10 @@ class Adam(Optimizer):
         λ (>= 0), added to the gradient.
     amsgrad
         Keep the running maximum of the second moment.
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
-    class Hyperparameters(base.Hyperparameters):
-        lr: float = hyperparameter(1e-3, check_nonneg)
-        betas: tuple[float, float] = hyperparameter((0.9, 0.999), check_betas)
-        eps: float = hyperparameter(1e-8, check_nonneg)
-        weight_decay: float = hyperparameter(0.0, check_nonneg)
+    class Hyperparameters(_AdamFamilyHyperparameters):
         amsgrad: bool = hyperparameter(False, check_flag)
 
     State = k.AdamState
@@ -72,11 +73,6 @@ class AdamW(Adam):
         As in :class:`Adam`.
     weight_decay
         λ (>= 0), default 1e-2, multiplied by the *current* learning rate each step.
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
@@ -108,19 +104,11 @@ class Adamax(Optimizer):
         ε (>= 0).
     weight_decay
         λ (>= 0).
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
-    class Hyperparameters(base.Hyperparameters):
+    class Hyperparameters(_AdamFamilyHyperparameters):
         lr: float = hyperparameter(2e-3, check_nonneg)
-        betas: tuple[float, float] = hyperparameter((0.9, 0.999), check_betas)
-        eps: float = hyperparameter(1e-8, check_nonneg)
-        weight_decay: float = hyperparameter(0.0, check_nonneg)
 
     State = k.AdamaxState
     init_state = staticmethod(k.adamax_init)
@@ -155,19 +143,11 @@ class NAdam(Optimizer):
         ψ (>= 0), default 4e-3.
     decoupled_weight_decay
         Decay the parameters directly instead of adding λθ to the gradient.
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
-    class Hyperparameters(base.Hyperparameters):
+    class Hyperparameters(_AdamFamilyHyperparameters):
         lr: float = hyperparameter(2e-3, check_nonneg)
-        betas: tuple[float, float] = hyperparameter((0.9, 0.999), check_betas)
-        eps: float = hyperparameter(1e-8, check_nonneg)
-        weight_decay: float = hyperparameter(0.0, check_nonneg)
         momentum_decay: float = hyperparameter(4e-3, check_nonneg)
         decoupled_weight_decay: bool = hyperparameter(False, check_flag)
 

@@ -35,11 +35,6 @@ class Adagrad(Optimizer):
         Starting value of G (>= 0).
     eps
         ε (>= 0), added outside the square root.
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
@@ -84,11 +79,6 @@ class RMSprop(Optimizer):
         μ (>= 0).
     centered
         Normalise by an estimate of the variance instead of the raw second moment.
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
@@ -128,11 +118,6 @@ class Adadelta(Optimizer):
         ε (>= 0), inside both square roots, default 1e-6.
     weight_decay
         λ (>= 0).
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)

@@ -42,6 +42,12 @@ Check = Callable[..., Any]
 ``argument`` (the functions of :mod:`nnxp.validation`)."""
 
 _GROUP_OPTIONS = ("param_groups", "clip_norm", "clip_value")
+_GROUP_OPTIONS_DOC = """    param_groups
+        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
+        (see :mod:`nnxp.optim`).
+    clip_norm, clip_value
+        Clip the gradients by global norm / by value before each update (None: off).
+"""
 
 
 def hyperparameter(default: Any, check: Check) -> Any:
@@ -145,6 +151,10 @@ class Optimizer:
         declared = cls.__dict__.get("Hyperparameters")
         if declared is not None and "__init__" not in cls.__dict__:
             cls.__init__ = _constructor(cls, declared)  # type: ignore[method-assign]
+        if cls.__doc__ and cls.group_options and "Parameters\n    ---" in cls.__doc__ \
+                and "param_groups\n" not in cls.__doc__:
+            # the keyword-only options every first-order optimizer shares, documented once
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + _GROUP_OPTIONS_DOC
         declared = getattr(cls, "Hyperparameters", None)
         if declared is not None and hasattr(cls, "update") and hasattr(cls, "init_state"):
             # which options each function takes, worked out once per class, not per step

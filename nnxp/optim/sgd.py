@@ -38,11 +38,6 @@ class SGD(Optimizer):
         λ >= 0, the L2 penalty added to the gradient.
     nesterov
         Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
-    param_groups
-        Per-group options: ``[{"params": selector or [(layer, key), ...], "lr": ..., ...}]``
-        (see :mod:`nnxp.optim`).
-    clip_norm, clip_value
-        Clip the gradients by global norm / by value before each update (None: off).
     """
 
     @dataclass(frozen=True)
