@@ -51,7 +51,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .validation import check_flag
+from .validation import check_choice, check_flag, check_int
 
 if TYPE_CHECKING:  # pragma: no cover - imports only for the type checker (no cycle at runtime)
     from .model import Sequential
@@ -251,12 +251,10 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
         baseline: float | None = None,
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
+        patience = check_int(patience, argument="patience", low=0)
         if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"min_delta must be a float >= 0, got {min_delta!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        check_choice(mode, ("auto", "min", "max"), argument="mode")
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"monitor must be the name of a logged quantity, got {monitor!r}")
         self.monitor = monitor
@@ -549,10 +547,8 @@ class ModelCheckpoint(Callback):
             raise TypeError(f"filepath must be a str or path, got {filepath!r}") from None
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"monitor must be the name of a logged quantity, got {monitor!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ValueError(f"period must be an int >= 1, got {period!r}")
+        check_choice(mode, ("auto", "min", "max"), argument="mode")
+        period = check_int(period, argument="period", low=1)
         if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"min_delta must be a float >= 0, got {min_delta!r}")
         self.monitor = monitor

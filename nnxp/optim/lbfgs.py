@@ -7,12 +7,13 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 from .. import backend
 from ..kernels import optimizers as k
 from ..typing import Array
-from ..validation import check_above_zero, check_count, check_nonneg
+from ..validation import check_above_zero, check_choice, check_count, check_nonneg
 from . import base
 from .base import Optimizer, gradient, hyperparameter, record_items, xp_of
 
@@ -37,12 +38,6 @@ class LBFGSState:
     H_diag: float = 1.0  # noqa: N815 - torch's name, kept in checkpoints
     prev_flat_grad: Array | None = None
     prev_loss: float | None = None
-
-
-def _check_line_search(value: Any, *, argument: str) -> str | None:
-    if value not in (None, "strong_wolfe"):
-        raise ValueError(f"{argument} must be None or 'strong_wolfe', got {value!r}")
-    return value
 
 
 class LBFGS(Optimizer):
@@ -94,7 +89,8 @@ class LBFGS(Optimizer):
         tolerance_grad: float = hyperparameter(1e-7, check_nonneg)
         tolerance_change: float = hyperparameter(1e-9, check_nonneg)
         history_size: int = hyperparameter(100, check_count)
-        line_search_fn: str | None = hyperparameter(None, _check_line_search)
+        line_search_fn: str | None = hyperparameter(
+            None, partial(check_choice, choices=(None, "strong_wolfe")))
 
         def __post_init__(self) -> None:
             if self.max_eval is None and isinstance(self.max_iter, numbers.Integral) \
