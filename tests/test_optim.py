@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import trajectories
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import optimizers as ref
@@ -925,3 +926,16 @@ def test_sgd_weight_decay_without_momentum_matches_torch_and_keeps_grads(bk):
         np.testing.assert_allclose(a["W"], b, rtol=0, atol=1e-12)
     theirs = _torch_trajectory("SGD", theta0, grads, [(("W", "b"), opts)], opts)
     _assert_close(ours, theirs, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", trajectories.DTYPES)
+def test_trajectories_are_bit_identical_to_the_recorded_ones(bk, dtype):
+    """Every optimizer, option, group, clip and lr edit of tests/trajectories.py reproduces,
+    bit for bit, what the optimizers before issue 9 computed (tests/data)."""
+    if bk.spec not in trajectories.BACKENDS:
+        pytest.skip(f"no trajectories recorded for {bk.spec}")
+    recorded = np.load(trajectories.DATA)
+    for i in range(len(trajectories.CASES)):
+        ours = trajectories.run_case(nnxp, bk.spec, dtype, i)
+        np.testing.assert_array_equal(ours, recorded[trajectories.key(bk.spec, dtype, i)],
+                                      err_msg=str(trajectories.CASES[i]))
