@@ -197,7 +197,9 @@ def fit(
     else:
         check_positive(epochs, argument="epochs", integer=True)
     _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
-                        keep_finite_weights=keep_finite_weights)
+                        keep_finite_weights=keep_finite_weights, batch_size=batch_size,
+                        check_finite_every=check_finite_every)
+    cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     if loss is not None:
         model.loss = get_loss(loss)
     X, y = model.check_data(X, y)
@@ -223,7 +225,7 @@ def fit(
                              "total to reach, so nothing is left to train")
     return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
                        last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
-                       verbose=verbose, callbacks=callbacks, diagnostics=diagnostics,
+                       verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
                        check_finite_every=check_finite_every, sample_weight=w,
                        keep_finite_weights=keep_finite_weights)
 
@@ -265,9 +267,15 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
 
 
 def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any,
-                        keep_finite_weights: Any = True) -> None:
-    """The flags of ``fit``/``partial_fit``: a truthy string such as ``"no"`` must not
-    silently switch an option on."""
+                        keep_finite_weights: Any = True, batch_size: Any = None,
+                        check_finite_every: Any = None) -> None:
+    """The options of ``fit``/``partial_fit``, all checked before anything changes the model
+    (a checkpoint restore included). A truthy string such as ``"no"`` must not silently switch
+    a flag on."""
+    if batch_size is not None:
+        check_positive(batch_size, argument="batch_size", integer=True)
+    if check_finite_every is not None:
+        check_positive(check_finite_every, argument="check_finite_every", integer=True)
     check_flag(shuffle, argument="shuffle")
     check_flag(diagnostics, argument="diagnostics")
     check_flag(keep_finite_weights, argument="keep_finite_weights")
@@ -347,12 +355,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
                 check_finite_every: int | None, sample_weight: Array | None,
                 keep_finite_weights: bool) -> History:
-    """Epochs ``first_epoch .. last_epoch`` on checked arrays, with the callbacks, the
-    progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
-    if batch_size is not None:
-        check_positive(batch_size, argument="batch_size", integer=True)
-    if check_finite_every is not None:
-        check_positive(check_finite_every, argument="check_finite_every", integer=True)
+    """Epochs ``first_epoch .. last_epoch`` on checked arrays and options, with the callbacks,
+    the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
     xp, n = model.xp, X.shape[0]
     bs = n if batch_size is None else min(batch_size, n)
     n_batches = math.ceil(n / bs)

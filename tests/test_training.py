@@ -142,6 +142,27 @@ def test_incremental_training_refuses_what_only_fit_has(option, data) -> None:
     assert model.epochs_trained == 0 and model.optimizer is None
 
 
+@pytest.mark.parametrize(("option", "match"), [
+    ({"batch_size": 0}, "batch_size must be > 0"),
+    ({"check_finite_every": 0}, "check_finite_every must be > 0"),
+    ({"callbacks": [object()]}, "has none of the callback hooks"),
+])
+def test_bad_options_fail_before_a_checkpoint_changes_the_model(option, match, data,
+                                                               tmp_path) -> None:
+    """fit(resume_from=...) restores weights, optimizer and epoch count into the model: every
+    option is checked before that, so a typo leaves the model as it was."""
+    X, y = data
+    trained = bn_model(seed=1)
+    trained.fit(X, y, epochs=2, batch_size=8, verbose=0, optimizer=Adam(lr=0.01))
+    trained.save(tmp_path / "ckpt.npz")
+    model = bn_model(seed=2)
+    before = state(model)
+    with pytest.raises((TypeError, ValueError), match=match):
+        model.fit(X, y, epochs=4, verbose=0, resume_from=tmp_path / "ckpt.npz", **option)
+    assert all(np.array_equal(a, b) for a, b in zip(before, state(model)))
+    assert model.epochs_trained == 0
+
+
 # --- the direction of the imports -----------------------------------------------------------------
 
 
