@@ -397,11 +397,12 @@ class CupySyncDetect(SyncCounter):
 
 class TorchHostReads(SyncCounter):
     """Dry run on torch CPU: no CUDA runtime, so count the tensor methods that would block a
-    CUDA stream (``item``, ``__bool__``, ``__float__``, ``__int__``, ``tolist``, ``numpy``,
-    ``cpu``). A stand-in that exercises the counting, not a measurement of the GPU."""
+    CUDA stream (``item``, ``__bool__``, ``__float__``, ``__int__``, ``tolist``,
+    ``cpu``; not ``numpy``, which follows a ``cpu``). A stand-in that exercises the counting,
+    not a measurement of the GPU."""
 
-    method = "torch CPU stand-in: wrapped Tensor.item/__bool__/__float__/__int__/tolist/numpy/cpu"
-    METHODS = ("item", "__bool__", "__float__", "__int__", "tolist", "numpy", "cpu")
+    method = "torch CPU stand-in: wrapped Tensor.item/__bool__/__float__/__int__/tolist/cpu"
+    METHODS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu")
 
     @contextmanager
     def active(self) -> Iterator[None]:
