@@ -661,11 +661,15 @@ class MemoryHighWater:
 
                 def malloc_postprocess(self, **kwargs: Any) -> None:
                     if kwargs.get("mem_ptr"):  # 0 when the allocation failed
-                        watcher._peak = max(watcher._peak, int(pool.used_bytes()))
+                        watcher.observe(int(pool.used_bytes()))
 
             self._hook = _Hook()
             self._hook.__enter__()
         self.reset()
+
+    def observe(self, used: int) -> None:
+        """Raise the high-water mark to ``used`` bytes if it is higher (the cupy hook's call)."""
+        self._peak = max(self._peak, used)
 
     def stop(self) -> None:
         if self._hook is not None:
