@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 # index); otherwise the torch tests skip rather than pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test docs lint typecheck pytest bench clean
+.PHONY: demo test docs lint typecheck pytest bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ bench: $(VENV)/.test-installed
 	  --benchmark-json=$(BENCH_OUT).json --benchmark-columns=median,min,rounds \
 	  --benchmark-sort=name
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT).json
+
+# The GPU check of issue 10 (docs/backends.md, "make gpu-check"): under 8 minutes on one NVIDIA GPU,
+# results in benchmarks/results/gpu-<date>-<device>.{md,json}; installs the wheels carried in .whl/.
+# Without a GPU: a dry run on torch CPU into a temporary directory. GPU_CHECK_ARGS: --quick,
+# --dry-run, --budget SECONDS, --out DIR, --skip tests,bench,...; PYTHON: an interpreter with
+# numpy and torch/cupy (the GPU machine's python3; here e.g. PYTHON=.venv/bin/python).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks

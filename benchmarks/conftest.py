@@ -55,29 +55,44 @@ def pytest_benchmark_update_json(config: Any, benchmarks: Any, output_json: dict
 
 
 def run_case(benchmark: Any, case: Case, *, budget: float = BUDGET, warmup: int = 2) -> None:
-    """Time ``case`` with pytest-benchmark: warm-up rounds, then rounds filling ``budget``.
+    """Time ``case`` with pytest-benchmark: warm-up calls, then rounds filling ``budget``.
 
-    ``setup`` (untimed) runs before every round; the GPU is synchronised at the end of setup and
-    at the end of every timed call, so the time of a call includes the device work it queued.
+    Warm-up, the timer and the number of rounds come from :func:`nnxp.bench.prepare_timing`,
+    as for ``nnxp bench``. ``setup`` (untimed) runs before every round and ends with a device
+    synchronisation. On the host clock a timed call ends with a synchronisation too, so it is
+    charged for the device work it queued; a short GPU call is timed with CUDA events instead,
+    through a :class:`nnxp.bench.DeviceClock` handed to pytest-benchmark as its clock.
     """
     benchmark.extra_info.update(case.extra_info())
     with backend.use_backend(case.backend):
         sync = case.sync or backend.synchronize
         setup, run = case.build()
-        first = bench.calibrate(setup, run, sync)
-        rounds = bench.plan_rounds(first, budget=budget)
+        plan = bench.prepare_timing(setup, run, sync, budget=budget, warmup=warmup)
+        benchmark.extra_info.update({"timer": plan.timer,
+                                     "warmup_calls": len(plan.warmup_times),
+                                     "first_call": plan.warmup_times[0]})
 
         def timed_setup() -> Any:
             state = setup()
             sync()
             return (state,), {}
 
-        def target(state: Any) -> None:
-            run(state)
-            sync()
+        if plan.events is not None:
+            clock = bench.DeviceClock(plan.events)
+            if not hasattr(benchmark, "_timer"):
+                raise RuntimeError("this pytest-benchmark keeps its clock elsewhere than "
+                                   "BenchmarkFixture._timer: CUDA-event rows cannot be timed")
+            benchmark._timer = clock  # read by pytest-benchmark 4-5 around every call
 
-        benchmark.pedantic(target, setup=timed_setup, rounds=rounds,
-                           warmup_rounds=max(0, warmup - 1), iterations=1)
+            def target(state: Any) -> None:
+                clock.call(run, state)
+        else:
+            def target(state: Any) -> None:
+                run(state)
+                sync()
+
+        benchmark.pedantic(target, setup=timed_setup, rounds=plan.rounds, warmup_rounds=0,
+                           iterations=1)
 
 
 @pytest.fixture

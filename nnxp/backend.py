@@ -557,3 +557,161 @@ def host_array(x: Any, dtype: Any = None) -> np.ndarray:
     """``x`` (nested lists, scalars, any backend's array) as a host NumPy array of ``dtype``."""
     out = to_numpy(x)
     return out if dtype is None else out.astype(dtype_name(dtype), copy=False)
+
+
+# --- GPU timing and memory (bench) ------------------------------------------------------------
+# For nnxp.bench and benchmarks/ only; nothing here runs inside a training step. Two things that
+# need the array library itself: device-side timing with CUDA events, and one definition of peak
+# memory on cupy and torch CUDA (the high-water mark of bytes handed out by the allocator).
+
+
+def gpu_library() -> str | None:
+    """``"cupy"`` or ``"torch"`` when the active backend runs on a CUDA GPU, else ``None``."""
+    if _current.name == "cupy":
+        return "cupy"
+    if _current.name == "torch" and getattr(_current.device, "type", None) == "cuda":
+        return "torch"
+    return None
+
+
+class EventTimer:
+    """Device time of a call, between two CUDA events recorded on the current stream.
+
+    ``time(fn, *args)`` records the start event, calls ``fn``, records the end event, waits for
+    it and returns the seconds between the two on the GPU's clock. Call it on an idle stream
+    (after a synchronisation): then the figure is the device time of the call plus the launch
+    gap of its first kernel, without the host's synchronisation round trip. The two events are
+    created once and reused.
+    """
+
+    def __init__(self) -> None:
+        lib = gpu_library()
+        if lib == "cupy":
+            import cupy  # noqa: PLC0415
+
+            self._start, self._end = cupy.cuda.Event(), cupy.cuda.Event()
+            self._record: Any = lambda event: event.record()
+            self._elapsed_ms: Any = lambda: cupy.cuda.get_elapsed_time(self._start, self._end)
+        elif lib == "torch":
+            import torch  # noqa: PLC0415
+
+            dev = _current.device
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._record = lambda event: event.record(torch.cuda.current_stream(dev))
+            self._elapsed_ms = lambda: self._start.elapsed_time(self._end)
+        else:
+            raise BackendError(f"CUDA events need a GPU backend; the active one is "
+                               f"{_current.name} on {_current.device}")
+
+    def time(self, fn: Any, *args: Any) -> float:
+        """Seconds of device time between just before and just after ``fn(*args)``."""
+        self._record(self._start)
+        fn(*args)
+        self._record(self._end)
+        self._end.synchronize()
+        return float(self._elapsed_ms()) / 1e3
+
+
+def event_timer() -> EventTimer | None:
+    """An :class:`EventTimer` for the active GPU backend, or ``None`` on a CPU backend."""
+    return EventTimer() if gpu_library() is not None else None
+
+
+class MemoryHighWater:
+    """Bytes in use on the GPU and their high-water mark since :meth:`reset`.
+
+    One definition on both GPU libraries: the bytes the library's allocator has handed out to
+    live arrays (block sizes, rounded up to 512 bytes by both), not what its cache holds.
+
+    * torch CUDA: ``torch.cuda.memory_allocated`` and ``max_memory_allocated`` after
+      ``reset_peak_memory_stats`` (the caching allocator tracks the peak itself).
+    * cupy: the default memory pool's ``used_bytes()``; the peak is tracked by a
+      ``cupy.cuda.MemoryHook`` that reads ``used_bytes()`` after every allocation from the pool
+      (``malloc_postprocess``), installed from :meth:`start` to :meth:`stop`. (The pool's
+      ``total_bytes()`` also counts cached free blocks, so it is not used.)
+
+    Use :func:`memory_high_water`, which starts and stops it.
+    """
+
+    HOOK_NAME = "nnxp-memory-high-water"
+
+    def __init__(self) -> None:
+        self.library = gpu_library()
+        if self.library is None:
+            raise BackendError(f"GPU memory counters need a GPU backend; the active one is "
+                               f"{_current.name} on {_current.device}")
+        self._device = _current.device
+        self._peak = 0
+        self._hook: Any = None
+
+    def _pool(self) -> Any:
+        import cupy  # noqa: PLC0415
+
+        return cupy.get_default_memory_pool()
+
+    def start(self) -> None:
+        if self.library == "cupy":
+            import cupy  # noqa: PLC0415
+
+            pool, watcher = self._pool(), self
+
+            class _Hook(cupy.cuda.MemoryHook):
+                name = MemoryHighWater.HOOK_NAME
+
+                def malloc_postprocess(self, **kwargs: Any) -> None:
+                    if kwargs.get("mem_ptr"):  # 0 when the allocation failed
+                        watcher.observe(int(pool.used_bytes()))
+
+            self._hook = _Hook()
+            self._hook.__enter__()
+        self.reset()
+
+    def observe(self, used: int) -> None:
+        """Raise the high-water mark to ``used`` bytes if it is higher (the cupy hook's call)."""
+        self._peak = max(self._peak, used)
+
+    def stop(self) -> None:
+        if self._hook is not None:
+            self._hook.__exit__(None, None, None)
+            self._hook = None
+
+    def reset(self) -> None:
+        """Start a new high-water mark at the bytes in use now."""
+        if self.library == "torch":
+            import torch  # noqa: PLC0415
+
+            torch.cuda.reset_peak_memory_stats(self._device)
+        else:
+            self._peak = int(self._pool().used_bytes())
+
+    def current(self) -> int:
+        """Bytes in use now."""
+        if self.library == "torch":
+            import torch  # noqa: PLC0415
+
+            return int(torch.cuda.memory_allocated(self._device))
+        return int(self._pool().used_bytes())
+
+    def peak(self) -> int:
+        """The most bytes in use at any moment since :meth:`reset`."""
+        if self.library == "torch":
+            import torch  # noqa: PLC0415
+
+            return int(torch.cuda.max_memory_allocated(self._device))
+        return max(self._peak, self.current())
+
+
+@contextlib.contextmanager
+def memory_high_water() -> Iterator[MemoryHighWater | None]:
+    """A started :class:`MemoryHighWater` for the active GPU backend (``None`` on a CPU one),
+    stopped on exit."""
+    if gpu_library() is None:
+        yield None
+        return
+    watcher = MemoryHighWater()
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()

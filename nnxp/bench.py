@@ -428,23 +428,60 @@ def available_models(spec: str) -> list[str]:
 
 @dataclass
 class Timing:
-    """Seconds per call over ``rounds`` timed calls."""
+    """Seconds per call over ``rounds`` timed calls, and how they were taken."""
 
     median: float
     min: float
     mean: float
     stddev: float
     rounds: int
+    timer: str = "host"  # "host" (perf_counter around call + sync) or "cuda-events"
+    warmup_calls: int = 0  # untimed calls before the rounds were planned, the cold one included
+    first_call: float = 0.0  # seconds of the cold first call (host clock)
+    warm_call: float = 0.0  # seconds of the last warm-up call (host clock), the planning figure
+
+
+EVENTS_BELOW = 1e-3
+"""On a GPU, a case whose warm call takes less than this many seconds on the host clock is timed
+with CUDA events: there a synchronisation round trip (10–30 µs from Python) would be more than
+1–3 % of the figure. Longer calls keep the host clock, which includes every bit of host work of
+the call (what a training loop pays) and where the round trip is negligible."""
+
+GPU_WARMUP_MAX_CALLS = 10
+"""At most this many warm-up calls on a GPU (see :func:`warm_up`)."""
 
 
 def calibrate(setup: Setup, run: Run, sync: Callable[[], None]) -> float:
-    """Seconds of one untimed-in-the-results call (also the first warm-up)."""
+    """Seconds of one call on the host clock, the device synchronised before and after."""
     state = setup()
     sync()
     t0 = time.perf_counter()
     run(state)
     sync()
     return time.perf_counter() - t0
+
+
+def warm_up(setup: Setup, run: Run, sync: Callable[[], None], *, warmup: int = 2,
+            gpu: bool = False, budget: float = 0.5) -> list[float]:
+    """Untimed calls before the rounds are planned; returns their host-clock seconds.
+
+    The first call is cold (on a GPU: CUDA context, cuBLAS handles and workspaces, kernel
+    compilation, the memory pool's first blocks), so rounds are never planned from it: at least
+    ``max(warmup, 2)`` calls are made, and the last one plans. On a GPU, warm-up goes on while a
+    call is still more than 10 % faster than the one before (a cache or pool still filling), up
+    to :data:`GPU_WARMUP_MAX_CALLS` calls or half of ``budget`` seconds.
+    """
+    times = [calibrate(setup, run, sync)]
+    spent = times[0]
+    while True:
+        still_falling = len(times) >= 2 and times[-1] < 0.9 * times[-2]
+        enough = len(times) >= max(warmup, 2)
+        if enough and not (gpu and still_falling):
+            return times
+        if gpu and enough and (len(times) >= GPU_WARMUP_MAX_CALLS or spent > budget / 2):
+            return times
+        times.append(calibrate(setup, run, sync))
+        spent += times[-1]
 
 
 def plan_rounds(seconds: float, *, budget: float, min_rounds: int = 3,
@@ -455,31 +492,80 @@ def plan_rounds(seconds: float, *, budget: float, min_rounds: int = 3,
     return max(min_rounds, min(max_rounds, int(budget / seconds)))
 
 
+@dataclass
+class TimingPlan:
+    """What :func:`prepare_timing` decided for one case: rounds, timer, warm-up record."""
+
+    rounds: int
+    warmup_times: list[float]
+    events: backend.EventTimer | None  # set when the rounds are timed with CUDA events
+
+    @property
+    def timer(self) -> str:
+        return "host" if self.events is None else "cuda-events"
+
+
+def prepare_timing(setup: Setup, run: Run, sync: Callable[[], None], *, budget: float,
+                   warmup: int = 2, max_rounds: int = 500) -> TimingPlan:
+    """Warm ``run`` up, choose its timer and plan its rounds (inside the case's backend).
+
+    The timer: CUDA events when the active backend is a GPU and the warm call is shorter than
+    :data:`EVENTS_BELOW`, the host clock otherwise (every CPU case).
+    """
+    events = backend.event_timer()
+    times = warm_up(setup, run, sync, warmup=warmup, gpu=events is not None, budget=budget)
+    warm = times[-1]
+    if events is not None and warm >= EVENTS_BELOW:
+        events = None
+    return TimingPlan(plan_rounds(warm, budget=budget, max_rounds=max_rounds), times, events)
+
+
+class DeviceClock:
+    """A clock that advances only by the device time of the calls made through :meth:`call`.
+
+    pytest-benchmark reads a clock before and after each timed call; given this one, the
+    difference is the CUDA-event time of the call.
+    """
+
+    def __init__(self, events: backend.EventTimer) -> None:
+        self.events = events
+        self.total = 0.0
+        self.__name__ = "cuda-events"  # pytest-benchmark stores the timer's name
+
+    def __call__(self) -> float:
+        return self.total
+
+    def call(self, run: Run, state: Any) -> None:
+        self.total += self.events.time(run, state)
+
+
 def time_case(case: Case, *, budget: float = 0.5, warmup: int = 2,
               max_rounds: int = 500) -> Timing:
-    """Time ``case`` on its backend: warm-up calls, then rounds until ``budget`` seconds.
+    """Time ``case`` on its backend: warm-up, then rounds until ``budget`` seconds.
 
-    The GPU is synchronised before the clock starts and before it stops, so queued kernels are
-    counted in the call that queued them.
+    Each round runs ``setup()`` untimed and synchronises the device, then times one call: on the
+    host clock up to a synchronisation after the call (so queued kernels are charged to the call
+    that queued them), or with CUDA events when :func:`prepare_timing` chose them.
     """
     with backend.use_backend(case.backend):
         sync = case.sync or backend.synchronize
         setup, run = case.build()
-        first = calibrate(setup, run, sync)
-        for _ in range(max(0, warmup - 1)):
-            state = setup()
-            run(state)
-        rounds = plan_rounds(first, budget=budget, max_rounds=max_rounds)
+        plan = prepare_timing(setup, run, sync, budget=budget, warmup=warmup,
+                              max_rounds=max_rounds)
         times = []
-        for _ in range(rounds):
+        for _ in range(plan.rounds):
             state = setup()
             sync()
+            if plan.events is not None:
+                times.append(plan.events.time(run, state))
+                continue
             t0 = time.perf_counter()
             run(state)
             sync()
             times.append(time.perf_counter() - t0)
     return Timing(statistics.median(times), min(times), statistics.fmean(times),
-                  statistics.stdev(times) if len(times) > 1 else 0.0, len(times))
+                  statistics.stdev(times) if len(times) > 1 else 0.0, len(times), plan.timer,
+                  len(plan.warmup_times), plan.warmup_times[0], plan.warmup_times[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +647,9 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
     * numpy: :mod:`tracemalloc` (NumPy reports its data buffers to it). Tracing starts before
       the data is made; the peak is taken over ``steps`` steps after a warm-up step
       (``tracemalloc.reset_peak``) and counts everything beyond the input batch.
-    * cupy / torch CUDA: the allocator's statistics (:func:`nnxp.backend.device_memory`).
+    * cupy / torch CUDA: the high-water mark of bytes in use, one definition on both
+      (:class:`nnxp.backend.MemoryHighWater`: torch's ``max_memory_allocated``; the cupy
+      pool's ``used_bytes()`` watched by a memory hook), reset after the warm-up step.
     * torch CPU and other backends have no allocation counter: ``peak_bytes`` is None.
 
     Returns the live set's parts (bytes), ``live_bytes``, ``peak_bytes``, ``ratio`` (peak/live)
@@ -571,30 +659,20 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
     cfg = MODELS[name]
     if via not in ("step", "fit", "fit-lean"):
         raise ValueError(f"via must be 'step', 'fit' or 'fit-lean', got {via!r}")
-    with backend.use_backend(spec) as info:
+    with backend.use_backend(spec) as info, backend.memory_high_water() as gpu_mem:
         xp, dev = info.xp, info.device
-        method = "tracemalloc" if info.name == "numpy" else None
-        stats = backend.device_memory(reset_peak=True)
-        if stats is not None:
-            method = "cupy memory pool" if info.name == "cupy" else "torch.cuda allocator"
-        started_here = False
-        if method == "tracemalloc" and not tracemalloc.is_tracing():
-            tracemalloc.start()
-            started_here = True
+        counter = _MemoryCounter(info.name, gpu_mem)
         try:
-            base = _current_bytes(method)
+            base = counter.current()
             x, y = model_inputs(name, xp, dev)
             if via != "step":
                 X_all, y_all = model_inputs(name, xp, dev, steps * cfg["batch"])
-            base_data = _current_bytes(method)
+            base_data = counter.current()
             model, opt = build_mlp(cfg["widths"]), make_optimizer(opt_name)
             opt.bind(model.parameters())
             parts = live_set(model, opt, x, y)  # includes the warm-up step
             backend.synchronize()
-            if method == "tracemalloc":
-                tracemalloc.reset_peak()
-            elif method is not None:
-                backend.device_memory(reset_peak=True)
+            counter.reset()
             if via != "step":
                 model.fit(X_all, y_all, optimizer=opt, epochs=1, batch_size=cfg["batch"],
                           verbose=0, keep_finite_weights=via == "fit")
@@ -602,31 +680,53 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
                 for _ in range(steps):
                     train_step(model, opt, x, y)
             backend.synchronize()
-            peak = _peak_bytes(method)
+            peak = counter.peak()
         finally:
-            if started_here:
-                tracemalloc.stop()
+            counter.close()
     live = sum(parts.values())
     peak_bytes = None if peak is None or base_data is None else peak - base_data
-    return {"model": name, "optimizer": opt_name, "backend": spec, "method": method or "none",
+    return {"model": name, "optimizer": opt_name, "backend": spec, "method": counter.method,
             "via": via,
             **parts, "live_bytes": live, "peak_bytes": peak_bytes,
             "data_bytes": None if base is None or base_data is None else base_data - base,
             "ratio": None if peak_bytes is None else peak_bytes / live}
 
 
-def _current_bytes(method: str | None) -> int | None:
-    if method == "tracemalloc":
-        return tracemalloc.get_traced_memory()[0]
-    stats = backend.device_memory() if method else None
-    return None if stats is None else stats["current"]
+class _MemoryCounter:
+    """Bytes in use and their peak: tracemalloc on numpy, the GPU high-water mark on cupy and
+    torch CUDA, nothing elsewhere (every reading is then None)."""
 
+    def __init__(self, backend_name: str, gpu: backend.MemoryHighWater | None) -> None:
+        self.gpu = gpu
+        self.tracing = gpu is None and backend_name == "numpy"
+        self.started_here = self.tracing and not tracemalloc.is_tracing()
+        if self.started_here:
+            tracemalloc.start()
+        if gpu is not None:
+            self.method = ("cupy memory pool, used-bytes high-water mark" if gpu.library == "cupy"
+                           else "torch.cuda max_memory_allocated")
+        else:
+            self.method = "tracemalloc" if self.tracing else "none"
 
-def _peak_bytes(method: str | None) -> int | None:
-    if method == "tracemalloc":
-        return tracemalloc.get_traced_memory()[1]
-    stats = backend.device_memory() if method else None
-    return None if stats is None else stats["peak"]
+    def current(self) -> int | None:
+        if self.gpu is not None:
+            return self.gpu.current()
+        return tracemalloc.get_traced_memory()[0] if self.tracing else None
+
+    def peak(self) -> int | None:
+        if self.gpu is not None:
+            return self.gpu.peak()
+        return tracemalloc.get_traced_memory()[1] if self.tracing else None
+
+    def reset(self) -> None:
+        if self.gpu is not None:
+            self.gpu.reset()
+        elif self.tracing:
+            tracemalloc.reset_peak()
+
+    def close(self) -> None:
+        if self.started_here:
+            tracemalloc.stop()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -773,7 +873,8 @@ def run_args(args: argparse.Namespace) -> int:
     for case in cases:
         t = time_case(case, budget=budget, warmup=1 if args.quick else 2)
         rows.append({**case.extra_info(), "median": t.median, "min": t.min, "mean": t.mean,
-                     "stddev": t.stddev, "rounds": t.rounds})
+                     "stddev": t.stddev, "rounds": t.rounds, "timer": t.timer,
+                     "warmup_calls": t.warmup_calls, "first_call": t.first_call})
     memory = []
     mem_model = "big" if models is None or "big" in models else models[0]
     if not args.no_memory:

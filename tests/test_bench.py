@@ -223,3 +223,272 @@ def test_report_ratios_and_gpu_speedup(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     assert report.main([str(path), "--no-chart"]) == 0
     assert (tmp_path / "r.md").read_text() == text
+
+
+# --- GPU timing, peak memory and the GPU check (fakes where a GPU would be needed) -----------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _FakeClock:
+    """Stands in for the time module: advances only when a fake call runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_warm_up_never_plans_from_the_cold_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    durations = iter([1.0, 0.5, 0.25, 0.125, 0.125, 0.125])
+
+    def run(_: Any) -> None:
+        clock.now += next(durations)
+
+    cpu = bench.warm_up(lambda: None, run, lambda: None, warmup=1, budget=10.0)
+    assert cpu == [1.0, 0.5]  # at least two calls; the second (warm) one plans
+    durations = iter([1.0, 0.5, 0.25, 0.125, 0.125, 0.125])
+    gpu = bench.warm_up(lambda: None, run, lambda: None, warmup=1, gpu=True, budget=10.0)
+    assert gpu == [1.0, 0.5, 0.25, 0.125, 0.125]  # on a GPU: until calls stop getting faster
+    durations = iter([1.0] + [0.5 ** k for k in range(1, 20)])
+    capped = bench.warm_up(lambda: None, run, lambda: None, gpu=True, budget=100.0)
+    assert len(capped) == bench.GPU_WARMUP_MAX_CALLS
+
+
+class _FakeEvents:
+    """An EventTimer look-alike: runs the call, reports a fixed device time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def time(self, fn: Any, *args: Any) -> float:
+        fn(*args)
+        self.calls += 1
+        return self.seconds
+
+
+def test_short_gpu_calls_are_timed_with_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _FakeEvents(7e-6)
+    monkeypatch.setattr(bench.backend, "event_timer", lambda: events)
+    case = bench.kernel_cases("numpy", 4, 8)[0]  # microseconds: far below EVENTS_BELOW
+    timing = bench.time_case(case, budget=0.01)
+    assert timing.timer == "cuda-events" and timing.median == timing.min == 7e-6
+    assert events.calls == timing.rounds >= 3 and timing.warmup_calls >= 2
+    monkeypatch.setattr(bench, "EVENTS_BELOW", 0.0)  # every call is now "long"
+    timing = bench.time_case(case, budget=0.01)
+    assert timing.timer == "host" and timing.median != 7e-6
+    monkeypatch.setattr(bench.backend, "event_timer", lambda: None)  # a CPU backend
+    monkeypatch.setattr(bench, "EVENTS_BELOW", 1.0)
+    assert bench.time_case(case, budget=0.01).timer == "host"
+
+
+def test_pytest_benchmark_reports_the_event_time(benchmark: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    conftest = _load("nnxp_bench_conftest", ROOT / "benchmarks" / "conftest.py")
+    monkeypatch.setattr(bench.backend, "event_timer", lambda: _FakeEvents(3e-6))
+    case = bench.kernel_cases("numpy", 4, 8)[0]
+    conftest.run_case(benchmark, case, budget=0.005)
+    assert benchmark.extra_info["timer"] == "cuda-events"
+    assert benchmark.stats.stats.median == pytest.approx(3e-6)
+    assert benchmark.stats.stats.max == pytest.approx(3e-6)
+
+
+class _Recorder:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def record(self, stream: Any = None) -> None:
+        self.log.append(f"record {self.name}")
+
+    def synchronize(self) -> None:
+        self.log.append(f"sync {self.name}")
+
+
+def _fake_cupy(log: list[str], used: list[int]) -> Any:
+    import types
+
+    hooks: dict[str, Any] = {}
+
+    class MemoryHook:
+        name = "MemoryHook"
+
+        def __enter__(self) -> Any:
+            hooks[self.name] = self
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            del hooks[self.name]
+
+    class Pool:
+        def used_bytes(self) -> int:
+            return used[0]
+
+        def total_bytes(self) -> int:
+            return 10 ** 9  # cached blocks: must not be reported
+
+    names = iter(["start", "end"])
+    cuda = types.SimpleNamespace(Event=lambda: _Recorder(log, next(names)),
+                                 get_elapsed_time=lambda a, b: 2.5, MemoryHook=MemoryHook)
+    return types.SimpleNamespace(cuda=cuda, get_default_memory_pool=Pool, hooks=hooks)
+
+
+def test_event_timer_and_high_water_mark_on_a_fake_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[str] = []
+    used = [1000]
+    cupy = _fake_cupy(log, used)
+    monkeypatch.setitem(__import__("sys").modules, "cupy", cupy)
+    monkeypatch.setattr(nnxp.backend, "_current", nnxp.backend.BackendInfo("cupy", None, None))
+    assert nnxp.backend.gpu_library() == "cupy"
+    seconds = nnxp.backend.event_timer().time(lambda: log.append("call"))  # type: ignore[union-attr]
+    assert seconds == 2.5e-3
+    assert log == ["record start", "call", "record end", "sync end"]
+    with nnxp.backend.memory_high_water() as mem:
+        assert mem is not None and mem.peak() == 1000
+        (hook,) = cupy.hooks.values()
+        for now in (5000, 3000, 8000, 2000):  # allocations come and go
+            used[0] = now
+            hook.malloc_postprocess(device_id=0, size=1, mem_size=512, mem_ptr=1, pmem_id=1)
+        used[0] = 9000
+        hook.malloc_postprocess(device_id=0, size=1, mem_size=512, mem_ptr=0, pmem_id=0)
+        used[0] = 2000
+        assert mem.peak() == 8000 and mem.current() == 2000  # a failed malloc is not counted
+        mem.reset()
+        assert mem.peak() == 2000
+    assert cupy.hooks == {}  # the hook is removed on exit
+
+
+def test_event_timer_and_high_water_mark_on_a_fake_torch_cuda(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    log: list[str] = []
+    names = iter(["start", "end"])
+
+    class Event(_Recorder):
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            super().__init__(log, next(names))
+
+        def elapsed_time(self, other: Any) -> float:
+            return 4.0
+
+    stats = {"peak": 0}
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda dev=None: "stream")
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda dev=None: stats.update(peak=0))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 100)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev=None: stats["peak"])
+    monkeypatch.setattr(nnxp.backend, "_current",
+                        nnxp.backend.BackendInfo("torch", None, torch.device("cuda")))
+    timer = nnxp.backend.event_timer()
+    assert timer is not None and timer.time(lambda: log.append("call")) == 4e-3
+    assert log == ["record start", "call", "record end", "sync end"]
+    stats["peak"] = 777
+    with nnxp.backend.memory_high_water() as mem:
+        assert mem is not None and mem.peak() == 0  # reset on start
+        stats["peak"] = 4096
+        assert mem.peak() == 4096 and mem.current() == 100
+
+
+def test_no_gpu_helpers_on_a_cpu_backend() -> None:
+    with nnxp.use_backend("numpy"):
+        assert nnxp.backend.gpu_library() is None and nnxp.backend.event_timer() is None
+        with nnxp.backend.memory_high_water() as mem:
+            assert mem is None
+        with pytest.raises(nnxp.backend.BackendError, match="CUDA events need a GPU"):
+            nnxp.backend.EventTimer()
+
+
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_dry_run_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(GPU_CHECK), "--quick", "--no-install",
+                           "--dry-run", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (json_path,) = tmp_path.glob("gpu-*-cpu-dryrun.json")
+    res = json.loads(json_path.read_text())
+    assert res["dry_run"] and res["specs"] == ["torch:cpu"]
+    assert {n: p["status"] for n, p in res["parts"].items()} == dict.fromkeys(
+        ["environment", "smoke", "syncs", "bench", "tests"], "ok")
+    assert res["parts"]["smoke"]["rows"][0]["loss_max_rel_diff"] <= 1e-3
+    syncs = res["parts"]["syncs"]["rows"]
+    assert {r["optimizer"] for r in syncs} == {"sgd", "adam"}
+    assert all(r["fit_epoch_syncs"] > 0 for r in syncs)  # fit reads its logs: it is counted
+    impls = {r["impl"] for r in res["parts"]["bench"]["rows"]}
+    assert impls == {"nnxp", "matmul-bound", "torch", "torch-fused"}
+    assert res["parts"]["tests"]["counts"]["passed"] > 0
+    text = json_path.with_suffix(".md").read_text()
+    assert "| smoke | ok |" in text and "nnxp/torch" in text
+
+
+def test_gpu_check_budget_and_failures_still_write_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
+
+    def broken(check: Any, cap: float) -> dict[str, Any]:
+        raise RuntimeError("part exploded")
+
+    monkeypatch.setattr(gpu_check, "part_smoke", broken)
+    status = gpu_check.main(["--dry-run", "--no-install", "--out", str(tmp_path),
+                             "--skip", "syncs,bench,tests"])
+    assert status == 1  # a failed part fails the run ...
+    res = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert res["parts"]["smoke"]["status"] == "failed"
+    assert "part exploded" in res["parts"]["smoke"]["note"]
+    assert res["parts"]["environment"]["status"] == "ok"  # ... but keeps the other parts
+    assert res["parts"]["tests"] == {"status": "skipped", "note": "--skip"}
+    out2 = tmp_path / "budget"
+    assert gpu_check.main(["--dry-run", "--no-install", "--out", str(out2),
+                           "--budget", "0.5"]) == 0
+    res = json.loads(next(out2.glob("*.json")).read_text())
+    assert res["parts"]["bench"]["status"] == "skipped"
+    assert "time budget" in res["parts"]["bench"]["note"]
+    assert "| bench | skipped |" in next(out2.glob("*.md")).read_text()
+
+
+def test_gpu_check_ratios_by_hand() -> None:
+    gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
+    key = "mlp-big.step[big/adam]"
+    rows = [{"key": key, "impl": "nnxp", "backend": "cupy", "median": 0.004},
+            {"key": key, "impl": "matmul-bound", "backend": "cupy", "median": 0.003},
+            {"key": key, "impl": "torch", "backend": "torch:cuda", "median": 0.005},
+            {"key": key, "impl": "torch-fused", "backend": "torch:cuda", "median": 0.002},
+            {"key": key, "impl": "nnxp", "backend": "torch:cuda", "error": "boom"}]
+    (row,) = gpu_check.ratios(rows)
+    assert row["backend"] == "cupy" and row["nnxp_ms"] == pytest.approx(4.0)
+    assert row["nnxp/torch"] == pytest.approx(0.8)
+    assert row["nnxp/torch-fused"] == pytest.approx(2.0)
+    assert row["bound/nnxp"] == pytest.approx(0.75)
+
+
+def test_gpu_check_counts_host_reads_where_they_happen() -> None:
+    torch = pytest.importorskip("torch")
+    gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
+    counter = gpu_check.sync_counter("torch:cpu")
+    with nnxp.use_backend("torch:cpu"):
+        x = nnxp.asarray([1.0, 2.0])
+        with counter.active():
+            nnxp.backend.to_numpy(x)
+            float(torch.ones(()))
+        float(torch.ones(()))  # outside: not counted
+    assert counter.count == 2
+    assert any("backend.py" in site for site in counter.sites)
+    assert type(gpu_check.sync_counter("torch:cuda")).__name__ == "TorchSyncDebug"
+    assert type(gpu_check.sync_counter("cupy")).__name__ == "CupySyncDetect"
