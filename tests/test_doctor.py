@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import importlib.machinery
 import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,8 @@ from nnxp.backend import (
     Probe,
 )
 from nnxp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- sorting errors into causes -------------------------------------------------------------------
 
@@ -331,3 +336,47 @@ def test_a_cupy_that_is_installed_but_cannot_be_imported(monkeypatch) -> None:
                        match=r"'cupy' package is installed but cannot be imported: missing CUDA "
                              r"library libcudart.so.12"):
         nnxp.set_backend("cupy")
+
+
+# --- a GPU test run without a working GPU fails before it starts (tests/conftest.py) ----------
+
+
+def test_the_suite_refuses_requested_backends_that_do_not_work() -> None:
+    from conftest import requested_but_unavailable
+
+    probes = (GPU_ROWS[MISSING_LIBRARY], Probe("numpy", "cpu", WORKS, "", ()),
+              Probe("torch:cpu", "cpu", WORKS, "", ()),
+              Probe("torch:cuda", "", NO_DRIVER, "no NVIDIA driver (libcuda.so.1: ...)", ()))
+    assert requested_but_unavailable(["numpy", "torch"], probes) is None
+    error = requested_but_unavailable(["cupy", "torch:cuda", "numpy"], probes)
+    assert error is not None
+    lines = error.splitlines()
+    assert lines[0].startswith("NNXP_TEST_BACKENDS=cupy,torch:cuda,numpy asks for backends "
+                               "that do not work here")
+    assert lines[1:3] == [f"  cupy: {MISSING_LIBRARY}: {GPU_ROWS[MISSING_LIBRARY].detail}",
+                          "  torch:cuda: no driver: no NVIDIA driver (libcuda.so.1: ...)"]
+    assert "nnxp doctor" in lines[3]
+    assert "unknown backend 'gpu'" in str(requested_but_unavailable(["gpu"], probes))
+
+
+def _pytest_with(backends: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NNXP_TEST_BACKENDS": backends}
+    env.pop("NNXP_BACKEND", None)
+    test = "tests/test_doctor.py::test_errors_are_sorted_by_cause"
+    return subprocess.run([sys.executable, "-m", "pytest", test, "-p", "no:cacheprovider", "-q"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_a_gpu_run_without_the_gpu_backends_is_a_usage_error_not_a_green_run() -> None:
+    probes = backend.diagnose().probes
+    gpu = "cupy,torch:cuda"
+    if not backend.unmet_requirements(gpu.split(","), probes):  # a machine where both work
+        gpu = "cupy:99,torch:cuda"
+    run = _pytest_with(gpu)
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
+    assert f"NNXP_TEST_BACKENDS={gpu} asks for backends that do not work here" in run.stderr
+    for name, why in backend.unmet_requirements(gpu.split(","), probes):
+        assert f"  {name}: {why}" in run.stderr
+    assert "passed" not in run.stdout and "skipped" not in run.stdout
+    ok = _pytest_with("numpy")  # a backend that works: the run goes ahead
+    assert ok.returncode == 0 and "[100%]" in ok.stdout, ok.stdout + ok.stderr
