@@ -21,7 +21,6 @@ import nnxp
 from nnxp import backend
 
 ALL_BACKENDS = ("numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda", "cupy")
-CPU_BACKENDS = ("numpy", "array_api_strict:device1", "torch:cpu")
 
 
 def requested_backends() -> list[str]:
@@ -99,12 +98,6 @@ def _backend_fixture(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture(params=_selected(ALL_BACKENDS))
 def bk(request: pytest.FixtureRequest) -> Any:
     """Every available backend, active for the duration of the test."""
-    yield from _backend_fixture(request)
-
-
-@pytest.fixture(params=_selected(CPU_BACKENDS))
-def cpu_bk(request: pytest.FixtureRequest) -> Any:
-    """The CPU backends (end-to-end training tests, which would be slow to repeat on GPUs)."""
     yield from _backend_fixture(request)
 
 
