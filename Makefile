@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 # index); otherwise the torch tests skip rather than pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test docs lint typecheck pytest bench gpu-check clean
+.PHONY: demo test docs lint typecheck pytest bench gpu-check gpu-install gpu-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,41 @@ pytest: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# NVIDIA GPU set-up (docs/backends.md), never part of demo or test: installs CuPy with its CUDA
+# libraries (the nnxp[cuda12] or nnxp[cuda13] extra; GPU= picks one, by default the one matching
+# the CUDA version nvidia-smi reports) and checks it with nnxp doctor. TORCH_INDEX=<a PyTorch
+# wheel index URL, e.g. https://download.pytorch.org/whl/cu128> also installs a CUDA build of
+# torch. gpu-test runs the suite on GPU_BACKENDS only, and fails if one of them does not work.
+GPU          ?=
+TORCH_INDEX  ?=
+GPU_BACKENDS ?= cupy,torch:cuda
+
+gpu-install: $(VENV)/.test-installed
+	@gpu='$(GPU)'; \
+	if [ -z "$$gpu" ]; then \
+	  command -v nvidia-smi >/dev/null 2>&1 || { echo "gpu-install: nvidia-smi not found:" \
+	    "install the NVIDIA driver first (docs/backends.md), or set GPU=cuda12|cuda13" >&2; exit 1; }; \
+	  major=$$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1); \
+	  case "$$major" in \
+	    ''|*[!0-9]*) echo "gpu-install: nvidia-smi shows no CUDA version; set GPU=cuda12|cuda13" >&2; exit 1;; \
+	  esac; \
+	  if [ "$$major" -ge 13 ]; then gpu=cuda13; elif [ "$$major" -eq 12 ]; then gpu=cuda12; else \
+	    echo "gpu-install: the driver supports CUDA $$major; nnxp[cuda12] needs a driver for" \
+	      "CUDA 12 or newer: update the driver" >&2; exit 1; fi; \
+	  echo "gpu-install: the driver supports CUDA $$major: GPU=$$gpu"; \
+	fi; \
+	case "$$gpu" in cuda12|cuda13) ;; \
+	  *) echo "gpu-install: GPU=$$gpu is not an extra; use GPU=cuda12 or GPU=cuda13" >&2; exit 2;; \
+	esac; \
+	echo "$(BIN)/python -m pip install -e '.[test,demo,plot,$$gpu]'"; \
+	$(BIN)/python -m pip install -q -e ".[test,demo,plot,$$gpu]"
+	if [ -n '$(TORCH_INDEX)' ]; then \
+	  $(BIN)/python -m pip install -q torch --index-url '$(TORCH_INDEX)'; fi
+	$(BIN)/nnxp doctor --require cupy
+
+gpu-test: gpu-install
+	NNXP_TEST_BACKENDS=$(GPU_BACKENDS) $(BIN)/python -m pytest
 
 $(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[docs]'

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
+import re
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import array_api_compat
@@ -60,10 +62,23 @@ def _import(module: str, backend: str) -> types.ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on what is installed
+        top = module.split(".")[0]
+        if _installed(top) and f"No module named '{top}'" not in str(exc):
+            # installed, but its import failed (a CUDA library it links against is missing)
+            raise BackendError(_cuda_failure_sentence(
+                f"backend {backend!r}: the {top!r} package is installed but "
+                "cannot be imported", exc)) from None
         raise BackendError(
             f"backend {backend!r} needs the {module.split('.')[0]!r} package, which is not "
             f"installed ({exc}). Install {_EXTRAS[backend]}."
         ) from exc
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken or half-removed package
+        return False
 
 
 def _namespace_for(name: str) -> Any:
@@ -87,9 +102,8 @@ def _check_cupy_device(device: Any) -> Any:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing, no GPU, incompatible driver, ...
         raise BackendError(
-            "backend 'cupy' is installed but no usable NVIDIA GPU was found "
-            f"({type(exc).__name__}: {exc}). Use set_backend('numpy') on this machine, or "
-            "check the driver with nvidia-smi."
+            _cuda_failure_sentence("backend 'cupy' is installed but cannot use a GPU", exc)
+            + " `nnxp doctor` checks every backend; set_backend('numpy') works everywhere."
         ) from None
     if count == 0:
         raise BackendError("backend 'cupy' is installed but CUDA reports 0 GPUs")
@@ -117,10 +131,16 @@ def _resolve_device(name: str, xp: Any, device: Any) -> Any:
 
         dev = torch.device("cpu" if device is None else device)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackendError(
-                f"device={device!r} asked for CUDA, but this torch build sees no usable GPU "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})"
-            )
+            what = f"device={device!r} asked for CUDA, but torch {torch.__version__} cannot use it"
+            if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+                raise BackendError(f"{what}: it is a CPU-only build. Install a CUDA build of "
+                                   "torch (docs/backends.md); `nnxp doctor` checks every backend.")
+            try:
+                torch.cuda.init()  # raises with the cause where is_available() says False
+                cause: BaseException = RuntimeError("torch.cuda.device_count() is 0")
+            except Exception as exc:  # noqa: BLE001 - explained below
+                cause = exc
+            raise BackendError(_cuda_failure_sentence(what, cause)) from None
         return dev
     if name == "array_api_strict":
         if device is None:
@@ -715,3 +735,326 @@ def memory_high_water() -> Iterator[MemoryHighWater | None]:
         yield watcher
     finally:
         watcher.stop()
+
+
+# ==============================================================================================
+# Diagnosis: what works here, and why not (`nnxp doctor`, the test suite's backend check)
+# ==============================================================================================
+#
+# Everything in this section imports cupy and torch inside functions, catches every failure and
+# returns records; `nnxp.cli` formats them. `explain_cuda_failure` is also what the GPU errors
+# above use, so `set_backend` and `nnxp doctor` name the same cause.
+
+WORKS = "works"
+NOT_INSTALLED = "not installed"
+NO_DRIVER = "no driver"
+NO_DEVICE = "no device"
+MISSING_LIBRARY = "missing CUDA library"
+FAILED = "failed"
+PROBE_STATUSES: tuple[str, ...] = (WORKS, NOT_INSTALLED, NO_DRIVER, NO_DEVICE, MISSING_LIBRARY,
+                                   FAILED)
+"""What a probe can find, from best to worst: the words `nnxp doctor` prints."""
+
+_HINTS = {
+    NO_DRIVER: "install or update the NVIDIA driver (nvidia-smi must list the GPU)",
+    NO_DEVICE: "check that nvidia-smi lists the GPU and that CUDA_VISIBLE_DEVICES does not "
+    "hide it",
+    MISSING_LIBRARY: "install the CUDA libraries with pip install 'nnxp[cuda12]' (or "
+    "'nnxp[cuda13]' for a CUDA 13 driver); see docs/backends.md",
+}
+
+# Shared libraries of the CUDA toolkit (and cuDNN, NCCL) as the loaders name them:
+# libcublas.so.12, libnvrtc.so.13, libcudnn_graph.so.9, cublas64_12.dll, nvrtc64_120_0.dll.
+_CUDA_LIBRARY = re.compile(
+    r"\b((?:lib)?(?:cuda|nvcuda|cudart|cublas(?:Lt)?|cufft|curand|cusolver|cusparse|nvrtc"
+    r"(?:-builtins)?|nvJitLink|nvjitlink|cudnn[a-z_]*|nccl|cutensor|cupti|nvToolsExt|nvidia-ml|"
+    r"cufile)(?:\.so(?:\.\d+)*|\.dylib|(?:64_\d+)?(?:_\d+)*\.dll))",
+)
+_DRIVER_LIBRARIES = ("libcuda.", "cuda.dll", "nvcuda.dll", "libnvidia-ml.", "nvidia-ml.dll")
+_NO_DRIVER = re.compile(
+    r"no nvidia driver|nvidia driver on your system is too old|driver version is insufficient|"
+    r"insufficientdriver|insufficient_driver|cudaErrorDriver|CUDA_ERROR_NOT_FOUND|"
+    r"cuda driver initialization failed", re.IGNORECASE)
+_NO_DEVICE = re.compile(
+    r"cudaErrorNoDevice|CUDA_ERROR_NO_DEVICE|no CUDA-capable device|no CUDA GPUs are available|"
+    r"reports 0 GPUs|sees no GPU", re.IGNORECASE)
+# NVRTC compiling a CuPy kernel without the toolkit's headers (the cudart wheel ships them):
+# 'catastrophic error: cannot open source file "cuda_fp16.h"'
+_CUDA_HEADER = re.compile(r"cannot open source file \W*([\w./-]+\.h)\b")
+
+
+class CudaFailure(NamedTuple):
+    """What went wrong, in the terms of `PROBE_STATUSES`: the kind, the library, the message."""
+
+    kind: str
+    library: str  # the shared library that could not be loaded ("libcublas.so.12"), or ""
+    message: str  # the error as one line: "OSError: libcublas.so.12: cannot open ..."
+
+
+def _one_line(error: BaseException | str, limit: int = 400) -> str:
+    if isinstance(error, str):
+        text = error
+    else:
+        parts: list[str] = []
+        current: BaseException | None = error
+        while current is not None and len(parts) < 4:  # the error and what it was raised from
+            parts.append(f"{type(current).__name__}: {current}")
+            current = current.__cause__ or current.__context__
+        text = " <- ".join(parts)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def explain_cuda_failure(error: BaseException | str) -> CudaFailure:
+    """Sort an error from cupy, torch or the CUDA loader into no driver / no device / missing
+    library / failed, reading its text (the libraries raise ImportError, OSError, RuntimeError or
+    their own CUDARuntimeError, and name the file the loader could not open).
+
+    A missing ``libcuda`` (the driver's own library) means no driver; any other CUDA library
+    (``libcublas.so.12``, ``libnvrtc.so.13``, ``libcudnn.so.9``) means the toolkit's libraries are
+    not installed where the library looks for them.
+    """
+    message = _one_line(error)
+    for match in _CUDA_LIBRARY.finditer(message):
+        library = match.group(1)
+        if library.lower().startswith(_DRIVER_LIBRARIES) or library.lower() == "libcuda.so":
+            return CudaFailure(NO_DRIVER, library, message)
+        return CudaFailure(MISSING_LIBRARY, library, message)
+    header = _CUDA_HEADER.search(message)
+    if header:
+        return CudaFailure(MISSING_LIBRARY, header.group(1), message)
+    if _NO_DRIVER.search(message):
+        return CudaFailure(NO_DRIVER, "", message)
+    if _NO_DEVICE.search(message):
+        return CudaFailure(NO_DEVICE, "", message)
+    return CudaFailure(FAILED, "", message)
+
+
+def _cuda_failure_sentence(what: str, error: BaseException) -> str:
+    """"<what>: no driver (<error>). <what to do>." for the BackendErrors above."""
+    failure = explain_cuda_failure(error)
+    library = f" {failure.library}" if failure.kind == MISSING_LIBRARY and failure.library else ""
+    hint = _HINTS.get(failure.kind, "check the driver with nvidia-smi, and run `nnxp doctor`")
+    return f"{what}: {failure.kind}{library} ({failure.message}). To fix: {hint}."
+
+
+class Probe(NamedTuple):
+    """One backend on one device, as :func:`diagnose` found it."""
+
+    spec: str  # for set_backend: "numpy", "torch:cuda:0", "cupy:1"; "cupy" when no GPU is known
+    device: str  # what the device is ("cpu", "NVIDIA H200"), "" when there is none
+    status: str  # one of PROBE_STATUSES
+    detail: str  # why it does not work (and what to do), "" when it works
+    versions: tuple[tuple[str, str], ...]  # ("torch", "2.13.0"), ("CUDA", "12.8"), ...
+
+    @property
+    def works(self) -> bool:
+        return self.status == WORKS
+
+
+class Diagnosis(NamedTuple):
+    """What `nnxp doctor` prints: the NVIDIA driver as one line, then one probe per backend."""
+
+    driver: str
+    probes: tuple[Probe, ...]
+
+
+def _version(module: Any) -> str:
+    return str(getattr(module, "__version__", "?"))
+
+
+def _cuda_version(code: int) -> str:
+    return f"{code // 1000}.{code % 1000 // 10}"  # 12040 -> "12.4"
+
+
+def _nvidia_driver() -> tuple[str | None, str]:
+    """(the driver's CUDA version, None) when ``libcuda`` loads, else (None, why not).
+
+    Asked through ctypes, so the answer does not depend on cupy or torch being installed.
+    """
+    import ctypes  # noqa: PLC0415 - only the doctor needs it
+
+    names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
+    errors = []
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return None, f"{name} loads but cuDriverGetVersion failed"
+        return _cuda_version(version.value), name
+    return None, errors[0] if errors else "no libcuda on this system"
+
+
+def _matmul_check(spec: str) -> None:
+    """Raise unless a small float32 matmul on ``spec`` agrees with NumPy's float64 one."""
+    info = _make(spec)
+    a = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    b = np.linspace(0.75, -0.5, 20).reshape(4, 5)
+    xa = asarray(a, "float32", xp=info.xp, device=info.device)
+    xb = asarray(b, "float32", xp=info.xp, device=info.device)
+    got = to_numpy(info.xp.matmul(xa, xb))
+    want = a @ b
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+        raise ArithmeticError(f"a 3x4 @ 4x5 float32 matmul on {spec} gave {got.tolist()}, "
+                              f"NumPy gives {want.tolist()}")
+
+
+def _probe(spec: str, device: str, versions: tuple[tuple[str, str], ...],
+           driver_problem: str | None) -> Probe:
+    try:
+        _matmul_check(spec)
+    except Exception as exc:  # noqa: BLE001 - every failure is a finding here
+        return _failed(spec, device, exc, versions, driver_problem)
+    return Probe(spec, device, WORKS, "", versions)
+
+
+def _failed(spec: str, device: str, error: BaseException, versions: tuple[tuple[str, str], ...],
+            driver_problem: str | None) -> Probe:
+    failure = explain_cuda_failure(error)
+    needs_driver = spec.startswith(("cupy", "torch:cuda"))
+    if failure.kind == FAILED and driver_problem is not None and needs_driver:
+        return Probe(spec, device, NO_DRIVER, f"{driver_problem} ({failure.message})", versions)
+    detail = failure.message if not failure.library else f"{failure.library} ({failure.message})"
+    hint = _HINTS.get(failure.kind)
+    return Probe(spec, device, failure.kind, detail + (f"; {hint}" if hint else ""), versions)
+
+
+def _probe_cpu_libraries() -> list[Probe]:
+    compat = ("array-api-compat", _version(array_api_compat))
+    probes = [_probe("numpy", "cpu", (("numpy", _version(np)), compat), None)]
+    if not _installed("array_api_strict"):
+        probes.append(Probe("array_api_strict", "", NOT_INSTALLED,
+                            f"install {_EXTRAS['array_api_strict']}", ()))
+    else:
+        strict = importlib.import_module("array_api_strict")
+        probes.append(_probe("array_api_strict", "CPU_DEVICE",
+                             (("array-api-strict", _version(strict)),), None))
+    return probes
+
+
+def _probe_torch(driver_problem: str | None) -> list[Probe]:
+    if not _installed("torch"):
+        detail = f"install {_EXTRAS['torch']}"
+        return [Probe("torch:cpu", "", NOT_INSTALLED, detail, ()),
+                Probe("torch:cuda", "", NOT_INSTALLED, detail, ())]
+    try:
+        import torch  # noqa: PLC0415 - imported lazily: only this module may name it
+    except Exception as exc:  # noqa: BLE001 - e.g. a CUDA build whose libraries are missing
+        return [_failed(spec, "", exc, (), driver_problem) for spec in ("torch:cpu", "torch:cuda")]
+    versions: tuple[tuple[str, str], ...] = (("torch", _version(torch)),)
+    probes = [_probe("torch:cpu", "cpu", versions, None)]
+    cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
+    if cuda is None and hip is None:
+        probes.append(Probe("torch:cuda", "", NOT_INSTALLED,
+                            f"torch {torch.__version__} is a CPU-only build; for the GPU install "
+                            "a CUDA build of torch (docs/backends.md)", versions))
+        return probes
+    versions += (("CUDA", str(cuda)),) if cuda is not None else (("HIP", str(hip)),)
+    try:
+        torch.cuda.init()  # raises with the reason where is_available() only says False
+        count = torch.cuda.device_count()
+    except Exception as exc:  # noqa: BLE001
+        return [*probes, _failed("torch:cuda", "", exc, versions, driver_problem)]
+    if count == 0:
+        return [*probes, Probe("torch:cuda", "", NO_DEVICE,
+                      f"CUDA reports 0 GPUs; {_HINTS[NO_DEVICE]}", versions)]
+    for index in range(count):
+        try:
+            name = torch.cuda.get_device_name(index)
+        except Exception as exc:  # noqa: BLE001
+            probes.append(_failed(f"torch:cuda:{index}", "", exc, versions, driver_problem))
+            continue
+        probes.append(_probe(f"torch:cuda:{index}", name, versions, driver_problem))
+    return probes
+
+
+def _probe_cupy(driver_version: str | None, driver_problem: str | None) -> list[Probe]:
+    if not _installed("cupy"):
+        extra = "cuda13" if driver_version and int(driver_version.split(".")[0]) >= 13 \
+            else "cuda12"
+        why = f"pip install 'nnxp[{extra}]'" + (
+            f" (the driver supports CUDA {driver_version})" if driver_version else
+            " on a machine with an NVIDIA driver for CUDA 12 ('nnxp[cuda13]' for CUDA 13)")
+        return [Probe("cupy", "", NOT_INSTALLED, why, ())]
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():  # CuPy warns when it cannot find a CUDA toolkit; the
+        warnings.simplefilter("ignore")  # probes below report what that breaks
+        try:
+            import cupy  # noqa: PLC0415 - imported lazily: only this module may name it
+        except Exception as exc:  # noqa: BLE001 - e.g. libcudart missing
+            return [_failed("cupy", "", exc, (), driver_problem)]
+        versions: tuple[tuple[str, str], ...] = (("cupy", _version(cupy)),)
+        try:
+            versions += (("CUDA runtime",
+                          _cuda_version(cupy.cuda.runtime.runtimeGetVersion())),)
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # noqa: BLE001
+            return [_failed("cupy", "", exc, versions, driver_problem)]
+        if count == 0:
+            return [Probe("cupy", "", NO_DEVICE,
+                      f"CUDA reports 0 GPUs; {_HINTS[NO_DEVICE]}", versions)]
+        probes = []
+        for index in range(count):
+            try:
+                name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+            except Exception as exc:  # noqa: BLE001
+                probes.append(_failed(f"cupy:{index}", "", exc, versions, driver_problem))
+                continue
+            probes.append(_probe(f"cupy:{index}", name, versions, driver_problem))
+        return probes
+
+
+def diagnose() -> Diagnosis:
+    """Probe every backend on every device: versions, and a small matmul checked against NumPy.
+
+    Never raises for a backend that does not work: each failure becomes a :class:`Probe` whose
+    ``status`` says which of not installed, no driver, no device, missing CUDA library or failed
+    it is, with the error and what to do in ``detail``.
+    """
+    driver_version, where = _nvidia_driver()
+    driver_problem = None if driver_version else f"no NVIDIA driver ({where})"
+    driver = (f"CUDA {driver_version} ({where})" if driver_version
+              else f"not found ({where})")
+    probes = [*_probe_cpu_libraries(), *_probe_torch(driver_problem),
+              *_probe_cupy(driver_version, driver_problem)]
+    return Diagnosis(driver, tuple(probes))
+
+
+def _matches(requirement: str, spec: str) -> bool:
+    """Whether the probe ``spec`` is (one of the devices of) the backend ``requirement``."""
+    if spec == requirement or spec.startswith(requirement + ":"):
+        return True
+    # array_api_strict's devices are all on the CPU: its one probe stands for any of them
+    return spec == "array_api_strict" and requirement.startswith("array_api_strict:")
+
+
+def unmet_requirements(required: Sequence[str], probes: Sequence[Probe]) -> list[tuple[str, str]]:
+    """``(name, why)`` for each backend in ``required`` that works on none of its devices.
+
+    A name is a backend (``"cupy"``, ``"torch"``), a backend and device kind (``"torch:cuda"``)
+    or one device (``"cupy:1"``, ``"torch:cuda:0"``); it is met when at least one probe it names
+    works. Raises ``ValueError`` for a name that is no backend.
+    """
+    unmet = []
+    for name in required:
+        library = name.split(":")[0].lower().replace("-", "_")
+        if library not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(BACKENDS)}, "
+                             "optionally with a device: torch:cuda, cupy:0, torch:cuda:1")
+        named = [p for p in probes if _matches(name, p.spec)]
+        if any(p.works for p in named):
+            continue
+        if not named:
+            known = ", ".join(p.spec for p in probes if p.spec.split(":")[0] == library)
+            unmet.append((name, f"no such device here (found: {known or 'none'})"))
+        else:
+            worst = named[0]
+            unmet.append((name, f"{worst.status}: {worst.detail}" if worst.detail
+                          else worst.status))
+    return unmet

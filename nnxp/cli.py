@@ -6,7 +6,9 @@
 * ``nnxp predict --model M --data FILE [--output out.csv]`` writes predictions as CSV;
 * ``nnxp evaluate --model M --data FILE [--target COLUMN]`` prints the loss and metrics;
 * ``nnxp info M`` prints the architecture, parameter count and memory estimate;
-* ``nnxp bench`` times kernels and training steps.
+* ``nnxp bench`` times kernels and training steps;
+* ``nnxp doctor [--require cupy,torch:cuda]`` says which backends and devices work here, and
+  why the others do not (exit status 1 when a required one does not work).
 
 Every problem with the command or the data (a missing file or column, non-numeric or NaN
 values, a feature count that does not match the model, an existing model file without
@@ -27,6 +29,7 @@ from typing import Any, NoReturn
 
 from . import backend, bench
 from . import io as nio
+from ._version import __version__
 from .backend import BACKENDS, BackendError
 from .layers import Dense, Standardize, get_activation
 from .model import Sequential, TrainingDivergedError
@@ -146,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(sub.add_parser(
         "bench", help="time kernels and training steps on the available backends"))
+
+    doctor_parser = sub.add_parser(
+        "doctor", help="which backends and devices work here, and why the others do not")
+    doctor_parser.add_argument(
+        "--require", default="", metavar="NAME,...",
+        help="backends that must work, e.g. cupy,torch:cuda (or cupy:1, torch:cuda:0); the exit "
+             "status is 1 when one does not")
+    doctor_parser.add_argument("--json", action="store_true",
+                               help="print the findings as JSON instead of a table")
     return parser
 
 
@@ -639,6 +651,47 @@ def info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# doctor
+# ----------------------------------------------------------------------------------------------
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Print what works here (backend.diagnose); 1 when a --require'd backend does not work."""
+    required = [name.strip() for name in args.require.split(",") if name.strip()]
+    found = backend.diagnose()
+    try:
+        unmet = backend.unmet_requirements(required, found.probes)
+    except ValueError as exc:
+        raise UsageError(f"--require: {exc}") from None
+    if args.json:
+        import json  # noqa: PLC0415 - only this subcommand writes JSON
+
+        print(json.dumps({
+            "nvidia_driver": found.driver,
+            "backends": [{"spec": p.spec, "device": p.device, "status": p.status,
+                          "detail": p.detail, "versions": dict(p.versions)}
+                         for p in found.probes],
+            "required": required, "unmet": dict(unmet)}, indent=2))
+        return 1 if unmet else 0
+    print(f"nnxp {__version__}, Python {sys.version.split()[0]} on {sys.platform}")
+    print(f"NVIDIA driver: {found.driver}")
+    rows = [(p.spec, p.device or "-", p.status,
+             ", ".join(f"{name} {version}" for name, version in p.versions) or "-")
+            for p in found.probes]
+    header = ("backend", "device", "status", "versions")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row, probe in zip([header, *rows], [None, *found.probes]):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        if probe is not None and probe.detail:
+            print(f"    {probe.detail}")
+    if required:
+        for name in required:
+            why = dict(unmet).get(name)
+            print(f"required {name}: " + ("works" if why is None else f"does not work: {why}"))
+    return 1 if unmet else 0
+
+
+# ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
@@ -647,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nnxp`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     commands = {"train": train, "predict": predict, "evaluate": evaluate, "info": info,
-                "bench": bench.run_args}
+                "bench": bench.run_args, "doctor": doctor}
     try:
         spec = getattr(args, "backend", None)  # the whole command runs on --backend
         with backend.use_backend(spec) if spec else contextlib.nullcontext():

@@ -196,8 +196,8 @@ def _param_checks(layers: list, loss_fn: Callable[[], float], prefix: Callable[[
 
 
 def _layer_checks(layer: Any, x: Any, rng: Generator) -> list[_Check]:
-    if not backend.is_array(x) and hasattr(layer, "xp"):  # a nested list: onto the layer's backend
-        x = to_backend(x, argument="x", xp=layer.xp, device=layer.device)
+    if hasattr(layer, "xp"):  # a nested list or another library's array: onto the layer's
+        x = to_backend(x, argument="x", xp=layer.xp, device=layer.device)  # backend, as models do
     x = _to64(x)
     out = layer.forward(x, training=True)
     dy, reduce = _scalarise(out, rng)

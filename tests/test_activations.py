@@ -582,11 +582,11 @@ def test_dense_activation_equals_dense_then_activation(bk, rng, name) -> None:
                                    bk.to_numpy(act.grads[key]), rtol=1e-14, atol=1e-15)
 
 
-def test_dense_activation_params_are_trained_and_saved(cpu_bk, rng) -> None:
+def test_dense_activation_params_are_trained_and_saved(bk, rng) -> None:
     layer = Dense(3, 4, activation="prelu", seed=0)
     assert set(layer.params) == {"W", "b", "activation.alpha"}
     assert layer.params["activation.alpha"].dtype == layer.params["W"].dtype
-    assert nnxp.gradcheck(layer, cpu_bk.asarray(rng.standard_normal((5, 3)), "float64"),
+    assert nnxp.gradcheck(layer, bk.asarray(rng.standard_normal((5, 3)), "float64"),
                           raise_on_failure=True).passed
     X = rng.standard_normal((40, 3))
     y = (X[:, 0] > 0).astype(np.int64)

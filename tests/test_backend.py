@@ -112,7 +112,8 @@ def test_cupy_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     fake = types.ModuleType("cupy")
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    with pytest.raises(nnxp.BackendError, match="no usable NVIDIA GPU"):
+    with pytest.raises(nnxp.BackendError,
+                       match=r"cannot use a GPU: no device \(RuntimeError: cudaErrorNoDevice"):
         backend._check_cupy_device(None)
 
 
@@ -122,7 +123,7 @@ def test_torch_cuda_without_gpu_is_a_clear_error() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(nnxp.BackendError, match="sees no usable GPU"):
+    with pytest.raises(nnxp.BackendError, match="asked for CUDA, but torch .* cannot use it"):
         nnxp.set_backend("torch", device="cuda")
 
 

@@ -44,7 +44,7 @@ def _clf() -> Sequential:
 
 
 @pytest.mark.parametrize("layers", [None, 3])
-def test_sequential_layers_not_a_list(cpu_bk, layers):
+def test_sequential_layers_not_a_list(bk, layers):
     with pytest.raises(TypeError, match=r"layers must be a list of layers, got"):
         Sequential(layers)
 
@@ -85,13 +85,13 @@ def test_fit_flags_refuse_truthy_non_bools(bk, option, value):
     (-1, ValueError, r"verbose must be >= 0, got -1"),
     (1.0, TypeError, r"verbose must be an int, got 1.0"),
 ])
-def test_fit_verbose(cpu_bk, value, error, match):
+def test_fit_verbose(bk, value, error, match):
     X, y = _data()
     with pytest.raises(error, match=match):
         _clf().fit(X, y, epochs=1, verbose=value)
 
 
-def test_fit_verbose_bool_still_accepted(cpu_bk):
+def test_fit_verbose_bool_still_accepted(bk):
     X, y = _data()
     assert len(_clf().fit(X, y, epochs=1, verbose=False)) == 1
 
@@ -127,12 +127,12 @@ def test_sequential_softmax_over_the_wrong_axis(bk, dim):
      r"schedule must be callable as schedule\(epoch\) or schedule\(epoch, lr\), got .*"
      r"which takes \(a, b, c\)"),
 ])
-def test_callback_options(cpu_bk, make, match):
+def test_callback_options(bk, make, match):
     with pytest.raises(TypeError, match=match):
         make()
 
 
-def test_learning_rate_scheduler_optional_extra_arguments_still_work(cpu_bk):
+def test_learning_rate_scheduler_optional_extra_arguments_still_work(bk):
     X, y = _data()
     seen = []
 
@@ -151,7 +151,7 @@ def test_fit_all_zero_sample_weight(bk):
         _clf().fit(X, y, epochs=1, verbose=0, sample_weight=np.zeros(8))
 
 
-def test_fit_float64_input_overflowing_float32_is_a_clear_error(cpu_bk):
+def test_fit_float64_input_overflowing_float32_is_a_clear_error(bk):
     X, y = _data()
     X64 = X.astype("float64")
     X64[0, 0] = 1e300  # finite in float64, inf in the model's float32
@@ -188,13 +188,13 @@ def test_layers_refuse_non_float_dtypes(bk, make, dtype):
     lambda: LayerNorm(4, elementwise_affine="no"),
     lambda: LayerNorm(4, bias=None),
 ])
-def test_layer_flags_refuse_non_bools(cpu_bk, make):
+def test_layer_flags_refuse_non_bools(bk, make):
     with pytest.raises(TypeError, match=r"must be True or False, got"):
         make()
 
 
 @pytest.mark.parametrize("key", ["l1", "l2"])
-def test_dense_infinite_penalty(cpu_bk, key):
+def test_dense_infinite_penalty(bk, key):
     with pytest.raises(ValueError, match=rf"{key} must be a finite number >= 0, got inf"):
         Dense(4, 3, **{key: float("inf")})
 
@@ -235,7 +235,7 @@ def test_dense_forward_dtype_mismatch_on_torch_is_explained():
             Dense(4, 3).forward(torch.ones((2, 4), dtype=torch.float64))
 
 
-def test_batchnorm_forward_list(cpu_bk):
+def test_batchnorm_forward_list(bk):
     with pytest.raises(TypeError, match=r"BatchNorm1d expects an array of shape \(batch, 4\), "
                                         r"got list"):
         BatchNorm1d(4).forward([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 5.0]])
@@ -299,10 +299,10 @@ def test_loss_call_valid_targets_still_computes(bk):
 @pytest.mark.parametrize("name", sorted(INITIALIZERS))
 @pytest.mark.parametrize(("shape", "error"), [((-1, 3), ValueError), (3, TypeError),
                                               ((2.0, 3), ValueError)])
-def test_initialisers_check_the_shape(cpu_bk, name, shape, error):
+def test_initialisers_check_the_shape(bk, name, shape, error):
     with pytest.raises(error, match=r"shape must be a tuple of non-negative ints"):
-        INITIALIZERS[name](shape, rng=Generator(0), dtype=cpu_bk.xp.float32, xp=cpu_bk.xp,
-                           device=cpu_bk.device)
+        INITIALIZERS[name](shape, rng=Generator(0), dtype=bk.xp.float32, xp=bk.xp,
+                           device=bk.device)
 
 
 # --- gradcheck --------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_initialisers_check_the_shape(cpu_bk, name, shape, error):
     ({"max_entries": 0}, ValueError, r"max_entries must be > 0, got 0"),
     ({"raise_on_failure": "yes"}, TypeError, r"raise_on_failure must be True or False"),
 ])
-def test_gradcheck_options(cpu_bk, kwargs, error, match):
+def test_gradcheck_options(bk, kwargs, error, match):
     x = np.ones((2, 4))
     with pytest.raises(error, match=match):
         nnxp.gradcheck(Dense(4, 3), x, **kwargs)
@@ -333,7 +333,7 @@ def test_gradcheck_model_checks_the_features(bk):
         nnxp.gradcheck(_clf(), X[:, :3], y=y)
 
 
-def test_gradcheck_layer_accepts_a_nested_list(cpu_bk):
+def test_gradcheck_layer_accepts_a_nested_list(bk):
     assert nnxp.gradcheck(Dense(2, 2, dtype="float64"), [[0.5, -1.0], [2.0, 0.25]]).passed
 
 
@@ -341,14 +341,14 @@ def test_gradcheck_layer_accepts_a_nested_list(cpu_bk):
 
 
 @pytest.mark.parametrize("path", [None, 3])
-def test_save_and_load_path_types(cpu_bk, path):
+def test_save_and_load_path_types(bk, path):
     with pytest.raises(TypeError, match=r"path must be a file name \(str or os.PathLike\), got"):
         _clf().save(path)
     with pytest.raises(TypeError, match=r"path must be a file name \(str or os.PathLike\), got"):
         nnxp.load(path)
 
 
-def test_save_to_a_directory(cpu_bk, tmp_path):
+def test_save_to_a_directory(bk, tmp_path):
     with pytest.raises(IsADirectoryError, match=r"it is a directory; give a file name"):
         _clf().save(tmp_path)
     with pytest.raises(IsADirectoryError, match=r"is a directory, not an nnxp model file"):
@@ -356,7 +356,7 @@ def test_save_to_a_directory(cpu_bk, tmp_path):
     assert list(tmp_path.iterdir()) == []  # and nothing was left behind
 
 
-def test_save_flags(cpu_bk, tmp_path):
+def test_save_flags(bk, tmp_path):
     with pytest.raises(TypeError, match=r"include_optimizer must be True or False, got str"):
         _clf().save(tmp_path / "m.npz", include_optimizer="no")
     assert not (tmp_path / "m.npz").exists()
@@ -364,7 +364,7 @@ def test_save_flags(cpu_bk, tmp_path):
 
 @pytest.mark.parametrize(("content", "match"), [(b"", r"it is empty"),
                                                 (b"a,b\n1,2\n", r"it begins with b'a,b\\n1,'")])
-def test_load_a_file_that_is_not_a_zip(cpu_bk, tmp_path, content, match):
+def test_load_a_file_that_is_not_a_zip(bk, tmp_path, content, match):
     path = tmp_path / "m.npz"
     path.write_bytes(content)
     with pytest.raises(nnxp.FormatError, match=r"is not an NPZ archive \(a zip file\): " + match):
@@ -382,7 +382,7 @@ def _tampered(tmp_path, edit):
     return out
 
 
-def test_load_weights_of_another_dtype(cpu_bk, tmp_path):
+def test_load_weights_of_another_dtype(bk, tmp_path):
     def edit(arrays):
         arrays["layers/0/params/W"] = arrays["layers/0/params/W"].astype("int32")
     with pytest.raises(nnxp.FormatError, match=r"layers\[0\] \(Dense\) params\['W'\] has dtype "
@@ -390,7 +390,7 @@ def test_load_weights_of_another_dtype(cpu_bk, tmp_path):
         nnxp.load(_tampered(tmp_path, edit))
 
 
-def test_load_non_finite_weights(cpu_bk, tmp_path):
+def test_load_non_finite_weights(bk, tmp_path):
     def edit(arrays):
         arrays["layers/2/params/b"][1] = np.nan
     with pytest.raises(nnxp.FormatError, match=r"layers\[2\] \(Dense\) params\['b'\] holds NaN "
@@ -398,7 +398,7 @@ def test_load_non_finite_weights(cpu_bk, tmp_path):
         nnxp.load(_tampered(tmp_path, edit))
 
 
-def test_load_record_with_layers_not_a_list(cpu_bk, tmp_path):
+def test_load_record_with_layers_not_a_list(bk, tmp_path):
     import json
 
     def edit(arrays):
@@ -410,7 +410,7 @@ def test_load_record_with_layers_not_a_list(cpu_bk, tmp_path):
         nnxp.load(_tampered(tmp_path, edit))
 
 
-def test_model_checkpoint_missing_directory_fails_before_training(cpu_bk, tmp_path):
+def test_model_checkpoint_missing_directory_fails_before_training(bk, tmp_path):
     X, y = _data()
     model = _clf()
     cb = callbacks.ModelCheckpoint(str(tmp_path / "missing" / "ckpt.npz"))
@@ -425,7 +425,7 @@ def test_model_checkpoint_missing_directory_fails_before_training(cpu_bk, tmp_pa
 # --- backend ----------------------------------------------------------------------------------
 
 
-def test_asarray_ragged_lists(cpu_bk):
+def test_asarray_ragged_lists(bk):
     with pytest.raises(ValueError, match=r"cannot convert list to an array: the nested "
                                          r"sequences have different lengths"):
         nnxp.asarray([[1.0], [1.0, 2.0]])
@@ -457,7 +457,7 @@ def test_torch_input_that_requires_grad_is_used_as_data():
     ({"solver_options": {"nope": 1}}, r"solver_options=\{'nope': 1\} does not fit "
                                       r"solver='adam'"),
 ])
-def test_sklearn_hyperparameters(cpu_bk, params, match):
+def test_sklearn_hyperparameters(bk, params, match):
     pytest.importorskip("sklearn")
     from nnxp.sklearn import MLPClassifier
 

@@ -77,11 +77,11 @@ def test_every_kernel_case_runs_on_every_backend(bk: Any) -> None:
             run(setup())  # twice: a backward needs its setup's fresh forward every time
 
 
-def test_model_step_case_runs_and_trains(cpu_bk: Any) -> None:
-    step, bound, epoch = bench.model_cases(cpu_bk.spec, "small", "sgd")
+def test_model_step_case_runs_and_trains(bk: Any) -> None:
+    step, bound, epoch = bench.model_cases(bk.spec, "small", "sgd")
     assert (step.impl, bound.impl, epoch.op) == ("nnxp", "matmul-bound", "epoch")
     assert step.flops == bound.flops == bench.step_flops([64, 128, 10], 32)
-    with nnxp.use_backend(cpu_bk.spec):
+    with nnxp.use_backend(bk.spec):
         model = bench.build_mlp([64, 128, 10])
         opt = bench.make_optimizer("sgd")
         opt.bind(model.parameters())

@@ -75,7 +75,7 @@ class Recorder(Callback):
         self.events.append(("train_end",))
 
 
-def test_hooks_are_called_in_order(cpu_bk, data) -> None:
+def test_hooks_are_called_in_order(bk, data) -> None:
     X, y = data
     rec = Recorder()
     small_model().fit(X, y, epochs=2, batch_size=10, verbose=0, callbacks=[rec])
@@ -85,7 +85,7 @@ def test_hooks_are_called_in_order(cpu_bk, data) -> None:
     assert rec.model is not None
 
 
-def test_stop_training_from_a_callback_and_logs_added_are_recorded(data) -> None:
+def test_stop_training_from_a_callback_and_logs_added_are_recorded(bk, data) -> None:
     X, y = data
 
     class StopAt(Callback):
@@ -124,7 +124,7 @@ def test_batch_hooks_are_skipped_unless_overridden() -> None:
 # --- EarlyStopping --------------------------------------------------------------------------------
 
 
-def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best(cpu_bk, data) -> None:
+def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best(bk, data) -> None:
     X, y = data
     scores = [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 1.0, 1.0]  # best in epoch 3; patience 2 → stop at 5
     inject = Inject("score", scores)
@@ -187,7 +187,7 @@ def test_val_monitor_falls_back_to_training_value_and_missing_keys_fail(data) ->
         small_model().fit(X, y, epochs=1, verbose=0, callbacks=[EarlyStopping("nope")])
 
 
-def test_early_stopping_on_real_validation_loss(cpu_bk, rng) -> None:
+def test_early_stopping_on_real_validation_loss(bk, rng) -> None:
     # noise labels: the validation loss soon rises, so early stopping must end training early
     X, Xv = rng.standard_normal((2, 40, 4)).astype(np.float32)
     y, yv = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
@@ -214,7 +214,7 @@ def test_early_stopping_validates(kwargs, match) -> None:
 # --- LearningRateScheduler ------------------------------------------------------------------------
 
 
-def test_scheduler_with_a_callable(cpu_bk, data) -> None:
+def test_scheduler_with_a_callable(bk, data) -> None:
     X, y = data
     seen = []
 
@@ -237,7 +237,7 @@ def test_scheduler_callable_with_the_current_rate(data) -> None:
     assert opt.lr == pytest.approx(0.0002)
 
 
-def test_the_rate_set_is_the_rate_used(data) -> None:
+def test_the_rate_set_is_the_rate_used(bk, data) -> None:
     # one full-batch SGD step per epoch: the update must equal lr_epoch * gradient
     X, y = data
     model = small_model()
@@ -291,7 +291,7 @@ def test_scheduler_steps_objects_and_passes_the_metric_to_plateau_ones(data) -> 
     assert h["lr"] == pytest.approx([0.8, 0.4, 0.2])
 
 
-def test_reduce_on_plateau_lowers_the_rate(data) -> None:
+def test_reduce_on_plateau_lowers_the_rate(bk, data) -> None:
     schedules = nnxp.schedules
     X, y = data
     opt = SGD(lr=0.1)
@@ -326,7 +326,7 @@ def diverging_problem(rng):
     return model, X, y, SGD(lr=float(11.0 / lam))
 
 
-def test_terminate_on_nan_stops_quietly_with_the_last_finite_weights(cpu_bk, rng) -> None:
+def test_terminate_on_nan_stops_quietly_with_the_last_finite_weights(bk, rng) -> None:
     model, X, y, opt = diverging_problem(rng)
     inject = Inject("unused", [0.0] * 500)
     ended = []
@@ -346,7 +346,7 @@ def test_terminate_on_nan_stops_quietly_with_the_last_finite_weights(cpu_bk, rng
         np.testing.assert_array_equal(got, want)  # the end of the last finite epoch
 
 
-def test_terminate_on_nan_stops_on_a_non_finite_logged_loss(data) -> None:
+def test_terminate_on_nan_stops_on_a_non_finite_logged_loss(bk, data) -> None:
     X, y = data
     term = TerminateOnNaN()
     h = small_model().fit(X, y, epochs=5, verbose=0,

@@ -32,7 +32,7 @@ def grad_norms(history: nnxp.History) -> list[float]:
     return [series[-1] for series in history.diagnostics["grad_norm"].values()]
 
 
-def test_vanishing_gradients_in_a_deep_sigmoid_net(cpu_bk, data) -> None:
+def test_vanishing_gradients_in_a_deep_sigmoid_net(bk, data) -> None:
     X, y = data
     kw = {"epochs": 2, "batch_size": 32, "verbose": 0, "diagnostics": True}
     sig = deep(Sigmoid, random_normal()).fit(X, y, optimizer=SGD(lr=0.1), **kw)
@@ -47,7 +47,7 @@ def test_vanishing_gradients_in_a_deep_sigmoid_net(cpu_bk, data) -> None:
     assert "vanishing?" not in relu.diagnostics_table()
 
 
-def test_gradient_norm_is_that_of_the_step(cpu_bk, data) -> None:
+def test_gradient_norm_is_that_of_the_step(bk, data) -> None:
     # full batch, one step per epoch: the recorded norm is that of the gradient at the start
     X, y = data
     model = deep(ReLU, "he_normal", depth=3)
@@ -62,7 +62,7 @@ def test_gradient_norm_is_that_of_the_step(cpu_bk, data) -> None:
     assert list(h.diagnostics["grad_norm"]) == ["0:Dense", "2:Dense", "4:Dense"]
 
 
-def test_dead_relus_from_a_large_negative_bias(cpu_bk, data) -> None:
+def test_dead_relus_from_a_large_negative_bias(bk, data) -> None:
     X, y = data
     model = nnxp.Sequential([Dense(10, 16), ReLU(), Dense(16, 16), ReLU(), Dense(16, 4)], seed=1)
     b = nnxp.to_numpy(model.layers[2].params["b"]).copy()
@@ -79,7 +79,7 @@ def test_dead_relus_from_a_large_negative_bias(cpu_bk, data) -> None:
     assert "many dead units" in h.diagnostics_table()
 
 
-def test_saturated_fractions_match_numpy(cpu_bk, data) -> None:
+def test_saturated_fractions_match_numpy(bk, data) -> None:
     X, y = data
     model = nnxp.Sequential([Dense(10, 12, init=random_normal(std=2.0)), Sigmoid(),
                              Dense(12, 12, init=random_normal(std=2.0)), Tanh(),
@@ -96,7 +96,7 @@ def test_saturated_fractions_match_numpy(cpu_bk, data) -> None:
     assert h.diagnostics["kind"] == {"1:Sigmoid": "sigmoid", "3:Tanh": "tanh"}
 
 
-def test_the_probe_is_the_first_samples(data) -> None:
+def test_the_probe_is_the_first_samples(bk, data) -> None:
     X, y = data
     X = np.concatenate([X, np.full((diagnostics.PROBE_SIZE, 10), -50.0, np.float32)])
     y = np.concatenate([y, np.zeros(diagnostics.PROBE_SIZE, int)])
@@ -131,7 +131,7 @@ def test_layer_kind() -> None:
     assert diagnostics.layer_label(3, ReLU()) == "3:ReLU"
 
 
-def test_fused_activation_is_diagnosed(data) -> None:
+def test_fused_activation_is_diagnosed(bk, data) -> None:
     X, y = data
     model = nnxp.Sequential([Dense(10, 8, activation="relu"), Dense(8, 4)], seed=0)
     h = model.fit(X, y, epochs=1, verbose=0, diagnostics=True)
@@ -144,7 +144,7 @@ def test_fused_activation_is_diagnosed(data) -> None:
 # --- table and plot -------------------------------------------------------------------------------
 
 
-def test_table_and_its_errors(data) -> None:
+def test_table_and_its_errors(bk, data) -> None:
     X, y = data
     h = nnxp.Sequential([Dense(10, 8), ReLU(), Dense(8, 4)], seed=0).fit(
         X, y, epochs=3, verbose=0, diagnostics=True)

@@ -153,7 +153,7 @@ def test_model_seed_seeds_every_dropout_layer(bk, rng) -> None:
     assert not np.array_equal(a[0], c[0])
 
 
-def test_fit_with_dropout_is_reproducible_and_predict_is_deterministic(cpu_bk, rng) -> None:
+def test_fit_with_dropout_is_reproducible_and_predict_is_deterministic(bk, rng) -> None:
     X = rng.standard_normal((40, 4))
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
 
@@ -162,9 +162,9 @@ def test_fit_with_dropout_is_reproducible_and_predict_is_deterministic(cpu_bk, r
         hist = model.fit(X, y, epochs=3, batch_size=8, verbose=0,
                          optimizer=nnxp.optim.SGD(lr=0.1))
         out = model.predict_proba(X)
-        np.testing.assert_array_equal(cpu_bk.to_numpy(out), cpu_bk.to_numpy(
+        np.testing.assert_array_equal(bk.to_numpy(out), bk.to_numpy(
             model.predict_proba(X)))  # evaluation: no dropout, deterministic
-        return hist["loss"], cpu_bk.to_numpy(out)
+        return hist["loss"], bk.to_numpy(out)
 
     (l1, p1), (l2, p2) = train(), train()
     assert l1 == l2

@@ -49,7 +49,7 @@ def adam(**kw):
 
 @pytest.mark.parametrize("batch_size, steps_per_epoch", [(None, 1), (1, 30), (7, 5), (30, 1),
                                                          (100, 1)])
-def test_batch_size_gives_the_number_of_steps(cpu_bk, data, batch_size, steps_per_epoch) -> None:
+def test_batch_size_gives_the_number_of_steps(bk, data, batch_size, steps_per_epoch) -> None:
     X, y = data
     opt = SGD(lr=0.01)
     sizes = []
@@ -64,7 +64,7 @@ def test_batch_size_gives_the_number_of_steps(cpu_bk, data, batch_size, steps_pe
     assert len(sizes) == 2 * steps_per_epoch and sum(sizes) == 60
 
 
-def test_full_batch_loss_is_the_loss_at_the_epoch_start(cpu_bk, data) -> None:
+def test_full_batch_loss_is_the_loss_at_the_epoch_start(bk, data) -> None:
     X, y = data
     model = small_model()
     before = model.evaluate(X, y)
@@ -74,7 +74,7 @@ def test_full_batch_loss_is_the_loss_at_the_epoch_start(cpu_bk, data) -> None:
     assert h["loss"][2] < h["loss"][0]
 
 
-def test_shuffling_is_seeded_and_changes_the_order(data) -> None:
+def test_shuffling_is_seeded_and_changes_the_order(bk, data) -> None:
     X, y = data
     runs = [small_model(seed=4).fit(X, y, epochs=2, batch_size=4, verbose=0)["loss"]
             for _ in range(2)]
@@ -88,7 +88,7 @@ def test_shuffling_is_seeded_and_changes_the_order(data) -> None:
 # --- validation -----------------------------------------------------------------------------------
 
 
-def test_validation_split_holds_out_the_tail(cpu_bk, data) -> None:
+def test_validation_split_holds_out_the_tail(bk, data) -> None:
     X, y = data
     model, twin = small_model(), small_model()
     h = model.fit(X, y, epochs=1, batch_size=None, shuffle=False, verbose=0,
@@ -98,13 +98,13 @@ def test_validation_split_holds_out_the_tail(cpu_bk, data) -> None:
     # ... and one full-batch step on them gives the same weights as training on them alone
     twin.fit(X[:24], y[:24], epochs=1, batch_size=None, shuffle=False, verbose=0,
              optimizer=SGD(lr=0.1))
-    assert_same_weights(model, twin, exact=cpu_bk.name == "numpy")
+    assert_same_weights(model, twin, exact=bk.name == "numpy")
     after = model.evaluate(X[24:], y[24:])
     assert h["val_loss"][0] == pytest.approx(after["loss"], rel=1e-5)
     assert h["val_accuracy"][0] == pytest.approx(after["accuracy"])
 
 
-def test_validation_data_is_logged_every_epoch(cpu_bk, data, rng) -> None:
+def test_validation_data_is_logged_every_epoch(bk, data, rng) -> None:
     X, y = data
     Xv, yv = rng.standard_normal((11, 4)).astype(np.float32), rng.integers(0, 3, 11)
     model = small_model()
@@ -141,7 +141,7 @@ def test_fit_validates_its_new_options(data, kwargs, error, match) -> None:
 # --- History --------------------------------------------------------------------------------------
 
 
-def test_history_records_rate_time_and_epochs(data) -> None:
+def test_history_records_rate_time_and_epochs(bk, data) -> None:
     X, y = data
     h = small_model().fit(X, y, epochs=3, verbose=0, optimizer=SGD(lr=0.05))
     assert h.epoch == [1, 2, 3] and len(h) == 3 and "loss" in h
@@ -183,7 +183,7 @@ def test_progress_bar_shows_validation_metrics(capsys, data) -> None:
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_partial_fit_twice_equals_fit_two_epochs(cpu_bk, data, shuffle) -> None:
+def test_partial_fit_twice_equals_fit_two_epochs(bk, data, shuffle) -> None:
     X, y = data
     a, b = small_model(seed=5), small_model(seed=5)
     ha = a.fit(X, y, epochs=2, batch_size=8, shuffle=shuffle, verbose=0,
@@ -193,11 +193,11 @@ def test_partial_fit_twice_equals_fit_two_epochs(cpu_bk, data, shuffle) -> None:
     h2 = b.partial_fit(X, y, batch_size=8, shuffle=shuffle)  # the same optimizer, continued
     assert b.optimizer is opt and h1.epoch == [1] and h2.epoch == [2]
     assert b.epochs_trained == 2
-    assert_same_weights(a, b, exact=cpu_bk.name == "numpy")
+    assert_same_weights(a, b, exact=bk.name == "numpy")
     assert [h1["loss"][0], h2["loss"][0]] == pytest.approx(ha["loss"], rel=1e-6)
 
 
-def test_train_on_batch_continues_the_optimizer_state(cpu_bk, data) -> None:
+def test_train_on_batch_continues_the_optimizer_state(bk, data) -> None:
     X, y = data
     a, b = small_model(seed=6), small_model(seed=6)
     h = a.fit(X, y, epochs=3, batch_size=None, shuffle=False, verbose=0,
@@ -207,11 +207,11 @@ def test_train_on_batch_continues_the_optimizer_state(cpu_bk, data) -> None:
                                                           for _ in range(2)]
     assert all(isinstance(v, float) for v in losses)
     assert losses == pytest.approx(h["loss"], rel=1e-6)
-    assert_same_weights(a, b, exact=cpu_bk.name == "numpy")
+    assert_same_weights(a, b, exact=bk.name == "numpy")
     assert b_opt.iterations == 3
 
 
-def test_fitting_again_continues_instead_of_rebinding(data) -> None:
+def test_fitting_again_continues_instead_of_rebinding(bk, data) -> None:
     X, y = data
     opt = adam(lr=0.01)
     a = small_model(seed=7)
@@ -223,7 +223,7 @@ def test_fitting_again_continues_instead_of_rebinding(data) -> None:
     assert_same_weights(a, b, exact=True)
 
 
-def test_train_on_batch_skips_a_non_finite_step(cpu_bk) -> None:
+def test_train_on_batch_skips_a_non_finite_step(bk) -> None:
     model = nnxp.Sequential([Dense(2, 1)], seed=0)
     before = weights(model)
     X = np.full((4, 2), 1e30, dtype=np.float32)  # finite inputs whose squared error overflows
@@ -259,7 +259,7 @@ class ClosureSGD(Optimizer):
         return self.values[-1]
 
 
-def test_fit_calls_step_with_a_closure_when_asked(cpu_bk, data) -> None:
+def test_fit_calls_step_with_a_closure_when_asked(bk, data) -> None:
     X, y = data
     opt = ClosureSGD(0.1)
     model, twin = small_model(), small_model()
@@ -271,7 +271,7 @@ def test_fit_calls_step_with_a_closure_when_asked(cpu_bk, data) -> None:
     assert_same_weights(model, twin, exact=False)
 
 
-def test_lbfgs_trains_full_batch(data) -> None:
+def test_lbfgs_trains_full_batch(bk, data) -> None:
     LBFGS = nnxp.optim.LBFGS
     assert LBFGS.requires_closure  # fit hands it a closure that re-evaluates the loss
     X, y = data
@@ -307,7 +307,7 @@ class Snapshots(Callback):
         self.at_epoch_end[epoch] = weights(self.model)
 
 
-def test_divergence_raises_and_keeps_the_last_finite_epoch(cpu_bk, rng) -> None:
+def test_divergence_raises_and_keeps_the_last_finite_epoch(bk, rng) -> None:
     model, X, y, lr = diverging_problem(rng)
     snaps = Snapshots()
     with pytest.raises(nnxp.TrainingDivergedError) as info:
@@ -325,7 +325,7 @@ def test_divergence_raises_and_keeps_the_last_finite_epoch(cpu_bk, rng) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_divergence_with_a_check_every_step(cpu_bk, rng) -> None:
+def test_divergence_with_a_check_every_step(bk, rng) -> None:
     model, X, y, lr = diverging_problem(rng)
     snaps = Snapshots()
     with pytest.raises(nnxp.TrainingDivergedError) as info:
@@ -337,7 +337,7 @@ def test_divergence_with_a_check_every_step(cpu_bk, rng) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_divergence_check_every_k_steps_restores_a_mid_epoch_check_point(cpu_bk, rng) -> None:
+def test_divergence_check_every_k_steps_restores_a_mid_epoch_check_point(bk, rng) -> None:
     model, X, y, lr = diverging_problem(rng)
     snaps = Snapshots()
     with pytest.raises(nnxp.TrainingDivergedError) as info:  # 32 stochastic steps, one epoch
@@ -353,7 +353,7 @@ def test_divergence_check_every_k_steps_restores_a_mid_epoch_check_point(cpu_bk,
         np.testing.assert_array_equal(got, want)
 
 
-def test_no_divergence_no_message(data) -> None:
+def test_no_divergence_no_message(bk, data) -> None:
     X, y = data
     h = small_model().fit(X, y, epochs=2, verbose=0, check_finite_every=2)
     assert h.diverged is None and all(math.isfinite(v) for v in h["loss"])
@@ -373,7 +373,7 @@ def _weighted_model() -> nnxp.Sequential:
     return nnxp.Sequential([Dense(5, 8), ReLU(), Dense(8, 3)], seed=0)
 
 
-def test_unit_sample_weights_change_nothing(cpu_bk) -> None:
+def test_unit_sample_weights_change_nothing(bk) -> None:
     X, y = _weighted_problem()
     a, b = _weighted_model(), _weighted_model()
     ha = a.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=2, batch_size=16, verbose=0)
@@ -384,7 +384,7 @@ def test_unit_sample_weights_change_nothing(cpu_bk) -> None:
                                nnxp.to_numpy(a.layers[0].params["W"]), rtol=1e-6, atol=1e-7)
 
 
-def test_zero_weights_equal_dropping_the_samples_in_full_batch_descent(cpu_bk) -> None:
+def test_zero_weights_equal_dropping_the_samples_in_full_batch_descent(bk) -> None:
     """With one batch, weights 0/2 on a (1/N) mean equal training on the kept half at lr·1."""
     X, y = _weighted_problem(1)
     keep = np.arange(48) % 2 == 0
@@ -399,7 +399,7 @@ def test_zero_weights_equal_dropping_the_samples_in_full_batch_descent(cpu_bk) -
                                        nnxp.to_numpy(ls.params[key]), rtol=1e-5, atol=1e-6)
 
 
-def test_sample_weights_follow_their_samples_through_shuffling() -> None:
+def test_sample_weights_follow_their_samples_through_shuffling(bk) -> None:
     """Shuffled and unshuffled full-batch runs see the same weighted objective."""
     X, y = _weighted_problem(2)
     w = np.random.default_rng(3).uniform(0, 2, 48)
@@ -412,7 +412,7 @@ def test_sample_weights_follow_their_samples_through_shuffling() -> None:
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
-def test_sample_weights_with_validation_split_and_partial_fit() -> None:
+def test_sample_weights_with_validation_split_and_partial_fit(bk) -> None:
     X, y = _weighted_problem()
     model = _weighted_model()
     h = model.fit(X, y, epochs=1, verbose=0, validation_split=0.25,
@@ -432,7 +432,7 @@ def test_bad_sample_weights_are_rejected(weights, error, match) -> None:
         _weighted_model().fit(X, y, epochs=1, verbose=0, sample_weight=weights)
 
 
-def test_keep_finite_weights_false_keeps_no_copy_and_says_so(cpu_bk, rng) -> None:
+def test_keep_finite_weights_false_keeps_no_copy_and_says_so(bk, rng) -> None:
     model, X, y, lr = diverging_problem(rng)
     snaps = Snapshots()
     with pytest.raises(nnxp.TrainingDivergedError) as info:

@@ -114,3 +114,13 @@ def test_weight_penalties_are_part_of_the_checked_loss(bk, rng) -> None:
     result = nnxp.gradcheck(model, bk.asarray(rng.standard_normal((6, 4))),
                             y=rng.integers(0, 3, 6))
     assert result.passed, result.errors
+
+
+def test_a_layer_takes_a_host_batch_like_a_model_does(bk, rng) -> None:
+    """gradcheck(layer, numpy_batch) moves the batch onto the layer's backend, as
+    gradcheck(model, numpy_batch, y=...) and nested lists always did."""
+    layer = Dense(4, 3, dtype="float64")
+    x = rng.standard_normal((5, 4))
+    result = nnxp.gradcheck(layer, x)
+    assert result.passed
+    assert result.max_rel_error == nnxp.gradcheck(layer, bk.asarray(x, "float64")).max_rel_error

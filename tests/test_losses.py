@@ -445,7 +445,7 @@ def _mlp(n_in: int, n_out: int, hidden: int = 32) -> nnxp.Sequential:
     return nnxp.Sequential([L.Dense(n_in, hidden), L.ReLU(), L.Dense(hidden, n_out)], seed=0)
 
 
-def test_regression_fit_learns_sin(cpu_bk) -> None:
+def test_regression_fit_learns_sin(bk) -> None:
     x = np.linspace(-3, 3, 128)[:, None]
     y = np.sin(x[:, 0])
     model = _mlp(1, 1)
@@ -457,14 +457,14 @@ def test_regression_fit_learns_sin(cpu_bk) -> None:
     assert set(after) == {"loss"} and "accuracy" not in hist.history
     assert after["loss"] < 0.25 * y.var() and after["loss"] < 0.05 * before
     pred = model.predict(x)
-    assert tuple(pred.shape) == (128, 1) and pred.dtype == cpu_bk.xp.float32
-    np.testing.assert_allclose(np.mean((cpu_bk.to_numpy(pred)[:, 0] - y) ** 2), after["loss"],
+    assert tuple(pred.shape) == (128, 1) and pred.dtype == bk.xp.float32
+    np.testing.assert_allclose(np.mean((bk.to_numpy(pred)[:, 0] - y) ** 2), after["loss"],
                                rtol=1e-4)
     with pytest.raises(TypeError, match="predict_proba needs a classification loss"):
         model.predict_proba(x)
 
 
-def test_regression_targets_as_column_or_vector_train_alike(cpu_bk, rng) -> None:
+def test_regression_targets_as_column_or_vector_train_alike(bk, rng) -> None:
     x = rng.standard_normal((40, 2))
     y = x @ np.array([1.0, -2.0]) + 0.5
     runs = []
@@ -478,21 +478,21 @@ def test_regression_targets_as_column_or_vector_train_alike(cpu_bk, rng) -> None
         _mlp(2, 1, hidden=8).fit(x, np.stack([y, y], axis=1), loss="mse", verbose=0)
 
 
-def test_binary_classifier_with_logits_through_fit(cpu_bk, rng) -> None:
+def test_binary_classifier_with_logits_through_fit(bk, rng) -> None:
     x = rng.standard_normal((120, 2))
     y = (x[:, 0] + x[:, 1] > 0).astype(np.float64)
     model = _mlp(2, 1, hidden=8)
     hist = model.fit(x, y, loss="binary_cross_entropy_with_logits", epochs=15, batch_size=40,
                      verbose=0, optimizer=nnxp.optim.SGD(lr=0.5))
     assert 0.9 <= hist["accuracy"][-1] <= 1.0
-    pred = cpu_bk.to_numpy(model.predict(x))
-    proba = cpu_bk.to_numpy(model.predict_proba(x))
+    pred = bk.to_numpy(model.predict(x))
+    proba = bk.to_numpy(model.predict_proba(x))
     assert pred.shape == (120,) and proba.shape == (120, 1)
     np.testing.assert_array_equal(pred, (proba[:, 0] >= 0.5).astype(np.int64))
     assert model.evaluate(x, y)["accuracy"] == pytest.approx(np.mean(pred == y))
 
 
-def test_label_smoothing_through_fit(cpu_bk, rng) -> None:
+def test_label_smoothing_through_fit(bk, rng) -> None:
     x = rng.standard_normal((90, 2))
     y = np.digitize(x[:, 0], [-0.5, 0.5])
     model = _mlp(2, 3, hidden=16)

@@ -193,7 +193,7 @@ def _regression_data(rng, n=48):
     return X, y
 
 
-def test_default_metrics_in_history(cpu_bk, rng) -> None:
+def test_default_metrics_in_history(bk, rng) -> None:
     X = rng.standard_normal((40, 4)).astype(np.float32)
     labels = rng.integers(0, 3, 40)
     clf = nnxp.Sequential([Dense(4, 8), ReLU(), Dense(8, 3)], seed=0)
@@ -205,7 +205,7 @@ def test_default_metrics_in_history(cpu_bk, rng) -> None:
     assert set(h.history) == {"loss", "lr", "epoch_time"}
 
 
-def test_training_metrics_are_those_of_the_epoch_outputs(cpu_bk, rng) -> None:
+def test_training_metrics_are_those_of_the_epoch_outputs(bk, rng) -> None:
     # full batch: the epoch's single forward pass is at the initial weights
     X, y = _regression_data(rng)
     model = nnxp.Sequential([Dense(4, 8), ReLU(), Dense(8, 2)], seed=1)
@@ -218,7 +218,7 @@ def test_training_metrics_are_those_of_the_epoch_outputs(cpu_bk, rng) -> None:
     assert h["loss"][0] == pytest.approx(h["mse"][0], rel=1e-5)
 
 
-def test_validation_metrics_are_those_of_the_final_weights(cpu_bk, rng) -> None:
+def test_validation_metrics_are_those_of_the_final_weights(bk, rng) -> None:
     X, y = _regression_data(rng, 64)
     Xv, yv = _regression_data(rng, 20)
     model = nnxp.Sequential([Dense(4, 8), ReLU(), Dense(8, 2)], seed=2)
@@ -230,7 +230,7 @@ def test_validation_metrics_are_those_of_the_final_weights(cpu_bk, rng) -> None:
     assert h["val_loss"][-1] == pytest.approx(skm.mean_squared_error(yv, after), rel=1e-5)
 
 
-def test_evaluate_with_metrics(cpu_bk, rng) -> None:
+def test_evaluate_with_metrics(bk, rng) -> None:
     X = rng.standard_normal((90, 4)).astype(np.float32)
     labels = rng.integers(0, 6, 90)
     model = nnxp.Sequential([Dense(4, 8), ReLU(), Dense(8, 6)], seed=0)

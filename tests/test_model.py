@@ -99,7 +99,7 @@ def test_parameters_and_count() -> None:
     assert model.count_params() == 64 * 32 + 32 + 32 * 10 + 10
 
 
-def test_digits_end_to_end_on_every_cpu_backend(cpu_bk, digits) -> None:
+def test_digits_end_to_end_on_every_backend(bk, digits) -> None:
     X, y, Xt, yt = digits
     model = mlp()
     history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=8, batch_size=32,
@@ -109,13 +109,13 @@ def test_digits_end_to_end_on_every_cpu_backend(cpu_bk, digits) -> None:
     assert result["accuracy"] > 0.9 and set(result) == {"loss", "accuracy"}
     proba = model.predict_proba(Xt)
     labels = model.predict(Xt)
-    assert str(nnxp.backend.device_of(proba)) == str(cpu_bk.device)
+    assert str(nnxp.backend.device_of(proba)) == str(bk.device)
     np.testing.assert_allclose(nnxp.to_numpy(proba).sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(nnxp.to_numpy(labels), nnxp.to_numpy(proba).argmax(axis=1))
     assert np.mean(nnxp.to_numpy(labels) == yt) == pytest.approx(result["accuracy"])
 
 
-def test_full_batch_and_stochastic_gradient_descent(digits) -> None:
+def test_full_batch_and_stochastic_gradient_descent(bk, digits) -> None:
     X, y, _, _ = digits
     for batch_size in (None, 1):
         model = mlp()
@@ -133,7 +133,7 @@ def test_inputs_from_other_libraries_are_moved(digits) -> None:
     assert model.predict(torch.from_numpy(X[:5])).shape == (5,)
 
 
-def test_batch_prediction_equals_one_shot(digits) -> None:
+def test_batch_prediction_equals_one_shot(bk, digits) -> None:
     _, _, Xt, _ = digits
     model = mlp()
     np.testing.assert_allclose(nnxp.to_numpy(model.predict_proba(Xt, batch_size=7)),
@@ -193,7 +193,7 @@ def test_divergence_is_reported_with_the_epoch() -> None:
         model.fit(X, y, optimizer=nnxp.optim.SGD(lr=1e4), epochs=5, verbose=0)
 
 
-def test_same_seed_same_training_run() -> None:
+def test_same_seed_same_training_run(bk) -> None:
     rng = np.random.default_rng(1)
     X, y = rng.standard_normal((50, 64)).astype(np.float32), rng.integers(0, 10, 50)
     runs = []
@@ -251,7 +251,7 @@ def test_dense_returns_no_input_gradient_when_told() -> None:
     assert set(layer.grads) == {"W", "b"}
 
 
-def test_the_loss_can_be_chosen_before_training() -> None:
+def test_the_loss_can_be_chosen_before_training(bk) -> None:
     """A regression model evaluates and predicts as one before fit, and fit keeps its loss."""
     rng = np.random.default_rng(4)
     X = rng.standard_normal((40, 3)).astype(np.float32)
@@ -267,7 +267,7 @@ def test_the_loss_can_be_chosen_before_training() -> None:
 
 
 def test_check_data_evaluate_arrays_and_has_penalty_are_the_public_training_interface(
-        cpu_bk, rng) -> None:
+        bk, rng) -> None:
     """What nnxp.training uses of a model: checked data, device-side evaluation, penalties."""
     X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, size=20)
     plain = nnxp.Sequential([Dense(4, 8), ReLU(), Dense(8, 3)], seed=0)

@@ -277,7 +277,7 @@ def test_layer_norm_matches_torch(bk, rng, dtype) -> None:
     np.testing.assert_allclose(bk.to_numpy(layer.grads["bias"]), tln.bias.grad.numpy(), **tol)
 
 
-def test_normalisation_layers_in_a_trained_model(cpu_bk, rng) -> None:
+def test_normalisation_layers_in_a_trained_model(bk, rng) -> None:
     X = rng.standard_normal((64, 3)) * 50.0 + 1e3  # badly scaled inputs: what BN is for
     y = (X[:, 0] - 1e3 > 0).astype(np.int64)
     model = nnxp.Sequential([BatchNorm1d(3), Dense(3, 8), LayerNorm(8), ReLU(), Dense(8, 2)],
@@ -286,7 +286,7 @@ def test_normalisation_layers_in_a_trained_model(cpu_bk, rng) -> None:
                         verbose=0)
     assert history["loss"][-1] < history["loss"][0]
     assert model.evaluate(X, y)["accuracy"] > 0.9
-    rm = cpu_bk.to_numpy(model.layers[0].buffers["running_mean"])
+    rm = bk.to_numpy(model.layers[0].buffers["running_mean"])
     np.testing.assert_allclose(rm, X.mean(axis=0), rtol=2e-3)
 
 

@@ -127,11 +127,11 @@ def test_perceptron_cannot_learn_xor(bk) -> None:
     assert not np.any(np.all((z > 0) == XOR_Y.astype(bool), axis=-1))
 
 
-def test_a_two_layer_mlp_learns_xor(cpu_bk) -> None:
+def test_a_two_layer_mlp_learns_xor(bk) -> None:
     model = nnxp.Sequential([Dense(2, 8), ReLU(), Dense(8, 2)], seed=0)
     history = model.fit(XOR_X, XOR_Y, epochs=500, batch_size=None, verbose=0,
                         optimizer=nnxp.optim.SGD(lr=0.5))
-    np.testing.assert_array_equal(cpu_bk.to_numpy(model.predict(XOR_X)), XOR_Y)
+    np.testing.assert_array_equal(bk.to_numpy(model.predict(XOR_X)), XOR_Y)
     assert history["accuracy"][-1] == 1.0
     assert history["loss"][-1] < 0.1 < history["loss"][0]
 

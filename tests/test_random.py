@@ -83,7 +83,7 @@ def test_bad_seed_is_rejected(bad) -> None:
         Generator(bad)
 
 
-def test_training_agrees_across_backends_within_tolerance(cpu_bk) -> None:
+def test_training_agrees_across_backends_within_tolerance(bk) -> None:
     """The documented limit: identical starts, results equal up to floating-point rounding."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 6)).astype(np.float32)

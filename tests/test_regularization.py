@@ -175,17 +175,17 @@ def test_model_gradients_with_penalties_pass_gradcheck(bk, rng, l1, l2) -> None:
     assert result.passed, result.errors
 
 
-def test_fit_and_evaluate_report_the_penalised_loss(cpu_bk, rng) -> None:
+def test_fit_and_evaluate_report_the_penalised_loss(bk, rng) -> None:
     X, y = rng.standard_normal((20, 4)), rng.integers(0, 3, 20)
     model = _model("float64", seed=2, l1=0.01, l2=0.05)
     plain = _model("float64", seed=2)  # the same weights, no penalty
     data_loss = plain.evaluate(X, y)["loss"]
     penalty = nnxp.backend.to_float(model.penalty())
-    w = [cpu_bk.to_numpy(layer.params["W"]) for layer in (model.layers[0], model.layers[2])]
+    w = [bk.to_numpy(layer.params["W"]) for layer in (model.layers[0], model.layers[2])]
     assert penalty == pytest.approx(ref.l1_l2_penalty(w[0], 0.01, 0.05)
                                     + ref.l1_l2_penalty(w[1], 0.0, 0.05), rel=1e-12)
     assert model.evaluate(X, y)["loss"] == pytest.approx(data_loss + penalty, rel=1e-12)
-    Xa, ya = cpu_bk.asarray(X, "float64"), cpu_bk.asarray(y)
+    Xa, ya = bk.asarray(X, "float64"), bk.asarray(y)
     value = nnxp.backend.to_float(model.loss_and_grads(Xa, ya))
     assert value == pytest.approx(data_loss + penalty, rel=1e-12)
     # one full batch: the epoch's loss is measured at the weights before the step
@@ -194,18 +194,18 @@ def test_fit_and_evaluate_report_the_penalised_loss(cpu_bk, rng) -> None:
     assert history["loss"][0] == pytest.approx(data_loss + penalty, rel=1e-10)
 
 
-def test_l2_shrinks_the_weights_that_training_finds(cpu_bk, rng) -> None:
+def test_l2_shrinks_the_weights_that_training_finds(bk, rng) -> None:
     X = rng.standard_normal((60, 4))
     y = (X @ np.array([1.0, -2.0, 0.5, 0.0]) > 0).astype(np.int64)
     norms = {}
     for l2 in (0.0, 0.05):
         model = nnxp.Sequential([Dense(4, 2, l2=l2)], seed=4)
         model.fit(X, y, epochs=30, batch_size=None, verbose=0, optimizer=nnxp.optim.SGD(lr=0.5))
-        norms[l2] = float(np.linalg.norm(cpu_bk.to_numpy(model.layers[0].params["W"])))
+        norms[l2] = float(np.linalg.norm(bk.to_numpy(model.layers[0].params["W"])))
     assert norms[0.05] < 0.7 * norms[0.0]
 
 
-def test_fit_applies_max_norm_after_every_step(cpu_bk, rng) -> None:
+def test_fit_applies_max_norm_after_every_step(bk, rng) -> None:
     X = rng.standard_normal((40, 4)) * 3.0
     y = (X[:, 0] > 0).astype(np.int64)
     col_norms = {}
@@ -213,7 +213,7 @@ def test_fit_applies_max_norm_after_every_step(cpu_bk, rng) -> None:
         model = nnxp.Sequential([Dense(4, 8, max_norm=c), ReLU(), Dense(8, 2, max_norm=c)],
                                 seed=1)
         model.fit(X, y, epochs=5, batch_size=8, verbose=0, optimizer=nnxp.optim.SGD(lr=0.5))
-        col_norms[c] = [np.linalg.norm(cpu_bk.to_numpy(layer.params["W"]).astype(np.float64),
+        col_norms[c] = [np.linalg.norm(bk.to_numpy(layer.params["W"]).astype(np.float64),
                                        axis=0) for layer in (model.layers[0], model.layers[2])]
     for norms in col_norms[0.5]:
         assert np.all(norms <= 0.5 * (1 + 1e-5))

@@ -33,7 +33,7 @@ def state(model: nnxp.Sequential) -> list[np.ndarray]:
 # --- weight snapshots -----------------------------------------------------------------------------
 
 
-def test_snapshot_holds_every_parameter_and_buffer(cpu_bk) -> None:
+def test_snapshot_holds_every_parameter_and_buffer(bk) -> None:
     model = bn_model()
     snap = model.snapshot_weights()
     assert len(snap) == len(model.layers)
@@ -43,7 +43,7 @@ def test_snapshot_holds_every_parameter_and_buffer(cpu_bk) -> None:
     assert set(snap[1][1]) == {"running_mean", "running_var"}
 
 
-def test_restore_after_training_gives_back_the_exact_weights_and_buffers(cpu_bk, data) -> None:
+def test_restore_after_training_gives_back_the_exact_weights_and_buffers(bk, data) -> None:
     X, y = data
     model = bn_model(seed=1)
     model.fit(X, y, epochs=1, batch_size=8, verbose=0, optimizer=SGD(lr=0.1, momentum=0.9))
@@ -74,7 +74,7 @@ def optimizer_state(opt) -> list[tuple[int, str, np.ndarray]]:
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_two_partial_fits_are_fit_with_two_epochs_bit_for_bit(cpu_bk, data, shuffle) -> None:
+def test_two_partial_fits_are_fit_with_two_epochs_bit_for_bit(bk, data, shuffle) -> None:
     """Weights, buffers, optimizer state and every logged number agree exactly, on every
     backend: the two entry points run the same code, differing only in the epoch count."""
     X, y = data
@@ -101,7 +101,7 @@ def test_two_partial_fits_are_fit_with_two_epochs_bit_for_bit(cpu_bk, data, shuf
         for label in ha.diagnostics["grad_norm"]}
 
 
-def test_partial_fit_continues_a_fit(cpu_bk, data) -> None:
+def test_partial_fit_continues_a_fit(bk, data) -> None:
     X, y = data
     a, b = full_model(seed=8), full_model(seed=8)
     ha = a.fit(X, y, epochs=3, batch_size=16, verbose=0, optimizer=SGD(lr=0.1, momentum=0.9))
