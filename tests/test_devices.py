@@ -145,3 +145,148 @@ def test_dense_activation_follows_the_model(data: Any) -> None:
     model.to("array_api_strict", "device1")
     assert "device1" in str(model.layers[0].activation.device)
     model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+
+
+# --- CuPy on a GPU other than the current one: the plumbing, with fakes --------------------
+# CuPy is not installed on the CPU machines that run this suite. These tests exercise nnxp's
+# logic against a fake ``cupy`` whose "current device" is a global; what they cannot show
+# (CuPy's own kernels honouring the current device) needs tests/test_devices.py's GPU tests.
+
+
+class _FakeCuda:
+    """``cupy.cuda``: ``Device(n)`` as a context that makes ``n`` current; streams per device."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.synchronized: list[int] = []
+        cuda = self
+
+        class Device:
+            def __init__(self, device: Any = None) -> None:
+                self.id = cuda.current if device is None else int(device)
+
+            def __int__(self) -> int:
+                return self.id
+
+            def __enter__(self) -> Device:
+                self.previous, cuda.current = cuda.current, self.id
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                cuda.current = self.previous
+
+        class Stream:
+            def __init__(self, device: int) -> None:
+                self.device = device
+
+            def synchronize(self) -> None:
+                cuda.synchronized.append(self.device)
+
+        self.Device = Device
+        self.get_current_stream = lambda: Stream(cuda.current)
+
+
+def _fake_base(cuda: _FakeCuda) -> Any:
+    """A stand-in for array_api_compat.cupy whose creation functions ignore ``device=`` and
+    allocate on the current device, as array-api-compat's do."""
+    class Arr:
+        def __init__(self) -> None:
+            self.device = cuda.current
+
+    def make(*args: Any, device: Any = None, **kwargs: Any) -> Arr:
+        return Arr()
+
+    names = {f: make for f in backend._CREATION + backend._CREATION_LIKE}
+    return types.SimpleNamespace(__name__="array_api_compat.cupy", __doc__="fake",
+                                 matmul=lambda a, b: None, **names)
+
+
+def test_cupy_namespace_honours_device_for_every_creation_function() -> None:
+    cuda = _FakeCuda()
+    base = _fake_base(cuda)
+    xp = backend._cupy_namespace(base, cuda.Device)
+    assert backend._cupy_namespace(base, cuda.Device) is xp  # one per base: `xp is xp` holds
+    assert xp.__name__ == "array_api_compat.cupy" and xp.matmul is base.matmul
+    for name in backend._CREATION:
+        assert getattr(xp, name)((2,), device=1).device == 1, name
+        assert getattr(xp, name)((2,)).device == 0, name  # no device: the current one
+    on_gpu1 = xp.zeros((2,), device=1)
+    for name in backend._CREATION_LIKE:
+        assert getattr(xp, name)(on_gpu1).device == 1, f"{name} follows its argument"
+    assert cuda.current == 0  # restored after every call
+
+
+def test_cupy_wrapper_covers_every_creation_function_that_ignores_device() -> None:
+    """array-api-compat's creation functions that accept ``device=`` and only check it (CuPy
+    allocates them on the current GPU): each must be wrapped. A new one fails this test."""
+    import inspect
+
+    from array_api_compat.common import _aliases
+
+    ignoring = {name for name, fn in vars(_aliases).items()
+                if inspect.isfunction(fn) and "_check_device(xp, device)" in inspect.getsource(fn)}
+    assert ignoring and ignoring <= set(backend._CREATION + backend._CREATION_LIKE)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch: pytest.MonkeyPatch) -> _FakeCuda:
+    cuda = _FakeCuda()
+    monkeypatch.setitem(__import__("sys").modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    return cuda
+
+
+def test_synchronize_waits_on_the_backends_device(fake_cupy: _FakeCuda,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    xp = _fake_base(fake_cupy)
+    monkeypatch.setattr(backend, "_current", backend.BackendInfo("cupy", xp, 1))
+    backend.synchronize()
+    backend.synchronize(2)
+    assert fake_cupy.synchronized == [1, 2] and fake_cupy.current == 0
+
+
+def test_device_scope_makes_the_device_current_on_cupy_only(fake_cupy: _FakeCuda) -> None:
+    with backend.device_scope(_fake_base(fake_cupy), 1):
+        assert fake_cupy.current == 1
+    assert fake_cupy.current == 0
+    with backend.device_scope(backend.host_namespace(), "cpu"):
+        assert fake_cupy.current == 0
+
+
+def test_model_entry_points_run_under_the_models_device(data: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit, partial_fit, train_on_batch, predict, predict_proba, evaluate, the snapshots and
+    to() run their array work inside backend.device_scope(model.xp, model.device)."""
+    X, y = data
+    depth = [0]
+    entered: list[Any] = []
+
+    class Scope:
+        def __init__(self, xp: Any, device: Any) -> None:
+            entered.append(device)
+
+        def __enter__(self) -> None:
+            depth[0] += 1
+
+        def __exit__(self, *exc: Any) -> None:
+            depth[0] -= 1
+
+    monkeypatch.setattr(backend, "device_scope", Scope)
+    model = nnxp.Sequential([Dense(4, 6, activation="relu"), Dense(6, 3)], seed=0)
+    forward = model.forward
+    calls = [0]
+
+    def checked_forward(x: Any, *, training: bool = False) -> Any:
+        assert depth[0] > 0, "array work outside the model's device scope"
+        calls[0] += 1
+        return forward(x, training=training)
+
+    monkeypatch.setattr(model, "forward", checked_forward)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, validation_data=(X, y))
+    model.partial_fit(X, y)
+    model.train_on_batch(X, y)
+    model.predict(X)
+    model.predict_proba(X)
+    model.evaluate(X, y)
+    assert calls[0] >= 8 and set(entered) == {"cpu"}
+    model.to("array_api_strict", "device1")
+    assert any("device1" in str(d) for d in entered)
