@@ -411,23 +411,57 @@ def asarray(
     ns = _safe_namespace(x) if is_array(x) else None
     if ns is not None and _same_namespace(ns, xp):
         out = x if _same_device(device_of(x), device) else xp.asarray(x, device=device)
-    elif ns is not None:
+    elif ns is not None and not isinstance(x, np.ndarray):
         out = _from_foreign(x, xp, device)
-    else:
-        to_host = getattr(x, "to_numpy", None)  # pandas DataFrame / Series, duck-typed
-        try:
-            host = np.asarray(to_host() if callable(to_host) else x)
-        except ValueError as exc:  # ragged nested lists
-            raise ValueError(f"cannot convert {type(x).__name__} to an array: the nested "
-                             f"sequences have different lengths ({exc})") from None
-        if host.dtype == object:
-            raise TypeError(f"cannot convert {type(x).__name__} with ragged or object entries")
+    else:  # host data: cast here, so that one transfer carries the target dtype
+        host = x if isinstance(x, np.ndarray) else _host_data(x)
+        if target_dtype is not None:
+            host = host.astype(dtype_name(target_dtype), copy=False)
         out = _from_numpy(host, xp, device)
     if target_dtype is not None and out.dtype != target_dtype:
         out = xp.astype(out, target_dtype)
     elif copy:
         out = xp.asarray(out, copy=True)
     return out
+
+
+def _host_data(x: Any) -> np.ndarray:
+    """Nested lists, scalars or a table with ``to_numpy()`` (pandas, duck-typed) as NumPy."""
+    to_host = getattr(x, "to_numpy", None)
+    try:
+        host = np.asarray(to_host() if callable(to_host) else x)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"cannot convert {type(x).__name__} to an array: the nested "
+                         f"sequences have different lengths ({exc})") from None
+    if host.dtype == object:
+        raise TypeError(f"cannot convert {type(x).__name__} with ragged or object entries")
+    return host
+
+
+def cast_host_data(x: Any, dtype: Any) -> Any:
+    """Host data of real numbers or booleans as a NumPy array of ``dtype``, cast on the host.
+
+    For data on its way to a device (``fit``/``predict`` inputs): casting before the transfer
+    moves ``dtype``'s bytes once — half of float64's for a float32 model — and allocates no
+    float64 copy on the device. ``x`` may be a NumPy array, nested lists, a scalar or a table
+    with ``to_numpy()``. Anything else is returned as it is, for the caller's checks to judge:
+    arrays of other libraries (already on a device, cast where they live), data that NumPy
+    cannot read or whose dtype is not real or bool (complex, strings, objects). Values that
+    overflow ``dtype`` become ±inf silently; the callers' finiteness checks report them.
+    """
+    if is_array(x) and not isinstance(x, np.ndarray):
+        return x
+    try:
+        host = x if isinstance(x, np.ndarray) else _host_data(x)
+    except (TypeError, ValueError):
+        return x
+    if host.dtype.kind not in "biuf":
+        return x
+    target = dtype_name(dtype)
+    if host.dtype == np.dtype(target):
+        return host
+    with np.errstate(over="ignore"):
+        return host.astype(target)
 
 
 def _default_device(xp: Any) -> Any:

@@ -218,14 +218,16 @@ class Sequential:
 
     def check_data(self, X: Any, y: Any, loss: Loss | None = None) -> tuple[Array, Array]:
         """``(X, y)`` checked against the model's widths and ``loss`` (the model's by default)
-        and brought onto its backend, device and dtype; errors name the argument."""
+        and brought onto its backend, device and dtype (float targets in the model's dtype; host
+        data is cast on the host, before its one transfer); errors name the argument."""
         loss = self.loss if loss is None else loss
         X = check_features(X, n_features=self.n_features, dtype=self.dtype, xp=self.xp,
                            device=self.device)
         n_out = self.n_outputs
         if n_out is None:
             raise ValueError("the model declares no output width (no Dense layer)")
-        y = loss.check_targets(y, n_out, xp=self.xp, device=self.device, n_samples=X.shape[0])
+        y = loss.check_targets(y, n_out, xp=self.xp, device=self.device, n_samples=X.shape[0],
+                               dtype=self.dtype)
         return X, y
 
     def fit(

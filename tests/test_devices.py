@@ -290,3 +290,69 @@ def test_model_entry_points_run_under_the_models_device(data: Any,
     assert calls[0] >= 8 and set(entered) == {"cpu"}
     model.to("array_api_strict", "device1")
     assert any("device1" in str(d) for d in entered)
+
+
+# --- host input is cast on the host, before its one transfer ----------------------------
+
+
+@pytest.fixture
+def transfers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...], int]]:
+    """Every host-to-backend copy nnxp makes (``backend._from_numpy`` is the one path), as
+    ``(dtype, shape, bytes)``."""
+    seen: list[tuple[str, tuple[int, ...], int]] = []
+    real = backend._from_numpy
+
+    def spy(host: np.ndarray, xp: Any, device: Any) -> Any:
+        seen.append((host.dtype.name, tuple(host.shape), int(host.nbytes)))
+        return real(host, xp, device)
+
+    monkeypatch.setattr(backend, "_from_numpy", spy)
+    return seen
+
+
+@pytest.mark.parametrize("spec", ["torch", "array_api_strict:device1"])
+def test_float64_host_input_crosses_once_as_float32(spec: str, transfers: list[Any]) -> None:
+    rng = np.random.default_rng(5)
+    X64, Xv64 = rng.normal(size=(40, 4)), rng.normal(size=(12, 4))  # float64, as X / 16 is
+    y64, yv64, w64 = rng.normal(size=(40, 2)), rng.normal(size=(12, 2)), rng.uniform(size=40)
+
+    def run(X: Any, y: Any, w: Any, Xv: Any, yv: Any) -> list[np.ndarray]:
+        with nnxp.use_backend(spec):
+            model = nnxp.Sequential([Dense(4, 8, activation="tanh"), Dense(8, 2)], seed=3,
+                                    loss="mse")
+        transfers.clear()
+        model.fit(X, y, sample_weight=w, validation_data=(Xv, yv), epochs=2, batch_size=8,
+                  verbose=0, shuffle=False)
+        fit_moves = list(transfers)
+        transfers.clear()
+        pred = nnxp.to_numpy(model.predict(Xv))
+        scores = model.evaluate(Xv, yv)
+        return [fit_moves, list(transfers), pred, np.array(list(scores.values()))]
+
+    fit64, eval64, pred64, scores64 = run(X64, y64, w64, Xv64, yv64)
+    f32 = [a.astype(np.float32) for a in (X64, y64, w64, Xv64, yv64)]
+    _, _, pred32, scores32 = run(*f32)
+    # exactly one transfer per array, each in float32: half the bytes of the float64 input
+    for a in (X64, y64, w64, Xv64, yv64):
+        moves = [t for t in fit64 if t[1] == a.shape and t[0] != "int64"]
+        assert moves == [("float32", a.shape, a.nbytes // 2)], (a.shape, fit64)
+    assert all(t[0] != "float64" for t in fit64 + eval64), fit64 + eval64
+    assert [t for t in eval64 if t[1] == Xv64.shape] == [("float32", Xv64.shape,
+                                                           Xv64.nbytes // 2)] * 2
+    np.testing.assert_array_equal(pred64, pred32)  # identical results
+    np.testing.assert_array_equal(scores64, scores32)
+
+
+def test_host_cast_keeps_the_checks_and_their_messages() -> None:
+    with nnxp.use_backend("torch"):
+        model = nnxp.Sequential([Dense(2, 1)], loss="mse")
+    with pytest.raises(ValueError, match=r"X contains 1 NaN or infinite value\(s\) \(after "
+                                         r"casting to float32\)"):
+        model.predict(np.array([[1e300, 1.0], [np.nan, 2.0]])[:1])  # overflows in float32
+    with pytest.raises(TypeError, match="X must be numeric, got dtype complex128"):
+        model.predict(np.ones((2, 2), dtype=complex))
+    with pytest.raises(ValueError, match=r"sample_weight contains NaN or infinite values"):
+        model.fit(np.ones((2, 2)), np.ones(2), sample_weight=[1.0, np.inf], verbose=0)
+    assert backend.cast_host_data([[1, 2]], "float32").dtype == np.float32  # lists too
+    strings = np.array(["a"])
+    assert backend.cast_host_data(strings, "float32") is strings  # left for the checks
