@@ -356,3 +356,132 @@ def test_host_cast_keeps_the_checks_and_their_messages() -> None:
     assert backend.cast_host_data([[1, 2]], "float32").dtype == np.float32  # lists too
     strings = np.array(["a"])
     assert backend.cast_host_data(strings, "float32") is strings  # left for the checks
+
+
+# --- generator states in checkpoints: CuPy's too --------------------------------------------
+
+
+class _FakeCupyBits:
+    """Like CuPy's XORWOW: the whole state is a device buffer (``_state``, int8) that every draw
+    reads and advances in place."""
+
+    def __init__(self, seed: int) -> None:
+        self._state = np.random.default_rng(seed).integers(-128, 127, size=96, dtype=np.int8)
+
+
+class _FakeCupyGenerator:
+    def __init__(self, seed: int) -> None:
+        self.bit_generator = _FakeCupyBits(seed)
+
+    def random(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        state = self.bit_generator._state
+        rng = np.random.default_rng(np.frombuffer(state.tobytes(), np.uint32))
+        out = rng.random(shape, dtype=dtype)
+        state[...] = rng.integers(-128, 127, size=state.shape, dtype=np.int8)
+        return out
+
+
+@pytest.fixture
+def fake_cupy_random(fake_cupy: _FakeCuda, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import sys
+
+    module = sys.modules["cupy"]
+    monkeypatch.setattr(module, "random", types.SimpleNamespace(default_rng=_FakeCupyGenerator),
+                        raising=False)
+    monkeypatch.setattr(module, "asarray", np.asarray, raising=False)
+    xp = types.ModuleType("array_api_compat.cupy")
+    xp.float32, xp.float64 = np.float32, np.float64  # type: ignore[attr-defined]
+    return xp, fake_cupy.Device(1)
+
+
+def test_cupy_generator_state_round_trips_through_a_checkpoint(fake_cupy_random: Any,
+                                                               tmp_path: Any) -> None:
+    import json
+
+    from nnxp import archive
+
+    xp, device = fake_cupy_random
+    layer = types.SimpleNamespace(xp=xp, device=device, generator=BackendGenerator(5, xp, device))
+    assert layer.generator.kind == "cupy"
+    layer.generator.uniform((7,), "float32")
+    arrays: dict[str, Any] = {}
+    record = json.loads(json.dumps(archive._generator_states(layer, arrays, "layers/0/g")))
+    with open(tmp_path / "g.npz", "wb") as file:
+        backend.save_npz(file, arrays)
+    expected = layer.generator.uniform((3, 4), "float32")
+
+    resumed = types.SimpleNamespace(xp=xp, device=device,
+                                    generator=BackendGenerator(77, xp, device))
+    archive._restore_generators(resumed, record, backend.load_npz(tmp_path / "g.npz"))
+    np.testing.assert_array_equal(resumed.generator.uniform((3, 4), "float32"), expected)
+
+
+def test_cupy_state_is_written_in_place_on_its_device(fake_cupy_random: Any,
+                                                      fake_cupy: _FakeCuda) -> None:
+    xp, device = fake_cupy_random
+    g = BackendGenerator(5, xp, device)
+    state = g.get_state()
+    assert state.dtype == np.uint8 and state.nbytes == 96
+    other = BackendGenerator(6, xp, device)
+    buffer = other._rng.bit_generator._state
+    other.set_state(state)
+    assert other._rng.bit_generator._state is buffer  # CuPy's kernels hold its address
+    np.testing.assert_array_equal(other.uniform((5,), "float64"), g.uniform((5,), "float64"))
+    with pytest.raises(ValueError, match="does not fit this generator's 96-byte state"):
+        other.set_state(state[:48])
+
+
+# --- GPU only: these run where CuPy sees a GPU (NNXP_TEST_BACKENDS=cupy on a GPU machine) ------
+
+
+def _cupy_gpus() -> int:
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no cupy, no driver, no GPU: skip
+        return 0
+
+
+@pytest.mark.skipif(_cupy_gpus() < 1, reason="GPU only: needs CuPy and a GPU")
+def test_gpu_cupy_resume_with_dropout_is_bit_identical(tmp_path: Any) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    def model(seed: int) -> nnxp.Sequential:
+        return nnxp.Sequential([Dense(5, 16, activation="relu"), LAYERS["Dropout"](0.3),
+                                Dense(16, 2)], seed=seed)
+
+    with nnxp.use_backend("cupy"):
+        full = model(5)
+        full.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=4, batch_size=16, verbose=0)
+        first = model(5)
+        first.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=2, batch_size=16, verbose=0)
+        first.save(tmp_path / "ckpt.npz")
+        resumed = model(123)
+        resumed.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=4, batch_size=16,
+                    verbose=0, resume_from=tmp_path / "ckpt.npz")
+    for a, b in zip(full.layers, resumed.layers):
+        for key in a.params:
+            np.testing.assert_array_equal(nnxp.to_numpy(a.params[key]),
+                                          nnxp.to_numpy(b.params[key]))
+
+
+@pytest.mark.skipif(_cupy_gpus() < 2, reason="GPU only: needs CuPy and two GPUs")
+def test_gpu_cupy_device1_holds_everything(data: Any) -> None:
+    X, y = data
+    with nnxp.use_backend("cupy", device=1):
+        layers = [Dense(4, 6, activation="relu"), LAYERS["BatchNorm1d"](6),
+                  LAYERS["Dropout"](0.2), Dense(6, 3)]
+        model = nnxp.Sequential(layers, seed=2)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=nnxp.optim.Adam(lr=0.01))
+    bad = [path for path, obj in reachable(model) if backend.is_array(obj)
+           and int(backend.device_of(obj).id) != 1]
+    assert not bad, f"arrays off GPU 1: {bad}"
+    out = model.predict_proba(X)
+    assert int(out.device.id) == 1
+    model.to("cupy", 0)
+    assert all(int(backend.device_of(obj).id) == 0 for _, obj in reachable(model)
+               if backend.is_array(obj))
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
