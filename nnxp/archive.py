@@ -499,7 +499,7 @@ def _generator_states(layer: Any, arrays: dict[str, Any], path: str) -> dict[str
             out[name] = {"type": "Generator",
                          "state": _encode(value.state, arrays, f"{path}/{name}")}
         elif isinstance(value, BackendGenerator):
-            state = value.get_state()  # None on cupy: a checkpoint restarts from the seed
+            state = value.get_state()  # None only on a CuPy that hides it: restart from seed
             out[name] = {"type": "BackendGenerator", "kind": value.kind, "seed": value.seed,
                          "state": _encode(state, arrays, f"{path}/{name}")}
     return out

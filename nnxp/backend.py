@@ -85,14 +85,74 @@ def _namespace_for(name: str) -> Any:
     if name == "numpy":
         return _import("array_api_compat.numpy", name)
     if name == "cupy":
-        _import("cupy", name)
-        return _import("array_api_compat.cupy", name)
+        cupy = _import("cupy", name)
+        return _cupy_namespace(_import("array_api_compat.cupy", name), cupy.cuda.Device)
     if name == "torch":
         _import("torch", name)
         return _import("array_api_compat.torch", name)
     if name == "array_api_strict":
         return _import("array_api_strict", name)
     raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(BACKENDS)}")
+
+
+_CREATION = ("arange", "empty", "eye", "full", "linspace", "ones", "zeros")
+_CREATION_LIKE = ("empty_like", "full_like", "ones_like", "zeros_like")
+_cupy_namespaces: dict[int, types.ModuleType] = {}
+
+
+def _cupy_namespace(base: Any, enter: Any) -> types.ModuleType:
+    """array-api-compat's CuPy namespace, with creation functions that honour ``device=``.
+
+    array-api-compat's CuPy ``zeros``, ``ones``, ``full``, ``empty``, ``arange``, ``eye``,
+    ``linspace`` and the ``*_like`` functions accept ``device=`` and ignore it: they allocate on
+    CuPy's *current* GPU (its ``asarray`` does honour it). Here each runs under
+    ``enter(device)`` (``cupy.cuda.Device(device)``) when a device is given, and the ``*_like``
+    functions default to their argument's device, as the standard says. Everything else is the
+    base namespace's own object. One wrapper per base namespace, so ``xp is xp`` still holds for
+    every layer built on the backend; its ``__name__`` is the base's, so array-api-compat and
+    nnxp recognise it as CuPy.
+    """
+    known = _cupy_namespaces.get(id(base))
+    if known is not None:
+        return known
+    ns = types.ModuleType(base.__name__, base.__doc__)
+    ns.__dict__.update({k: v for k, v in vars(base).items() if k != "__name__"})
+
+    def on_device(fn: Any, like: bool) -> Any:
+        def create(*args: Any, device: Any = None, **kwargs: Any) -> Any:
+            if device is None and like:
+                device = getattr(args[0], "device", None)
+            if device is None:
+                return fn(*args, **kwargs)
+            with enter(device):
+                return fn(*args, device=device, **kwargs)
+
+        create.__name__ = create.__qualname__ = fn.__name__
+        create.__doc__ = fn.__doc__
+        return create
+
+    for fname in _CREATION + _CREATION_LIKE:
+        if hasattr(base, fname):
+            setattr(ns, fname, on_device(getattr(base, fname), fname in _CREATION_LIKE))
+    _cupy_namespaces[id(base)] = ns
+    return ns
+
+
+def device_scope(xp: Any, device: Any) -> contextlib.AbstractContextManager[Any]:
+    """A context in which array operations of ``xp`` run on ``device``.
+
+    CuPy runs every kernel, operators included (``x @ W``), on its *current* GPU, whatever GPU
+    the operands live on; ``with device_scope(xp, device):`` makes ``device`` current
+    (``cupy.cuda.Device(device)``) and restores the previous one on exit. Other libraries place
+    an operation's result with its operands, so this is a no-op context for them. The model's
+    entry points (``fit``, ``predict``, ``evaluate``, ``to``, ...) run under it; raw
+    ``layer.forward`` calls on a non-current GPU should too.
+    """
+    if device is not None and _name_of_namespace(xp) == "cupy":
+        import cupy  # noqa: PLC0415 - imported lazily: only this module may name it
+
+        return cast(contextlib.AbstractContextManager[Any], cupy.cuda.Device(device))
+    return contextlib.nullcontext()
 
 
 def _check_cupy_device(device: Any) -> Any:
@@ -371,23 +431,57 @@ def asarray(
     ns = _safe_namespace(x) if is_array(x) else None
     if ns is not None and _same_namespace(ns, xp):
         out = x if _same_device(device_of(x), device) else xp.asarray(x, device=device)
-    elif ns is not None:
+    elif ns is not None and not isinstance(x, np.ndarray):
         out = _from_foreign(x, xp, device)
-    else:
-        to_host = getattr(x, "to_numpy", None)  # pandas DataFrame / Series, duck-typed
-        try:
-            host = np.asarray(to_host() if callable(to_host) else x)
-        except ValueError as exc:  # ragged nested lists
-            raise ValueError(f"cannot convert {type(x).__name__} to an array: the nested "
-                             f"sequences have different lengths ({exc})") from None
-        if host.dtype == object:
-            raise TypeError(f"cannot convert {type(x).__name__} with ragged or object entries")
+    else:  # host data: cast here, so that one transfer carries the target dtype
+        host = x if isinstance(x, np.ndarray) else _host_data(x)
+        if target_dtype is not None:
+            host = host.astype(dtype_name(target_dtype), copy=False)
         out = _from_numpy(host, xp, device)
     if target_dtype is not None and out.dtype != target_dtype:
         out = xp.astype(out, target_dtype)
     elif copy:
         out = xp.asarray(out, copy=True)
     return out
+
+
+def _host_data(x: Any) -> np.ndarray:
+    """Nested lists, scalars or a table with ``to_numpy()`` (pandas, duck-typed) as NumPy."""
+    to_host = getattr(x, "to_numpy", None)
+    try:
+        host = np.asarray(to_host() if callable(to_host) else x)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"cannot convert {type(x).__name__} to an array: the nested "
+                         f"sequences have different lengths ({exc})") from None
+    if host.dtype == object:
+        raise TypeError(f"cannot convert {type(x).__name__} with ragged or object entries")
+    return host
+
+
+def cast_host_data(x: Any, dtype: Any) -> Any:
+    """Host data of real numbers or booleans as a NumPy array of ``dtype``, cast on the host.
+
+    For data on its way to a device (``fit``/``predict`` inputs): casting before the transfer
+    moves ``dtype``'s bytes once — half of float64's for a float32 model — and allocates no
+    float64 copy on the device. ``x`` may be a NumPy array, nested lists, a scalar or a table
+    with ``to_numpy()``. Anything else is returned as it is, for the caller's checks to judge:
+    arrays of other libraries (already on a device, cast where they live), data that NumPy
+    cannot read or whose dtype is not real or bool (complex, strings, objects). Values that
+    overflow ``dtype`` become ±inf silently; the callers' finiteness checks report them.
+    """
+    if is_array(x) and not isinstance(x, np.ndarray):
+        return x
+    try:
+        host = x if isinstance(x, np.ndarray) else _host_data(x)
+    except (TypeError, ValueError):
+        return x
+    if host.dtype.kind not in "biuf":
+        return x
+    target = dtype_name(dtype)
+    if host.dtype == np.dtype(target):
+        return host
+    with np.errstate(over="ignore"):
+        return host.astype(target)
 
 
 def _default_device(xp: Any) -> Any:
@@ -455,16 +549,19 @@ def supports_inplace(xp: Any) -> bool:
 
 
 def synchronize(device: Any = None) -> None:
-    """Wait for queued GPU work (a no-op on CPU backends); used by timers and benchmarks."""
+    """Wait for the GPU work queued on ``device`` (by default the active backend's device, e.g.
+    GPU 1 after ``set_backend("cupy", device=1)``, not CuPy's current GPU); a no-op on CPU
+    backends. Timers and benchmarks call it; pass ``model.device`` for a model on another GPU."""
     name = _current.name
+    dev = device if device is not None else _current.device
     if name == "cupy":
         import cupy  # noqa: PLC0415
 
-        cupy.cuda.get_current_stream().synchronize()
+        with cupy.cuda.Device(dev):  # each GPU has its own current stream: wait on dev's
+            cupy.cuda.get_current_stream().synchronize()
     elif name == "torch":
         import torch  # noqa: PLC0415
 
-        dev = device if device is not None else _current.device
         if getattr(dev, "type", str(dev)) == "cuda":
             torch.cuda.synchronize(dev)
 
@@ -487,9 +584,10 @@ def device_memory(*, reset_peak: bool = False) -> dict[str, int] | None:
         import cupy  # noqa: PLC0415
 
         pool = cupy.get_default_memory_pool()
-        if reset_peak:
-            pool.free_all_blocks()
-        return {"current": int(pool.used_bytes()), "peak": int(pool.total_bytes())}
+        with cupy.cuda.Device(_current.device):  # the pool reports on the current GPU
+            if reset_peak:
+                pool.free_all_blocks()
+            return {"current": int(pool.used_bytes()), "peak": int(pool.total_bytes())}
     if name == "torch" and getattr(_current.device, "type", None) == "cuda":
         import torch  # noqa: PLC0415
 

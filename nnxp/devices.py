@@ -20,8 +20,11 @@ __all__ = ["move"]
 def move(model: Any, backend_name: str | Any, device: Any = None) -> Any:
     """Move ``model`` (parameters, gradients, buffers) and its optimizer state in place.
 
-    Every array attribute of every layer moves to the new namespace and device; dtype
-    attributes are re-resolved in the new namespace; caches of a pending backward are dropped.
+    Every array attribute of every layer moves to the new namespace and device, and so do the
+    layers a layer holds (``Dense``'s ``activation``, walked recursively); dtype attributes are
+    re-resolved in the new namespace; caches of a pending backward are dropped; each
+    :class:`~nnxp.random.BackendGenerator` is replaced by one on the new backend that continues
+    from a seed drawn from the old stream.
     Layers holding other backend-bound objects rebuild them in their ``moved_to(xp, device)``
     hook (:meth:`nnxp.layers.Layer.moved_to`). The optimizer's ``state_dict()`` is taken
     before and loaded back after rebinding.
@@ -43,21 +46,32 @@ def move(model: Any, backend_name: str | Any, device: Any = None) -> Any:
     with backend.use_backend(backend_name, device) as info:
         xp, dev = info.xp, info.device
     opt: Any = getattr(model, "optimizer", None)
-    opt_state = opt.state_dict() if callable(getattr(opt, "state_dict", None)) else None
-    for layer in model.layers:
-        _move_object(layer, xp, dev)
-    model.xp, model.device = xp, dev
-    model.dtype = backend.resolve_dtype(backend.dtype_name(model.dtype), xp)
-    if opt is not None:
-        iterations = getattr(opt, "iterations", 0)
-        opt.bind(model.parameters())
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-        opt.iterations = iterations
+    with backend.device_scope(model.xp, model.device):
+        opt_state = opt.state_dict() if callable(getattr(opt, "state_dict", None)) else None
+    with backend.device_scope(xp, dev):  # CuPy: whatever is created lands on the target GPU
+        seen: set[int] = set()
+        for layer in model.layers:
+            _move_object(layer, xp, dev, seen)
+        model.xp, model.device = xp, dev
+        model.dtype = backend.resolve_dtype(backend.dtype_name(model.dtype), xp)
+        if opt is not None:
+            iterations = getattr(opt, "iterations", 0)
+            opt.bind(model.parameters())
+            if opt_state is not None:
+                opt.load_state_dict(opt_state)
+            opt.iterations = iterations
     return model
 
 
-def _move_object(layer: Any, xp: Any, device: Any) -> None:
+def _is_layer(value: Any) -> bool:
+    return (not isinstance(value, type) and isinstance(getattr(value, "params", None), dict)
+            and callable(getattr(value, "forward", None)))
+
+
+def _move_object(layer: Any, xp: Any, device: Any, seen: set[int]) -> None:
+    if id(layer) in seen:  # a layer reachable twice moves once
+        return
+    seen.add(id(layer))
     for name in ("params", "grads", "buffers"):
         store = getattr(layer, name, None)
         if isinstance(store, dict):
@@ -72,8 +86,15 @@ def _move_object(layer: Any, xp: Any, device: Any) -> None:
         elif not isinstance(value, type) and backend.is_array(value):
             setattr(layer, name, backend.asarray(value, xp=xp, device=device))
         elif isinstance(value, BackendGenerator):  # continue from a seed drawn from the old one
-            seed = int(backend.to_float(value.uniform((1,), "float64")[0]) * (2**63 - 1))
+            with backend.device_scope(value.xp, value.device):
+                seed = int(backend.to_float(value.uniform((1,), "float64")[0]) * (2**63 - 1))
             setattr(layer, name, BackendGenerator(seed, xp, device))
+        elif _is_layer(value):  # a nested layer: Dense's activation
+            _move_object(value, xp, device, seen)
+        elif isinstance(value, (list, tuple)) and any(_is_layer(v) for v in value):
+            for item in value:
+                if _is_layer(item):
+                    _move_object(item, xp, device, seen)
     clear = getattr(layer, "clear_cache", None)
     if callable(clear):
         clear()

@@ -218,14 +218,16 @@ class Sequential:
 
     def check_data(self, X: Any, y: Any, loss: Loss | None = None) -> tuple[Array, Array]:
         """``(X, y)`` checked against the model's widths and ``loss`` (the model's by default)
-        and brought onto its backend, device and dtype; errors name the argument."""
+        and brought onto its backend, device and dtype (float targets in the model's dtype; host
+        data is cast on the host, before its one transfer); errors name the argument."""
         loss = self.loss if loss is None else loss
         X = check_features(X, n_features=self.n_features, dtype=self.dtype, xp=self.xp,
                            device=self.device)
         n_out = self.n_outputs
         if n_out is None:
             raise ValueError("the model declares no output width (no Dense layer)")
-        y = loss.check_targets(y, n_out, xp=self.xp, device=self.device, n_samples=X.shape[0])
+        y = loss.check_targets(y, n_out, xp=self.xp, device=self.device, n_samples=X.shape[0],
+                               dtype=self.dtype)
         return X, y
 
     def fit(
@@ -327,13 +329,14 @@ class Sequential:
         with a fresh optimizer. Smaller ``check_finite_every`` loses fewer steps at the cost
         of one synchronisation and one parameter copy per check.
         """
-        return _training.fit(
-            self, X, y, incremental=False, loss=loss, optimizer=optimizer, epochs=epochs,
-            batch_size=batch_size, shuffle=shuffle, verbose=verbose,
-            validation_split=validation_split, validation_data=validation_data,
-            metrics=metrics, callbacks=callbacks, diagnostics=diagnostics,
-            check_finite_every=check_finite_every, keep_finite_weights=keep_finite_weights,
-            resume_from=resume_from, sample_weight=sample_weight)
+        with self.on_device():
+            return _training.fit(
+                self, X, y, incremental=False, loss=loss, optimizer=optimizer, epochs=epochs,
+                batch_size=batch_size, shuffle=shuffle, verbose=verbose,
+                validation_split=validation_split, validation_data=validation_data,
+                metrics=metrics, callbacks=callbacks, diagnostics=diagnostics,
+                check_finite_every=check_finite_every, keep_finite_weights=keep_finite_weights,
+                resume_from=resume_from, sample_weight=sample_weight)
 
     def partial_fit(
         self,
@@ -367,12 +370,13 @@ class Sequential:
         History
             one entry, numbered by the model's cumulative epoch count ``epochs_trained``.
         """
-        return _training.fit(
-            self, X, y, incremental=True, loss=loss, optimizer=optimizer,
-            batch_size=batch_size, shuffle=shuffle, verbose=verbose,
-            validation_data=validation_data, metrics=metrics, callbacks=callbacks,
-            diagnostics=diagnostics, check_finite_every=check_finite_every,
-            keep_finite_weights=keep_finite_weights, sample_weight=sample_weight)
+        with self.on_device():
+            return _training.fit(
+                self, X, y, incremental=True, loss=loss, optimizer=optimizer,
+                batch_size=batch_size, shuffle=shuffle, verbose=verbose,
+                validation_data=validation_data, metrics=metrics, callbacks=callbacks,
+                diagnostics=diagnostics, check_finite_every=check_finite_every,
+                keep_finite_weights=keep_finite_weights, sample_weight=sample_weight)
 
     def train_on_batch(self, X: Any, y: Any, *, loss: str | Loss | None = None,
                        optimizer: Optimizer | None = None) -> float:
@@ -385,7 +389,8 @@ class Sequential:
         :class:`TrainingDivergedError` is raised. (A closure optimizer such as LBFGS steps
         first; its update is then undone from a copy of the weights.)
         """
-        return _training.train_on_batch(self, X, y, loss=loss, optimizer=optimizer)
+        with self.on_device():
+            return _training.train_on_batch(self, X, y, loss=loss, optimizer=optimizer)
 
     # --- inference and evaluation ---------------------------------------------------------
 
@@ -405,11 +410,13 @@ class Sequential:
         if not hasattr(self.loss, "predict_proba"):
             raise TypeError(f"predict_proba needs a classification loss; this model was trained "
                             f"with {self.loss.name!r}")
-        return self.loss.predict_proba(self._outputs(X, batch_size), xp=self.xp)
+        with self.on_device():
+            return self.loss.predict_proba(self._outputs(X, batch_size), xp=self.xp)
 
     def predict(self, X: Any, *, batch_size: int = 4096) -> Array:
         """Class labels (int64) for classifiers; the raw outputs for regression losses."""
-        return self.loss.predict(self._outputs(X, batch_size), xp=self.xp)
+        with self.on_device():
+            return self.loss.predict(self._outputs(X, batch_size), xp=self.xp)
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int = 4096,
                  metrics: Any = None) -> dict[str, float]:
@@ -420,6 +427,10 @@ class Sequential:
         device in chunks of ``batch_size`` samples, with one transfer to the host.
         """
         check_positive(batch_size, argument="batch_size", integer=True)
+        with self.on_device():
+            return self._evaluate(X, y, batch_size, metrics)
+
+    def _evaluate(self, X: Any, y: Any, batch_size: int, metrics: Any) -> dict[str, float]:
         X, y = self.check_data(X, y)
         if metrics is not None:
             chosen = get_metrics(metrics, is_classifier=self.loss.is_classifier, loss=self.loss)
@@ -471,10 +482,11 @@ class Sequential:
             Per layer, in order, ``(params, buffers)`` mapping each key to a copied array.
         """
         xp = self.xp
-        return [({k: xp.asarray(v, copy=True) for k, v in layer.params.items()},
-                 {k: xp.asarray(v, copy=True)
-                  for k, v in (getattr(layer, "buffers", None) or {}).items()})
-                for layer in self.layers]
+        with self.on_device():
+            return [({k: xp.asarray(v, copy=True) for k, v in layer.params.items()},
+                     {k: xp.asarray(v, copy=True)
+                      for k, v in (getattr(layer, "buffers", None) or {}).items()})
+                    for layer in self.layers]
 
     def restore_weights(self, snapshot: Snapshot) -> None:
         """Put back the parameters and buffers of a :meth:`snapshot_weights` of this model.
@@ -488,13 +500,26 @@ class Sequential:
             architecture).
         """
         xp = self.xp
-        for layer, (params, buffers) in zip(self.layers, snapshot):
-            for k, v in params.items():
-                layer.params[k] = xp.asarray(v, copy=True)
-            for k, v in buffers.items():
-                layer.buffers[k] = xp.asarray(v, copy=True)
+        with self.on_device():
+            for layer, (params, buffers) in zip(self.layers, snapshot):
+                for k, v in params.items():
+                    layer.params[k] = xp.asarray(v, copy=True)
+                for k, v in buffers.items():
+                    layer.buffers[k] = xp.asarray(v, copy=True)
 
     # --- persistence, devices, summary (nnxp.archive, nnxp.devices, nnxp.summary) -------
+
+    def on_device(self) -> Any:
+        """A context in which array work runs on the model's device.
+
+        ``fit``, ``partial_fit``, ``train_on_batch``, ``predict``, ``predict_proba``,
+        ``evaluate``, the weight snapshots and ``to`` enter it themselves. It matters on CuPy
+        with a device other than the current GPU (``set_backend("cupy", device=1)``), where
+        every kernel runs on the current GPU: wrap raw ``model.forward`` / ``backward`` /
+        ``optimizer.step`` calls in ``with model.on_device():``. A no-op on other backends.
+        See :func:`nnxp.backend.device_scope`.
+        """
+        return backend.device_scope(self.xp, self.device)
 
     @property
     def data_rng(self) -> Generator:

@@ -103,7 +103,8 @@ class BackendGenerator:
 
     * numpy — ``numpy.random.Generator(PCG64(seed))``;
     * torch — a ``torch.Generator`` on the arrays' device (CPU or CUDA), seeded with ``seed``;
-    * cupy — ``cupy.random.default_rng(seed)`` created on the arrays' GPU;
+    * cupy — ``cupy.random.default_rng(seed)`` created on the arrays' GPU (XORWOW: a cuRAND
+      state per generator thread, in a device buffer);
     * anything else (array_api_strict has no random numbers) — a NumPy ``Generator`` on the
       host, whose draws are then moved to the device.
 
@@ -176,21 +177,28 @@ class BackendGenerator:
         return backend.asarray(host, xp=self.xp, device=self.device)
 
     def get_state(self) -> Any:
-        """The generator's current state, for checkpoints; ``None`` where the backend hides it.
+        """The generator's current state, for checkpoints.
 
         Returns
         -------
-        dict, torch.Tensor or None
+        dict, torch.Tensor, numpy.ndarray or None
             numpy and host kinds: the PCG64 bit generator's state (a JSON-able dict whose
             integers exceed 64 bits); torch: ``torch.Generator.get_state()``, a CPU ``uint8``
-            tensor; cupy: None, since CuPy does not expose the state of its generators (a
-            checkpoint then restarts the stream from :attr:`seed`).
+            tensor; cupy: the bytes of the cuRAND states of ``default_rng``'s XORWOW bit
+            generator (one ``curandState`` per generator thread, about 1.5 MB), copied to a
+            host ``uint8`` array. CuPy has no public accessor for them: they are the bit
+            generator's ``_state`` device buffer, which its kernels read and advance in place.
+            ``None`` on a CuPy without that buffer (a checkpoint then restarts the stream from
+            :attr:`seed`, as every CuPy checkpoint did before issue 10).
         """
         if self.kind in ("numpy", "host"):
             return dict(self._rng.bit_generator.state)
         if self.kind == "torch":
             return self._rng.get_state()
-        return None
+        buffer = getattr(self._rng.bit_generator, "_state", None)
+        if buffer is None:
+            return None
+        return backend.to_numpy(buffer).view(np.uint8).copy()
 
     def set_state(self, state: Any) -> None:
         """Continue the stream from ``state``, as :meth:`get_state` returned it.
@@ -200,20 +208,40 @@ class BackendGenerator:
         state
             From a generator of the same :attr:`kind`. For torch, any array of the state's
             ``uint8`` bytes (e.g. the host copy a checkpoint holds); it is copied to a CPU
-            tensor, where ``torch.Generator.set_state`` expects it.
+            tensor, where ``torch.Generator.set_state`` expects it. For cupy, the bytes
+            :meth:`get_state` returned, written into this generator's cuRAND state buffer on
+            its GPU (the buffer keeps its address: CuPy's kernels look it up on every draw).
 
         Raises
         ------
+        ValueError
+            on cupy, for a state whose size differs from this generator's (another CuPy
+            version or bit generator).
         NotImplementedError
-            on cupy, whose generators' state cannot be set.
+            on a CuPy whose bit generator keeps no ``_state`` buffer.
         """
         if self.kind == "torch":
             self._rng.set_state(backend.asarray(state, xp=self.xp, device="cpu"))
         elif self.kind == "cupy":
-            raise NotImplementedError("CuPy does not expose the state of its generators; "
-                                      "build a new BackendGenerator from the seed instead")
+            self._set_cupy_state(state)
         else:
             self._rng.bit_generator.state = state
+
+    def _set_cupy_state(self, state: Any) -> None:
+        import cupy  # noqa: PLC0415
+
+        buffer = getattr(self._rng.bit_generator, "_state", None)
+        if buffer is None:
+            raise NotImplementedError("this CuPy's bit generator keeps no _state buffer, so "
+                                      "its state cannot be restored; build a new "
+                                      "BackendGenerator from the seed instead")
+        host = backend.host_array(state).reshape(-1).view(np.uint8)
+        if host.nbytes != buffer.nbytes:
+            raise ValueError(f"a CuPy generator state of {host.nbytes} bytes does not fit this "
+                             f"generator's {buffer.nbytes}-byte state (another CuPy version or "
+                             "bit generator wrote it)")
+        with self.device:
+            buffer[...] = cupy.asarray(host.view(buffer.dtype))
 
     def bernoulli_mask(self, shape: tuple[int, ...], keep: float, dtype: Any) -> Array:
         """A 0/1 mask in ``dtype`` whose entries are 1 with probability ``keep`` (``u < keep``)."""

@@ -329,7 +329,7 @@ def _validation_sets(model: Sequential, X: Array, y: Array, validation_split: fl
         try:
             yv = model.loss.check_targets(validation_data[1], model.n_outputs or 1,
                                           xp=model.xp, device=model.device,
-                                          n_samples=Xv.shape[0])
+                                          n_samples=Xv.shape[0], dtype=model.dtype)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"validation_data[1]: {exc}") from None
         return X, y, (Xv, yv)

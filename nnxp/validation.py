@@ -34,11 +34,19 @@ def describe(x: Any) -> str:
     return type(x).__name__
 
 
-def to_backend(x: Any, *, argument: str, xp: Any, device: Any) -> Array:
-    """Bring user data onto ``xp``/``device`` or raise a TypeError naming ``argument``."""
+def to_backend(x: Any, *, argument: str, xp: Any, device: Any, dtype: Any = None) -> Array:
+    """Bring user data onto ``xp``/``device`` or raise a TypeError naming ``argument``.
+
+    With ``dtype``, host data of real numbers or booleans (NumPy arrays, nested lists, tables)
+    is cast to ``dtype`` on the host first (:func:`nnxp.backend.cast_host_data`), so a float64
+    array reaches a float32 model in one transfer of float32 data; the result may still have
+    another dtype (arrays of other libraries, data the caller's checks reject).
+    """
     if x is None:
         raise TypeError(f"{argument} is required, got None")
     try:
+        if dtype is not None:
+            x = backend.cast_host_data(x, dtype)
         return backend.asarray(x, xp=xp, device=device)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{argument} must be an array or nested list of numbers, got "
@@ -48,8 +56,9 @@ def to_backend(x: Any, *, argument: str, xp: Any, device: Any) -> Array:
 def check_features(
     X: Any, *, n_features: int | None, dtype: Any, xp: Any, device: Any, argument: str = "X"
 ) -> Array:
-    """A finite ``(n_samples, n_features)`` float array of ``dtype`` on the backend."""
-    X = to_backend(X, argument=argument, xp=xp, device=device)
+    """A finite ``(n_samples, n_features)`` float array of ``dtype`` on the backend (host data
+    is cast on the host, before its one transfer)."""
+    X = to_backend(X, argument=argument, xp=xp, device=device, dtype=dtype)
     if X.ndim != 2:
         hint = " (reshape a single sample with x[None, :])" if X.ndim == 1 else ""
         raise ValueError(f"{argument} must be 2-D (n_samples, n_features), got shape "
@@ -392,10 +401,11 @@ def check_float_targets(
 
     A 1-D ``y`` of shape ``(n_samples,)`` is accepted for a 1-output model and returned as
     ``(n_samples, 1)``. Integers and booleans become floats: ``dtype`` when given, else float32;
-    float targets keep their dtype unless ``dtype`` is given. With ``probabilities``, every value
+    float targets keep their dtype unless ``dtype`` is given (host data is then cast on the
+    host, before its one transfer). With ``probabilities``, every value
     must lie in ``[0, 1]``. ``hint`` is appended to the shape errors.
     """
-    y = to_backend(y, argument=argument, xp=xp, device=device)
+    y = to_backend(y, argument=argument, xp=xp, device=device, dtype=dtype)
     if not (xp.isdtype(y.dtype, "real floating") or xp.isdtype(y.dtype, "integral")
             or xp.isdtype(y.dtype, "bool")):
         raise TypeError(f"{argument} must hold numbers, got dtype {backend.dtype_name(y.dtype)}")
@@ -431,8 +441,9 @@ def check_sample_weight(
     sample_weight: Any, n_samples: int, *, dtype: Any, xp: Any, device: Any,
     argument: str = "sample_weight",
 ) -> Array:
-    """Finite, non-negative per-sample weights of shape ``(n_samples,)`` in ``dtype``."""
-    w = to_backend(sample_weight, argument=argument, xp=xp, device=device)
+    """Finite, non-negative per-sample weights of shape ``(n_samples,)`` in ``dtype`` (host data
+    is cast on the host, before its one transfer)."""
+    w = to_backend(sample_weight, argument=argument, xp=xp, device=device, dtype=dtype)
     if not (xp.isdtype(w.dtype, "real floating") or xp.isdtype(w.dtype, "integral")
             or xp.isdtype(w.dtype, "bool")):
         raise TypeError(f"{argument} must hold numbers, got dtype {backend.dtype_name(w.dtype)}")

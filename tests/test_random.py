@@ -61,15 +61,10 @@ def test_generator_state_round_trip() -> None:
 
 def test_backend_generator_state_round_trip(bk) -> None:
     """get_state/set_state continue a stream, also from a host copy of the state (checkpoints
-    store it with nnxp.to_numpy); cupy hides its state and says so."""
+    store it with nnxp.to_numpy); on cupy too (its cuRAND state buffer, copied to the host)."""
     g = BackendGenerator(11, bk.xp, bk.device)
     g.uniform((3,), "float32")
     state = g.get_state()
-    if g.kind == "cupy":
-        assert state is None
-        with pytest.raises(NotImplementedError, match="CuPy does not expose"):
-            g.set_state(state)
-        return
     first = bk.to_numpy(g.uniform((4, 5), "float32"))
     for stored in (state, state if isinstance(state, dict) else nnxp.to_numpy(state)):
         other = BackendGenerator(99, bk.xp, bk.device)
