@@ -20,7 +20,8 @@ The budgets (per training step, with ``fit``'s step function ``nnxp.training._st
 
 * 0 for every layer, activation, loss (with and without sample weights), first-order optimizer,
   clipping option and schedule, from the first step on (constants are made on the device);
-* L-BFGS: :data:`LBFGS_READS_PER_STEP` scalar reads per step (see ``nnxp.optim.lbfgs``);
+* L-BFGS: ``3 × max_iter`` host reads per step (:data:`LBFGS_READS_PER_STEP`), two more per
+  line-search evaluation, none in the two-loop recursion (see ``nnxp.optim.lbfgs``);
 * ``fit`` adds, per epoch, outside the steps: one host-to-device copy (the shuffle
   permutation, drawn on the host so that a seed orders the batches alike on every backend) and
   one device-to-host transfer (the epoch's logs and the divergence flag, stacked).
@@ -55,9 +56,13 @@ from nnxp.optim import LBFGS, OPTIMIZERS  # noqa: E402
 NNXP_DIR = os.path.dirname(os.path.abspath(nnxp.__file__))
 HELPERS = {os.path.join(NNXP_DIR, "backend.py")}  # attribute their calls to the caller
 
-LBFGS_READS_PER_STEP = 8
-"""Host reads of one ``LBFGS(max_iter=4)`` step on the test problem (see ``nnxp.optim.lbfgs``:
-the loss of each closure evaluation, and the stopping tests of each iteration)."""
+LBFGS_ITERATIONS = 4
+LBFGS_READS_PER_STEP = 3 * LBFGS_ITERATIONS
+"""Host reads of one ``LBFGS(max_iter=m)`` step without a line search (``nnxp.optim.lbfgs``):
+``3m`` whatever the history length — the loss of each of the ``m`` closure evaluations (fit's
+closure returns a float, the contract of closure optimizers), one read at the start (max|g| and
+the pending pair's yᵀs) and two per iteration (gᵀd; the stopping tests with the next yᵀs). It
+was ``2k + 6`` per iteration before, k the number of stored pairs (1,277 per default step)."""
 
 # ATen operators whose output shape depends on the data: CUDA must read the size back.
 DATA_DEPENDENT = {"nonzero", "nonzero_static", "argwhere", "masked_select", "_unique",
@@ -410,15 +415,19 @@ def test_schedules_cost_nothing_per_step(name: str) -> None:
 
 
 def test_lbfgs_reads_a_small_constant_per_step() -> None:
-    counter = check_steps(_mlp("tanh"), optimizer=LBFGS(lr=0.5, max_iter=4),
+    counter = check_steps(_mlp("tanh"), optimizer=LBFGS(lr=0.5, max_iter=LBFGS_ITERATIONS),
                           budget=LBFGS_READS_PER_STEP)
     kinds = {e.kind for e in counter.in_steps()}
     assert kinds <= {"device->host"}, report(counter.in_steps())  # scalar reads only
+    per_step = Counter(e.step for e in counter.in_steps())
+    assert set(per_step.values()) == {LBFGS_READS_PER_STEP}, per_step  # exactly, every step
 
 
 def test_lbfgs_with_line_search_reads_a_small_constant_per_step() -> None:
-    check_steps(_mlp("tanh"), optimizer=LBFGS(max_iter=4, line_search_fn="strong_wolfe"),
-                budget=6 * LBFGS_READS_PER_STEP)
+    """Plus two per line-search evaluation (its loss and gᵀd drive its branches)."""
+    check_steps(_mlp("tanh"), optimizer=LBFGS(max_iter=LBFGS_ITERATIONS,
+                                              line_search_fn="strong_wolfe"),
+                budget=2 * LBFGS_READS_PER_STEP)
 
 
 # ----------------------------------------------------------------------------------------------
