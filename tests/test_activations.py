@@ -36,7 +36,7 @@ from nnxp.layers import (
     Softplus,
     get_activation,
 )
-from nnxp.random import Generator
+from nnxp.random import BackendGenerator
 
 DTYPES = ["float32", "float64"]
 TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
@@ -54,7 +54,9 @@ def build(name: str, dtype: str = "float32", **kwargs: Any) -> Any:
         kwargs.setdefault("dtype", dtype)
     if "seed" in accepted:
         kwargs.setdefault("seed", SEED)
-    return factory(**kwargs)
+    layer = factory(**kwargs)
+    layer.test_dtype = dtype  # what rrelu_slopes draws in
+    return layer
 
 
 def smooth_sample(rng: np.random.Generator, shape: tuple[int, ...] = (6, 5)) -> np.ndarray:
@@ -68,8 +70,11 @@ def smooth_sample(rng: np.random.Generator, shape: tuple[int, ...] = (6, 5)) -> 
 
 def rrelu_slopes(layer: RReLU, shape: tuple[int, ...]) -> np.ndarray:
     """The slopes of a fresh ``RReLU(seed=SEED)``'s first training forward: the documented
-    host draw, U[lower, upper) from NumPy's PCG64 seeded with the layer's seed."""
-    return np.random.default_rng(SEED).uniform(layer.lower, layer.upper, size=shape)
+    device draw, ``lower + (upper − lower) u`` with ``u`` the first uniforms of a
+    ``BackendGenerator`` seeded with the layer's seed, in the dtype of the input (``build``
+    records it)."""
+    u = BackendGenerator(SEED, layer.xp, layer.device).uniform(shape, layer.test_dtype)
+    return layer.lower + (layer.upper - layer.lower) * nnxp.to_numpy(u).astype(np.float64)
 
 
 def _alpha(layer: Any) -> np.ndarray:
@@ -158,7 +163,7 @@ class _Reseeded:
                                                              layer.buffers)
 
     def forward(self, x: Any, *, training: bool = True) -> Any:
-        self.layer.rng = Generator(SEED)
+        self.layer.generator = BackendGenerator(SEED, self.layer.xp, self.layer.device)
         return self.layer.forward(x, training=training)
 
     def backward(self, dy: Any) -> Any:
@@ -226,7 +231,7 @@ def test_contract_dtype_device_and_reference(bk, rng, name, dtype) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_contract_gradcheck(bk, rng, name) -> None:
     layer = build(name, "float64")
-    target = _Reseeded(layer) if hasattr(layer, "rng") else layer
+    target = _Reseeded(layer) if hasattr(layer, "generator") else layer
     result = nnxp.gradcheck(target, bk.asarray(smooth_sample(rng), "float64"),
                             raise_on_failure=True)
     assert result.passed and result.n_checked >= 30
@@ -436,11 +441,15 @@ def test_rrelu_training_slopes_are_random_in_range_and_evaluation_uses_their_mea
     np.testing.assert_array_equal(bk.to_numpy(layer.forward(-x, training=True)), 1.0)
 
 
-def test_rrelu_seed_gives_the_same_slopes_on_every_backend(bk) -> None:
+def test_rrelu_seed_gives_the_same_slopes_on_one_backend_drawn_on_the_device(bk) -> None:
     x = -np.ones((3, 4))
-    got = bk.to_numpy(RReLU(seed=11).forward(bk.asarray(x, "float64"), training=True))
-    want = RReLU(seed=11).forward(nnxp.asarray(x, "float64"), training=True)
-    np.testing.assert_array_equal(got, nnxp.to_numpy(want))
+    with nnxp.use_backend(bk.spec):
+        first, second = RReLU(0.1, 0.3, seed=11), RReLU(0.1, 0.3, seed=11)
+    got = bk.to_numpy(first.forward(bk.asarray(x, "float64"), training=True))
+    np.testing.assert_array_equal(
+        got, bk.to_numpy(second.forward(bk.asarray(x, "float64"), training=True)))
+    u = BackendGenerator(11, bk.xp, bk.device).uniform((3, 4), "float64")
+    np.testing.assert_allclose(-got, 0.1 + 0.2 * bk.to_numpy(u), rtol=1e-15)
 
 
 @pytest.mark.parametrize(
@@ -565,8 +574,8 @@ def test_dense_activation_equals_dense_then_activation(bk, rng, name) -> None:
     fused = Dense(4, 5, activation=name, dtype="float64", seed=3)
     plain = Dense(4, 5, dtype="float64", seed=3)
     act = build(name, "float64")
-    if hasattr(act, "rng"):  # the same random slopes on both sides
-        act.rng.state = fused.activation.rng.state
+    if hasattr(act, "generator"):  # the same random slopes on both sides
+        act.generator = BackendGenerator(fused.activation.generator.seed, act.xp, act.device)
     x, dy = rng.standard_normal((6, 4)), rng.standard_normal((6, 5))
     y1 = fused.forward(bk.asarray(x, "float64"))
     y2 = act.forward(plain.forward(bk.asarray(x, "float64")))

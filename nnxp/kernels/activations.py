@@ -21,6 +21,8 @@ import math
 from typing import Any, NamedTuple
 
 from ..typing import Array
+from .scalars import clamp, constant
+from .scalars import sign as _sign
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 """SELU's α (Klambauer et al., 2017): the fixed point that keeps mean 0 and variance 1."""
@@ -71,8 +73,8 @@ def step_backward(dy: Array, *, xp: Any) -> Array:
 
 
 def sign(x: Array, *, xp: Any) -> Array:
-    """Sign: ``y = 1`` for x > 0, ``0`` at x = 0, ``-1`` for x < 0."""
-    return xp.sign(x)
+    """Sign: ``y = 1`` for x > 0, ``0`` at x = 0, ``-1`` for x < 0 (NaN for NaN)."""
+    return _sign(x, xp=xp)
 
 
 def sign_backward(dy: Array, *, xp: Any) -> Array:
@@ -82,7 +84,7 @@ def sign_backward(dy: Array, *, xp: Any) -> Array:
 
 def piecewise_linear(x: Array, *, xp: Any) -> Array:
     """Piecewise linear unit: ``y = 0`` for x ≤ −½, ``x + ½`` for −½ < x < ½, ``1`` for x ≥ ½."""
-    return xp.clip(x + 0.5, 0.0, 1.0)
+    return clamp(x + 0.5, 0.0, 1.0, xp=xp)
 
 
 def piecewise_linear_backward(dy: Array, x: Array, *, xp: Any) -> Array:
@@ -132,11 +134,11 @@ def tanh_backward(dy: Array, y: Array, *, xp: Any) -> Array:
 def relu(x: Array, *, xp: Any) -> Array:
     """ReLU: ``y = max(x, 0)``.
 
-    The 0 is a Python scalar, which the standard (2024.12) lets ``maximum`` take and which keeps
-    ``x``'s dtype and device; building a 0-d array for it cost more than the maximum itself on a
-    small batch.
+    The 0 is a 0-d array made once per dtype and device (:func:`~nnxp.kernels.scalars.constant`):
+    the standard lets ``maximum`` take a Python scalar, but array-api-compat's torch namespace
+    copies it to the device on every call, which a GPU waits for.
     """
-    return xp.maximum(x, 0.0)
+    return xp.maximum(x, constant(0.0, x, xp=xp))
 
 
 def relu_backward(dy: Array, y: Array, *, xp: Any) -> Array:
@@ -154,7 +156,8 @@ def leaky_relu(x: Array, negative_slope: float | Array = 0.01, *, xp: Any) -> Ar
     Written as ``max(x, 0) + a · min(x, 0)``, which needs no selection. ``negative_slope`` may be
     a float or an array broadcasting against ``x`` (PReLU and RReLU reuse this kernel).
     """
-    return xp.maximum(x, 0.0) + negative_slope * xp.minimum(x, 0.0)
+    zero = constant(0.0, x, xp=xp)
+    return xp.maximum(x, zero) + negative_slope * xp.minimum(x, zero)
 
 
 def leaky_relu_backward(
@@ -189,7 +192,7 @@ def prelu_backward(dy: Array, x: Array, alpha: Array, *, xp: Any) -> tuple[Array
       α is shared (shape (1,))                                    same shape as ``alpha``
     """
     dx = leaky_relu_backward(dy, x, alpha, xp=xp)
-    contrib = dy * xp.minimum(x, 0.0)
+    contrib = dy * xp.minimum(x, constant(0.0, x, xp=xp))
     lead = tuple(range(contrib.ndim - 1))
     dalpha = xp.sum(contrib, axis=lead) if lead else contrib
     if alpha.shape[0] == 1:
@@ -217,7 +220,8 @@ def elu(x: Array, alpha: float = 1.0, *, xp: Any) -> Array:
     Written as ``max(x, 0) + α · expm1(min(x, 0))``: the exponential never sees a positive
     argument (no overflow) and ``expm1`` keeps precision near 0.
     """
-    return xp.maximum(x, 0.0) + alpha * xp.expm1(xp.minimum(x, 0.0))
+    zero = constant(0.0, x, xp=xp)
+    return xp.maximum(x, zero) + alpha * xp.expm1(xp.minimum(x, zero))
 
 
 def elu_backward(dy: Array, y: Array, alpha: float = 1.0, *, xp: Any) -> Array:
@@ -251,7 +255,7 @@ def softplus(x: Array, beta: float = 1.0, *, xp: Any) -> Array:
     and ``y → x`` (to within rounding) for large x.
     """
     t = x * beta if beta != 1.0 else x
-    y = xp.maximum(t, 0.0) + xp.log1p(xp.exp(-xp.abs(t)))
+    y = xp.maximum(t, constant(0.0, t, xp=xp)) + xp.log1p(xp.exp(-xp.abs(t)))
     return y / beta if beta != 1.0 else y
 
 
@@ -307,9 +311,11 @@ def erf(x: Array, *, xp: Any) -> Array:
     Derivative: ``erf'(x) = (2/√π) e^(−x²)``.
     """
     a = xp.abs(x)
-    small = _erf_series(xp.clip(x, -_ERF_SPLIT, _ERF_SPLIT))
-    tail = 1.0 - _erfc_fraction(xp.clip(a, _ERF_SPLIT, _ERFC_CAP), xp)
-    return xp.where(a < _ERF_SPLIT, small, xp.sign(x) * tail)
+    small = _erf_series(clamp(x, -_ERF_SPLIT, _ERF_SPLIT, xp=xp))
+    tail = 1.0 - _erfc_fraction(clamp(a, _ERF_SPLIT, _ERFC_CAP, xp=xp), xp)
+    # sign(x) · tail where |x| ≥ 2, selected rather than multiplied by xp.sign (which writes
+    # NaN through a boolean mask on CuPy and torch: a synchronisation)
+    return xp.where(a < _ERF_SPLIT, small, xp.where(x < 0, -tail, tail))
 
 
 def erfc(x: Array, *, xp: Any) -> Array:
@@ -320,8 +326,8 @@ def erfc(x: Array, *, xp: Any) -> Array:
     ``erfc(x) = 2 − erfc(−x)``. Relative error below 1e-12 in float64.
     """
     a = xp.abs(x)
-    small = 1.0 - _erf_series(xp.clip(a, 0.0, _ERF_SPLIT))
-    tail = _erfc_fraction(xp.clip(a, _ERF_SPLIT, _ERFC_CAP), xp)
+    small = 1.0 - _erf_series(clamp(a, 0.0, _ERF_SPLIT, xp=xp))
+    tail = _erfc_fraction(clamp(a, _ERF_SPLIT, _ERFC_CAP, xp=xp), xp)
     upper = xp.where(a < _ERF_SPLIT, small, tail)  # erfc(|x|)
     return xp.where(x >= 0, upper, 2.0 - upper)
 
@@ -333,7 +339,7 @@ def normal_cdf(x: Array, *, xp: Any) -> Array:
 
 def normal_pdf(x: Array, *, xp: Any) -> Array:
     """Standard normal density ``φ(x) = e^(−x²/2) / √(2π)`` (x clamped to ±40, where φ is 0)."""
-    c = xp.clip(x, -40.0, 40.0)
+    c = clamp(x, -40.0, 40.0, xp=xp)
     return _INV_SQRT_2PI * xp.exp(-0.5 * (c * c))
 
 
@@ -343,7 +349,7 @@ def _gelu_tanh_inner(x: Array, xp: Any) -> tuple[Array, Array]:
     At |x| = 20 the tanh is already exactly ±1 in float64 and float32, so clamping changes no
     value and keeps ``c³`` from overflowing for huge inputs.
     """
-    c = xp.clip(x, -20.0, 20.0)
+    c = clamp(x, -20.0, 20.0, xp=xp)
     return xp.tanh(_SQRT_2_OVER_PI * (c + _GELU_CUBIC * (c * c * c))), c
 
 

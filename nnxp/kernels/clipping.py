@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..typing import Array
+from .scalars import clamp, constant
 
 
 def global_norm(grads: Sequence[Array], *, norm_type: float = 2.0, xp: Any) -> Array:
@@ -50,7 +51,7 @@ def clip_by_global_norm(
     place and returned.
     """
     total = global_norm(grads, norm_type=norm_type, xp=xp)
-    coef = xp.clip(max_norm / (total + 1e-6), max=1.0)
+    coef = xp.minimum(max_norm / (total + 1e-6), constant(1.0, total, xp=xp))
     if inplace:
         for g in grads:
             g *= coef
@@ -67,7 +68,7 @@ def clip_by_value(
     """
     out = []
     for g in grads:
-        clipped = xp.clip(g, min=-clip_value, max=clip_value)
+        clipped = clamp(g, -clip_value, clip_value, xp=xp)
         if inplace:
             g[...] = clipped
             clipped = g

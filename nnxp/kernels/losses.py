@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from ..typing import Array
 from .activations import sigmoid
+from .scalars import clamp, sign
 
 DEFAULT_EPS = 1e-7
 """Clip bound of the losses on probabilities: ``p`` is clipped to ``[eps, 1 − eps]`` (Keras'
@@ -175,7 +176,7 @@ def mae(outputs: Array, targets: Array, *, xp: Any, sample_weight: Array | None 
 
 def mae_backward(cache: RegressionCache, *, xp: Any) -> Array:
     """``∂L/∂o = sign(o − t) · w / (N D)``."""
-    return xp.sign(cache.diff) * cache.scale
+    return sign(cache.diff, xp=xp) * cache.scale
 
 
 def huber(outputs: Array, targets: Array, *, xp: Any, delta: float = 1.0,
@@ -189,14 +190,14 @@ def huber(outputs: Array, targets: Array, *, xp: Any, delta: float = 1.0,
     """
     cache = _regression_cache(outputs, targets, sample_weight, xp=xp, delta=delta)
     a = xp.abs(cache.diff)
-    q = xp.clip(a, max=delta)
+    q = clamp(a, high=delta, xp=xp)
     h = 0.5 * (q * q) + delta * (a - q)
     return _reduce(_per_sample(h, xp=xp), sample_weight, xp=xp), cache
 
 
 def huber_backward(cache: RegressionCache, *, xp: Any) -> Array:
     """``∂L/∂o = clip(o − t, −δ, δ) · w / (N D)``."""
-    return xp.clip(cache.diff, min=-cache.delta, max=cache.delta) * cache.scale
+    return clamp(cache.diff, -cache.delta, cache.delta, xp=xp) * cache.scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def binary_cross_entropy(
     sample_weight : (N,) or None
     """
     _check_same_shape(probs, targets)
-    p = xp.clip(probs, min=eps, max=1.0 - eps)
+    p = clamp(probs, eps, 1.0 - eps, xp=xp)
     t = smooth_labels(targets, label_smoothing, 2)
     b = -(t * xp.log(p) + (1.0 - t) * xp.log(1.0 - p))
     denom = probs.shape[0] * _elements_per_sample(probs)
@@ -267,7 +268,7 @@ def binary_cross_entropy_with_logits(
     """
     _check_same_shape(logits, targets)
     t = smooth_labels(targets, label_smoothing, 2)
-    b = xp.clip(logits, min=0.0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
+    b = clamp(logits, 0.0, xp=xp) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
     denom = logits.shape[0] * _elements_per_sample(logits)
     cache = BinaryCache(logits, t, _scale(logits, sample_weight, denom, xp=xp))
     return _reduce(_per_sample(b, xp=xp), sample_weight, xp=xp), cache
@@ -309,7 +310,7 @@ def categorical_cross_entropy(
     _check_same_shape(probs, targets)
     if probs.ndim != 2:
         raise ValueError(f"probs must be 2-D (N, C), got shape {tuple(probs.shape)}")
-    p = xp.clip(probs, min=eps, max=1.0 - eps)
+    p = clamp(probs, eps, 1.0 - eps, xp=xp)
     t = smooth_labels(targets, label_smoothing, probs.shape[1])
     per_sample = -xp.sum(t * xp.log(p), axis=1)
     cache = CategoricalCache(p, t, _scale(p, sample_weight, probs.shape[0], xp=xp))

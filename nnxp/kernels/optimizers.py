@@ -647,8 +647,8 @@ def nadam_update(
 
 
 def lbfgs_direction(
-    grad: Array, old_dirs: Sequence[Array], old_stps: Sequence[Array], ro: Sequence[float],
-    h_diag: float, *, dot: Callable[[Array, Array], float],
+    grad: Array, old_dirs: Sequence[Array], old_stps: Sequence[Array], ro: Sequence[Any],
+    h_diag: Any, *, dot: Callable[[Array, Array], Any],
 ) -> Array:
     """The L-BFGS search direction ``d = −H g`` by the two-loop recursion.
 
@@ -660,12 +660,13 @@ def lbfgs_direction(
         r &← γ_k q \\text{ with } γ_k = s_{k-1}ᵀ y_{k-1} / y_{k-1}ᵀ y_{k-1} \\text{ (h\\_diag)} \\\\
         β_i &= ρ_i y_iᵀ r, \\; r ← r + (α_i − β_i) s_i \\quad (i = 0, …, k−1)
 
-    Nocedal & Wright, *Numerical Optimization* (2nd ed.), Algorithm 7.4. ``dot`` returns a Python
-    float (one device-to-host transfer); every vector is 1-D of the same length.
+    Nocedal & Wright, *Numerical Optimization* (2nd ed.), Algorithm 7.4. Every vector is 1-D of
+    the same length. ``dot`` returns a 0-d array and ``ro``, ``h_diag`` may be 0-d arrays (or
+    floats): then nothing here reads a value back to the host, whatever the history length.
     """
     q = -grad
     k = len(old_dirs)
-    al = [0.0] * k
+    al: list[Any] = [0.0] * k
     for i in range(k - 1, -1, -1):
         al[i] = dot(old_stps[i], q) * ro[i]
         q = q - al[i] * old_dirs[i]

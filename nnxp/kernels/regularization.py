@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..typing import Array
+from .scalars import constant, sign
 
 
 def l1_l2_penalty(W: Array, *, l1: float, l2: float, xp: Any) -> Array:
@@ -48,7 +49,7 @@ def l1_l2_penalty_grad(W: Array, *, l1: float, l2: float, xp: Any) -> Array:
     """
     grad = xp.zeros_like(W)
     if l1:
-        grad = grad + l1 * xp.sign(W)
+        grad = grad + l1 * sign(W, xp=xp)
     if l2:
         grad = grad + (2.0 * l2) * W
     return grad
@@ -77,5 +78,5 @@ def max_norm(W: Array, *, max_value: float, xp: Any) -> Array:
     (in, out) array in ``W``'s dtype; ``W`` itself is not modified.
     """
     norms = column_norms(W, xp=xp)
-    c = xp.full((), max_value, dtype=W.dtype, device=W.device)
+    c = constant(max_value, W, xp=xp)
     return W * (c / xp.maximum(norms, c))

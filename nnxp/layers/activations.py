@@ -26,7 +26,7 @@ from typing import Any
 from .. import backend
 from ..init import INITIALIZERS, Initializer, get_initializer
 from ..kernels import activations as act
-from ..random import Generator
+from ..random import BackendGenerator, Generator
 from ..typing import Array
 from ..validation import (
     check_choice,
@@ -262,10 +262,11 @@ class RReLU(Layer):
     forward pass; in evaluation ``a = (lower + upper) / 2``, the mean of the training slopes (as
     ``torch.nn.RReLU``). Derivative: 1 for x > 0, ``a`` (the slope used) otherwise.
 
-    The slopes are drawn on the host by an :class:`nnxp.random.Generator` seeded from ``seed`` and
-    moved to the backend: the same seed gives the same slopes on every backend, at the cost of one
-    host-to-device copy per training step (a GPU generator would avoid it but differs between
-    libraries). ``Sequential(seed=...)`` hands the layer its own stream through
+    The slopes are drawn on the device by the backend's own generator
+    (:class:`nnxp.random.BackendGenerator`, as dropout masks are): ``lower + (upper − lower) u``
+    with ``u ~ U[0, 1)``, so a training step makes no host-to-device copy. A seed reproduces the
+    same slopes on the same backend and device, but the slopes differ from one backend to
+    another. ``Sequential(seed=...)`` reseeds the generator from the model's seed through
     :meth:`reset_parameters`.
 
     Parameters
@@ -284,18 +285,18 @@ class RReLU(Layer):
         if self.lower > self.upper:
             raise ValueError(f"lower must be <= upper, got lower={lower!r} and upper={upper!r}")
         self.seed = seed
-        self.rng = Generator(seed)
+        self.generator = BackendGenerator(seed, self.xp, self.device)
 
     def reset_parameters(self, rng: Generator) -> None:
-        """Take ``rng`` as the generator of the random slopes (there are no parameters)."""
-        self.rng = rng
+        """Reseed the slope generator from ``rng`` (there are no parameters)."""
+        self.generator = BackendGenerator(rng.integers(2**63 - 1), self.xp, self.device)
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         if not training:
             self._cache = None
             return act.rrelu(x, 0.5 * (self.lower + self.upper), xp=self.xp)
-        slopes = self.rng.uniform(tuple(x.shape), low=self.lower, high=self.upper,
-                                  dtype=x.dtype, xp=self.xp, device=x.device)
+        u = self.generator.uniform(tuple(x.shape), x.dtype)
+        slopes = self.lower + (self.upper - self.lower) * u
         self._cache = (x, slopes)
         return act.rrelu(x, slopes, xp=self.xp)
 

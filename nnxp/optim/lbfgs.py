@@ -23,7 +23,8 @@ class LBFGSState:
     """What L-BFGS carries from one :meth:`LBFGS.step` call to the next (torch's names).
 
     ``old_dirs`` / ``old_stps`` hold the curvature pairs ``y`` / ``s`` (oldest first) and ``ro``
-    their ``1 / yᵀs``; ``d`` and ``t`` are the last direction and step length, ``H_diag`` the
+    their ``1 / yᵀs`` (0-d arrays on the device, so the recursion never reads back); ``d`` and
+    ``t`` are the last direction and step length, ``H_diag`` the
     initial Hessian scaling; ``prev_flat_grad`` / ``prev_loss`` the gradient and loss before the
     last move; the counters add up over every call.
     """
@@ -34,8 +35,8 @@ class LBFGSState:
     t: float | None = None
     old_dirs: list[Array] = field(default_factory=list)
     old_stps: list[Array] = field(default_factory=list)
-    ro: list[float] = field(default_factory=list)
-    H_diag: float = 1.0  # noqa: N815 - torch's name, kept in checkpoints
+    ro: list[Any] = field(default_factory=list)  # 0-d arrays (floats when loaded from a file)
+    H_diag: Any = 1.0  # noqa: N815 - torch's name, kept in checkpoints; a 0-d array or float
     prev_flat_grad: Array | None = None
     prev_loss: float | None = None
 
@@ -128,25 +129,62 @@ class LBFGS(Optimizer):
             layer.params[key] = k.add_scaled(p, chunk, t, self._inplace[i])
             offset += n
 
-    def _dot(self, a: Array, b: Array) -> float:
-        return backend.to_float(self._xp().sum(a * b))
+    def _dot(self, a: Array, b: Array) -> Array:
+        """``aᵀb`` as a 0-d array: stays on the device."""
+        return self._xp().sum(a * b)
 
-    def _absmax(self, a: Array) -> float:
+    def _absmax(self, a: Array) -> Array:
+        """``max |a|`` as a 0-d array: stays on the device."""
         xp = self._xp()
-        return backend.to_float(xp.max(xp.abs(a)))
+        return xp.max(xp.abs(a))
+
+    def _read(self, *values: Any) -> list[float]:
+        """Python floats of 0-d arrays (and of numbers, passed through), with one transfer.
+
+        The arrays are stacked on the device and copied to the host together: every host
+        read of a step goes through here, so the count per step is the number of calls.
+        """
+        arrays = [v for v in values if not isinstance(v, numbers.Real)]
+        if len(arrays) > 1:
+            xp = self._xp()
+            dtypes = {a.dtype for a in arrays}
+            if len(dtypes) > 1:
+                arrays = [xp.astype(a, xp.float64) for a in arrays]
+            try:
+                host = iter(backend.to_numpy(xp.stack(arrays)).tolist())
+            except (TypeError, ValueError, RuntimeError):  # a closure's loss on another device
+                host = iter([backend.to_float(a) for a in arrays])
+        else:
+            host = iter([backend.to_float(a) for a in arrays])
+        return [float(v) if isinstance(v, numbers.Real) else next(host) for v in values]
 
     def _evaluate(self, closure: Callable[[], Any], x: list[Array], t: float,
-                  d: Array) -> tuple[float, Array]:
+                  d: Array) -> tuple[float, Array, float]:
+        """``(f, g, gᵀd)`` at ``x + t d``, the parameters left at ``x``; one host read."""
         self._add_step(t, d)
-        loss = backend.to_float(closure())
+        loss = closure()
         g = self._flat_grad()
         self._set_params(x)
-        return loss, g
+        loss_f, gtd = self._read(loss, self._dot(g, d))
+        return loss_f, g, gtd
 
     # --- the step -------------------------------------------------------------------------
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Run up to ``max_iter`` L-BFGS iterations; returns the closure's first loss."""
+        """Run up to ``max_iter`` L-BFGS iterations; returns the closure's first loss.
+
+        Host reads (device-to-host transfers; several 0-d arrays are stacked into one): the
+        closure's loss when it returns an array (``fit``'s closure returns a float, read
+        there: one per evaluation either way); one when the step starts (``max|g|`` and the
+        curvature ``yᵀs`` of the pending pair); per iteration, one for ``gᵀd`` (the descent
+        test) and one after the move for the stopping tests (``max|g|``, ``max|t d|``) with
+        the next pair's ``yᵀs``; with ``line_search_fn="strong_wolfe"``, per function
+        evaluation of the line search one more for its ``gᵀd``, which its branches need. A
+        step of ``m = max_iter`` iterations without a line search or early stop, under
+        ``fit``, reads ``3m`` times whatever the history length: the two-loop recursion keeps
+        its inner products, ``ρ`` and the Hessian scaling on the device as 0-d arrays (torch
+        reads ``yᵀs``, ``gᵀd`` and the stopping tests back the same way).
+        """
         if closure is None:
             raise TypeError("LBFGS.step needs a closure: a function that recomputes the loss on "
                             "the full batch, fills the gradients (e.g. via "
@@ -164,19 +202,24 @@ class LBFGS(Optimizer):
         xp = self._xp()
 
         orig_loss = closure()
-        loss = backend.to_float(orig_loss)
         current_evals = 1
         st.func_evals += 1
         flat_grad = self._flat_grad()
         self.iterations += 1
-        if self._absmax(flat_grad) <= tol_grad:
-            return orig_loss
 
         d: Any = st.d
         t: Any = st.t
         h_diag = st.H_diag
         old_dirs, old_stps, ro = st.old_dirs, st.old_stps, st.ro
         prev_flat_grad, prev_loss = st.prev_flat_grad, st.prev_loss
+
+        # read together: the loss, max|g|, and what the first iteration will need on the host
+        pair = self._pair(flat_grad, prev_flat_grad, d, t) if st.n_iter > 0 else None
+        first = xp.sum(xp.abs(flat_grad)) if st.n_iter == 0 else 0.0
+        loss, g_max, abs_sum, ys_f = self._read(
+            orig_loss, self._absmax(flat_grad), first, 0.0 if pair is None else pair[2])
+        if g_max <= tol_grad:
+            return orig_loss
 
         n_iter = 0
         while n_iter < max_iter:
@@ -186,10 +229,9 @@ class LBFGS(Optimizer):
                 d = -flat_grad
                 old_dirs, old_stps, ro, h_diag = [], [], [], 1.0
             else:
-                y = flat_grad - prev_flat_grad
-                s = d * t
-                ys = self._dot(y, s)
-                if ys > 1e-10:
+                assert pair is not None
+                y, s, ys = pair
+                if ys_f > 1e-10:
                     if len(old_dirs) == history_size:
                         old_dirs.pop(0)
                         old_stps.pop(0)
@@ -202,38 +244,50 @@ class LBFGS(Optimizer):
             prev_flat_grad = xp.asarray(flat_grad, copy=True)
             prev_loss = loss
             if st.n_iter == 1:
-                t = min(1.0, 1.0 / backend.to_float(xp.sum(xp.abs(flat_grad)))) * lr
+                t = min(1.0, 1.0 / abs_sum) * lr
             else:
                 t = lr
-            gtd = self._dot(flat_grad, d)
+            strong_wolfe = group["line_search_fn"] == "strong_wolfe"
+            if strong_wolfe:
+                gtd, d_norm = self._read(self._dot(flat_grad, d), self._absmax(d))
+            else:
+                (gtd,) = self._read(self._dot(flat_grad, d))
             if gtd > -tol_change:
                 break
 
             ls_evals = 0
-            if group["line_search_fn"] == "strong_wolfe":
+            d_max = math.inf
+            if strong_wolfe:
                 x_init = self._clone_params()
 
-                def obj(x: list[Array], step: float, direction: Array) -> tuple[float, Array]:
+                def obj(x: list[Array], step: float,
+                        direction: Array) -> tuple[float, Array, float]:
                     return self._evaluate(closure, x, step, direction)
 
                 loss, flat_grad, t, ls_evals = self._strong_wolfe(
-                    obj, x_init, t, d, loss, flat_grad, gtd, tolerance_change=tol_change)
+                    obj, x_init, t, d, loss, flat_grad, gtd, d_norm, tolerance_change=tol_change)
                 self._add_step(t, d)
-                opt_cond = self._absmax(flat_grad) <= tol_grad
+                pair = self._pair(flat_grad, prev_flat_grad, d, t)
+                g_max, d_max, ys_f = self._read(self._absmax(flat_grad), self._absmax(d * t),
+                                                pair[2])
+                opt_cond = g_max <= tol_grad
             else:
                 self._add_step(t, d)
                 opt_cond = False
                 if n_iter != max_iter:
-                    loss = backend.to_float(closure())
+                    value = closure()
                     flat_grad = self._flat_grad()
-                    opt_cond = self._absmax(flat_grad) <= tol_grad
+                    pair = self._pair(flat_grad, prev_flat_grad, d, t)
+                    loss, g_max, d_max, ys_f = self._read(
+                        value, self._absmax(flat_grad), self._absmax(d * t), pair[2])
+                    opt_cond = g_max <= tol_grad
                     ls_evals = 1
             current_evals += ls_evals
             st.func_evals += ls_evals
 
             if n_iter == max_iter or current_evals >= max_eval or opt_cond:
                 break
-            if self._absmax(d * t) <= tol_change:
+            if d_max <= tol_change:
                 break
             if abs(loss - prev_loss) < tol_change:
                 break
@@ -243,16 +297,24 @@ class LBFGS(Optimizer):
         st.prev_flat_grad, st.prev_loss = prev_flat_grad, prev_loss
         return orig_loss
 
+    def _pair(self, flat_grad: Array, prev_flat_grad: Array, d: Array,
+              t: float) -> tuple[Array, Array, Array]:
+        """The curvature pair of the last move, ``(y, s, yᵀs)``, all on the device."""
+        y = flat_grad - prev_flat_grad
+        s = d * t
+        return y, s, self._dot(y, s)
+
     def _strong_wolfe(
-        self, obj: Callable[[list[Array], float, Array], tuple[float, Array]],
-        x: list[Array], t: float, d: Array, f: float, g: Array, gtd: float, *,
+        self, obj: Callable[[list[Array], float, Array], tuple[float, Array, float]],
+        x: list[Array], t: float, d: Array, f: float, g: Array, gtd: float, d_norm: float, *,
         c1: float = 1e-4, c2: float = 0.9, tolerance_change: float = 1e-9, max_ls: int = 25,
     ) -> tuple[float, Array, float, int]:
-        """torch's strong-Wolfe search: bracketing, then zoom with safeguarded cubic steps."""
-        d_norm = self._absmax(d)
-        f_new, g_new = obj(x, t, d)
+        """torch's strong-Wolfe search: bracketing, then zoom with safeguarded cubic steps.
+
+        ``d_norm = max|d|``; ``obj`` returns the loss, gradient and ``gᵀd`` (one host read).
+        """
+        f_new, g_new, gtd_new = obj(x, t, d)
         evals = 1
-        gtd_new = self._dot(g_new, d)
         t_prev, f_prev, g_prev, gtd_prev = 0.0, f, g, gtd
         done = False
         ls_iter = 0
@@ -279,9 +341,8 @@ class LBFGS(Optimizer):
             t = k.cubic_interpolate(t_prev, f_prev, gtd_prev, t, f_new, gtd_new,
                                     bounds=(min_step, max_step))
             t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new, gtd_new
-            f_new, g_new = obj(x, t, d)
+            f_new, g_new, gtd_new = obj(x, t, d)
             evals += 1
-            gtd_new = self._dot(g_new, d)
             ls_iter += 1
         if ls_iter == max_ls:
             bracket, bracket_f, bracket_g = [0.0, t], [f, f_new], [g, g_new]
@@ -303,9 +364,8 @@ class LBFGS(Optimizer):
                     insuf_progress = True
             else:
                 insuf_progress = False
-            f_new, g_new = obj(x, t, d)
+            f_new, g_new, gtd_new = obj(x, t, d)
             evals += 1
-            gtd_new = self._dot(g_new, d)
             ls_iter += 1
             if f_new > f + c1 * t * gtd or f_new >= bracket_f[low]:
                 bracket[high], bracket_f[high] = t, f_new
@@ -333,7 +393,9 @@ class LBFGS(Optimizer):
             if name in ("old_dirs", "old_stps"):
                 saved[name] = _stack_rows(value) if value else None
             elif name == "ro":
-                saved[name] = [float(r) for r in value]
+                saved[name] = [backend.to_float(r) for r in value]
+            elif name == "H_diag":  # a 0-d array after the first pair: saved as a float
+                saved[name] = backend.to_float(value)
             elif backend.is_array(value):
                 saved[name] = backend.to_numpy(value).copy()
             elif value is not None:
