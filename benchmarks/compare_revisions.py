@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="time budget of the whole run (split over the cases)")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
+    parser.add_argument("--only", default="",
+                        help="run only the cases whose name ('big sgd epoch') contains this")
     args = parser.parse_args(argv)
     cases = [(m, o, op) for m in ("small", "big") for o in ("sgd", "adam")
-             for op in ("step", "epoch")]
+             for op in ("step", "epoch") if args.only in f"{m} {o} {op}"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         old_pkg = unpack_revision(args.rev, Path(tmp))
