@@ -365,7 +365,8 @@ class Replica:
                     continue
                 state = s if state is None else metric.merge(state, s)
             merged.append(None if state is None else tuple(
-                backend.asarray(c, xp=xp, device=device) if hasattr(c, "shape") else c
+                xp.reshape(backend.asarray(c, xp=xp, device=device), tuple(c.shape))
+                if hasattr(c, "shape") else c
                 for c in state))
         for layer in model.layers:
             buffers = getattr(layer, "buffers", None) or {}
