@@ -56,7 +56,7 @@ class DistributedError(RuntimeError):
 
 def _mpi() -> Any:
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # noqa: PLC0415 - optional: the mpi extra
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(f"{_MISSING} ({exc})") from exc
     return MPI
@@ -272,7 +272,8 @@ class Replica:
         n, g = X.shape[0], batch_size * self.size
         for start in range(0, n, g):
             m = min(start + g, n) - start
-            lo, hi = start + (self.rank * m) // self.size, start + ((self.rank + 1) * m) // self.size
+            lo = start + (self.rank * m) // self.size
+            hi = start + ((self.rank + 1) * m) // self.size
             self._local, self._global = hi - lo, m
             if order is None:
                 yield X[lo:hi, ...], y[lo:hi, ...], None if w is None else w[lo:hi]

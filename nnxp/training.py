@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import archive, backend
 from . import diagnostics as diag
+from . import distributed as dist  # mpi4py itself is imported only when a run asks for it
 from .callbacks import CallbackList, get_lr
 from .losses import Loss, get_loss
 from .metrics import get_metrics
@@ -243,8 +244,6 @@ def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distribute
     """``fit(..., distributed=...)``: the same loop with a :class:`nnxp.distributed.Replica`
     (rank 0 alone shows progress and runs the callbacks that write files); an exception on
     one rank aborts every rank (see :mod:`nnxp.distributed`)."""
-    from . import distributed as dist  # imported only here: mpi4py stays optional
-
     options = distributed if isinstance(distributed, dist.DataParallel) else None
     if options is None and distributed is not True:
         raise TypeError("distributed must be True, False or an nnxp.distributed.DataParallel, "
