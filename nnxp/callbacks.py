@@ -536,6 +536,9 @@ class ModelCheckpoint(Callback):
         The paths written, in order.
     """
 
+    writes_files = True
+    """Data-parallel training (:mod:`nnxp.distributed`) runs it on rank 0 only."""
+
     def __init__(self, filepath: Any, *, monitor: str = "val_loss",
                  save_best_only: bool = False, mode: str = "auto", period: int = 1,
                  include_optimizer: bool = True, min_delta: float = 0.0) -> None:

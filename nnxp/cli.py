@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import backend, bench
+from . import backend, bench, distributed
 from . import io as nio
 from ._version import __version__
 from .backend import BACKENDS, BackendError
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", default=None, metavar="CURVES.png",
                        help="write the learning curves (needs matplotlib)")
     train.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training across the ranks of mpiexec -n N "
+                            "(--batch-size is per rank; needs the mpi extra; only rank 0 "
+                            "prints and saves)")
 
     predict = sub.add_parser("predict", help="predict with a saved model; writes CSV")
     predict.add_argument("--model", required=True, metavar="MODEL.npz")
@@ -485,7 +489,9 @@ def train(args: argparse.Namespace) -> int:
     model = _build_model(X.shape[1], n_out, args, standardize)
     model.metadata = meta
     widths = [X.shape[1], *args.hidden, n_out]
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    root = not args.distributed or distributed.rank() == 0  # rank 0 alone prints and saves
+    log = (lambda *a: None) if args.quiet or not root else (
+        lambda *a: print(*a, file=sys.stderr))
     n_val = 0 if va is None else len(va)
     log(f"nnxp: backend={info.name} device={info.device} MLP {'-'.join(map(str, widths))} "
         f"({model.count_params():,} parameters), {len(tr)} train / "
@@ -496,7 +502,10 @@ def train(args: argparse.Namespace) -> int:
     history = model.fit(X[tr], y[tr], loss=loss, metrics=metrics,
                         optimizer=get_optimizer(args.optimizer, lr=args.lr), epochs=args.epochs,
                         batch_size=args.batch_size, verbose=0 if args.quiet else 1,
-                        validation_data=None if va is None else (X[va], y[va]))
+                        validation_data=None if va is None else (X[va], y[va]),
+                        distributed=args.distributed)
+    if not root:
+        return 0
     seconds = time.perf_counter() - start
     result = model.evaluate(X[te], y[te])
     where = f"({args.epochs} epochs in {seconds:.1f} s on {info.name})"

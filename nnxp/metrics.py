@@ -70,6 +70,11 @@ class Metric:
         """The metric value over everything folded into ``state``, as a 0-d float64 array."""
         raise NotImplementedError
 
+    def merge(self, a: State, b: State) -> State:
+        """Two states folded over disjoint samples as one (data-parallel ranks' states, on
+        the host); the default adds them component by component (sums and counts)."""
+        return tuple(x + y for x, y in zip(a, b))
+
     def __call__(self, outputs: Array, targets: Array, *, xp: Any = None) -> Array:
         """The metric on a single batch (a 0-d float64 array on the outputs' device)."""
         if xp is None:
@@ -268,6 +273,15 @@ class R2Score(Metric):
         mean = mean_a + delta * (n_b / n)
         ss = ss_a + ss_b + delta * delta * (n_a * n_b / n)
         return n, mean, ss, res_a + res_b
+
+    def merge(self, a: State, b: State) -> State:
+        """Chan's pairwise update of the count, mean and centred sum of squares."""
+        n_a, mean_a, ss_a, res_a = a
+        n_b, mean_b, ss_b, res_b = b
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        return (n, mean_a + delta * (n_b / n), ss_a + ss_b + delta * delta * (n_a * n_b / n),
+                res_a + res_b)
 
     def result(self, state: State, *, xp: Any) -> Array:
         _, _, ss_tot, ss_res = state

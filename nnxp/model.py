@@ -4,7 +4,7 @@ evaluate; ``fit``, ``partial_fit`` and ``train_on_batch`` run the loop of :mod:`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import archive as _archive
@@ -151,14 +151,20 @@ class Sequential:
             x = layer.forward(x, training=training)
         return x
 
-    def backward(self, dy: Array, *, need_input_grad: bool = True) -> Array | None:
+    def backward(self, dy: Array, *, need_input_grad: bool = True,
+                 on_layer_grads: Callable[[Any], None] | None = None) -> Array | None:
         """Backpropagate ``dy = ∂L/∂outputs`` through every layer; fills each ``layer.grads``.
 
         Returns ``∂L/∂inputs``. With ``need_input_grad=False`` (what training uses) it returns
         None and stops at the first layer that has parameters: that layer is asked not to
         compute its input gradient (``layer.needs_input_grad``), and the parameter-free layers
         before it (e.g. a ``Standardize`` first layer) are not differentiated at all.
+
+        ``on_layer_grads(layer)``, when given, is called after each layer's backward, as soon
+        as its ``grads`` are final (:mod:`nnxp.distributed` starts its all-reduces there).
         """
+        if on_layer_grads is not None:
+            return self._backward_notifying(dy, need_input_grad, on_layer_grads)
         layers = self.layers
         if need_input_grad:
             for layer in reversed(layers):
@@ -176,6 +182,27 @@ class Sequential:
             finally:
                 layer.needs_input_grad = previous
         return None
+
+    def _backward_notifying(self, dy: Array, need_input_grad: bool,
+                            notify: Callable[[Any], None]) -> Array | None:
+        """:meth:`backward` calling ``notify(layer)`` after each layer (kept apart so that the
+        single-process path stays as it was)."""
+        layers = self.layers
+        first = 0 if need_input_grad else next(
+            (i for i, layer in enumerate(layers) if layer.params), len(layers))
+        for i in range(len(layers) - 1, first, -1):
+            dy = layers[i].backward(dy)
+            notify(layers[i])
+        if first < len(layers):
+            layer = layers[first]
+            previous = getattr(layer, "needs_input_grad", True)
+            layer.needs_input_grad = need_input_grad and previous
+            try:
+                dy = layer.backward(dy)
+            finally:
+                layer.needs_input_grad = previous
+            notify(layer)
+        return dy if need_input_grad else None
 
     def loss_and_grads(self, x: Array, y: Array, loss: Loss | None = None) -> Array:
         """One forward and backward pass on a batch; returns the 0-d loss (weight penalties
@@ -250,6 +277,7 @@ class Sequential:
         keep_finite_weights: bool = True,
         resume_from: Any = None,
         sample_weight: Any = None,
+        distributed: Any = False,
     ) -> History:
         """Train by backpropagation: full-batch, mini-batch or stochastic gradient descent.
 
@@ -303,6 +331,11 @@ class Sequential:
             the logged training loss is the same weighted mean over the epoch. They follow
             their samples through shuffling; with ``validation_split`` the held-out part's
             weights are dropped (validation losses are unweighted).
+        distributed : ``True`` or an :class:`nnxp.distributed.DataParallel` to train data
+            parallel across the ranks of ``mpiexec -n N`` (needs the ``mpi`` extra):
+            ``batch_size`` is per rank, gradients are averaged across ranks before every
+            step, only rank 0 shows progress and writes checkpoints; see
+            ``docs/distributed.md``
 
         Returns
         -------
@@ -336,7 +369,8 @@ class Sequential:
                 validation_split=validation_split, validation_data=validation_data,
                 metrics=metrics, callbacks=callbacks, diagnostics=diagnostics,
                 check_finite_every=check_finite_every, keep_finite_weights=keep_finite_weights,
-                resume_from=resume_from, sample_weight=sample_weight)
+                resume_from=resume_from, sample_weight=sample_weight,
+                distributed=distributed)
 
     def partial_fit(
         self,

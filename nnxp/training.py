@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import archive, backend
 from . import diagnostics as diag
+from . import distributed as dist  # mpi4py itself is imported only when a run asks for it
 from .callbacks import CallbackList, get_lr
 from .losses import Loss, get_loss
 from .metrics import get_metrics
@@ -168,6 +169,7 @@ def fit(
     epochs: int = 1,
     validation_split: float = 0.0,
     resume_from: Any = None,
+    distributed: Any = False,
 ) -> History:
     """Train ``model``: the one code path of :meth:`Sequential.fit` and ``partial_fit``.
 
@@ -223,11 +225,46 @@ def fit(
             raise ValueError(f"the checkpoint {resume_from} has completed "
                              f"{first_epoch - 1} epochs already; epochs={epochs} is the "
                              "total to reach, so nothing is left to train")
+    if distributed is not False and distributed is not None:  # data parallel: nnxp.distributed
+        return _fit_distributed(model, X, y, val, distributed, opt, cbs, dict(
+            first_epoch=first_epoch, last_epoch=last_epoch, batch_size=batch_size,
+            shuffle=shuffle, verbose=verbose, diagnostics=diagnostics,
+            check_finite_every=check_finite_every, sample_weight=w,
+            keep_finite_weights=keep_finite_weights), resumed=resume_from is not None)
     return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
                        last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
                        verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
                        check_finite_every=check_finite_every, sample_weight=w,
                        keep_finite_weights=keep_finite_weights)
+
+
+def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distributed: Any,
+                     opt: Optimizer, cbs: CallbackList, loop: dict[str, Any], *,
+                     resumed: bool) -> History:
+    """``fit(..., distributed=...)``: the same loop with a :class:`nnxp.distributed.Replica`
+    (rank 0 alone shows progress and runs the callbacks that write files); an exception on
+    one rank aborts every rank (see :mod:`nnxp.distributed`)."""
+    options = distributed if isinstance(distributed, dist.DataParallel) else None
+    if options is None and distributed is not True:
+        raise TypeError("distributed must be True, False or an nnxp.distributed.DataParallel, "
+                        f"got {distributed!r}")
+    n = X.shape[0]
+    replica = dist.Replica(model, X, y, optimizer=opt,
+                           batch_size=n if loop["batch_size"] is None else loop["batch_size"],
+                           epochs=loop["last_epoch"], shuffle=loop["shuffle"],
+                           sample_weight=loop["sample_weight"], resumed=resumed,
+                           options=options, verbose=loop["verbose"])
+    if replica.rank != 0:
+        loop["verbose"] = 0
+        cbs = CallbackList([cb for cb in cbs if not getattr(cb, "writes_files", False)])
+    try:
+        return _run_epochs(model, X, y, val, optimizer=opt, callbacks=cbs, replica=replica,
+                           **loop)
+    except TrainingDivergedError:
+        raise  # the same on every rank: the averaged gradients spread a NaN to all
+    except BaseException as exc:  # one rank alone: stop every rank, naming this one
+        replica.fail(exc)
+        raise
 
 
 def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None,
@@ -354,12 +391,13 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 first_epoch: int, last_epoch: int, batch_size: int | None, shuffle: bool,
                 verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
                 check_finite_every: int | None, sample_weight: Array | None,
-                keep_finite_weights: bool) -> History:
+                keep_finite_weights: bool, replica: Any = None) -> History:
     """Epochs ``first_epoch .. last_epoch`` on checked arrays and options, with the callbacks,
     the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
     xp, n = model.xp, X.shape[0]
     bs = n if batch_size is None else min(batch_size, n)
-    n_batches = math.ceil(n / bs)
+    n_batches = math.ceil(n / (bs if replica is None else bs * replica.size))
+    batches, step_fn = (_batches, _step) if replica is None else (replica.batches, replica.step)
     metrics = model.metrics or []
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     quiet = any(getattr(cb, "handles_divergence", False) for cb in cbs)
@@ -387,9 +425,9 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 loss_sum = xp.zeros((), dtype=xp.float64, device=model.device)
                 states: list[Any] = [None] * len(metrics)
                 for batch, (xb, yb, wb) in enumerate(
-                        _batches(X, y, bs, sample_weight, order, xp=xp)):
-                    value, out = _step(model, xb, yb, optimizer, before_update=before_update,
-                                       wb=wb)
+                        batches(X, y, bs, sample_weight, order, xp=xp)):
+                    value, out = step_fn(model, xb, yb, optimizer,
+                                         before_update=before_update, wb=wb)
                     step += 1
                     loss_sum = loss_sum + xp.astype(value, xp.float64) * xb.shape[0]
                     for i, metric in enumerate(metrics):
@@ -400,6 +438,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                     if batch_hooks:
                         cbs.on_batch_end(batch, {"loss": value, "size": xb.shape[0]})
                     progress.advance()
+                if replica is not None:  # every rank's shard in the logs
+                    loss_sum, states = replica.reduce_epoch(loss_sum, states, metrics, model)
                 names = ["loss"] + [m.name for m in metrics]
                 arrays = [loss_sum / n] + [m.result(s, xp=xp) for m, s in zip(metrics, states)]
                 if val is not None:

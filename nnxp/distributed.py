@@ -1,0 +1,390 @@
+"""Data-parallel training on MPI: ``fit(..., distributed=True)`` under ``mpiexec -n N``.
+
+Every rank holds a full replica of the model and the full data set; each epoch's shuffled
+order is drawn identically on every rank (rank 0's shuffling generator is broadcast at
+start-up), and every *global* batch of ``N * batch_size`` consecutive positions of that order
+is split into ``N`` disjoint, contiguous shards, rank ``r`` taking the ``r``-th. After the
+backward pass the gradients are averaged so that every rank holds the gradient of the loss
+over the global batch, and every rank applies the same optimizer step: the replicas stay
+identical, and the run computes what one process computes with ``batch_size * N`` (to
+floating-point rounding: the sums over the batch are split in ``N`` parts).
+
+Averaging. A local gradient is the mean over the ``n_r`` local samples; it is scaled by
+``n_r / N_b`` (``N_b`` the global batch) and the scaled gradients are summed across ranks,
+which is the mean over the global batch even when the last batch does not split evenly. The
+parameters are packed, last layer first, into buckets of at most ``bucket_mb`` MiB (one flat
+buffer when the model is smaller, as every MLP here is); a bucket is packed and its
+``MPI_Iallreduce`` started as soon as the backward pass has produced the gradients of its
+last-needed layer, so communication overlaps the backward of the earlier layers where the
+MPI library progresses non-blocking collectives in the background (MPICH and Open MPI
+progress them mostly inside MPI calls: the overlap on CPU is small; see
+``docs/distributed.md``).
+
+Batch normalisation uses per-rank batch statistics (like ``torch.nn.parallel.
+DistributedDataParallel`` without ``SyncBatchNorm``); the running statistics are averaged
+across ranks at the end of every epoch, so the replicas evaluate and save identically.
+
+Faults. Every wait is bounded: collectives are polled against ``timeout`` seconds, and an
+exception on one rank (or a timeout) prints the rank and the error and calls ``MPI_Abort``,
+which makes ``mpiexec`` stop every rank; mismatched models, data or options are detected at
+start-up on every rank, and the error names the rank that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from . import backend
+from .typing import Array
+
+__all__ = ["DataParallel", "DistributedError", "Replica", "rank", "world_size"]
+
+_MISSING = ("nnxp.distributed needs mpi4py and an MPI library: pip install 'nnxp[mpi]' "
+            "(mpi4py and mpich), then launch with mpiexec -n N")
+
+
+class DistributedError(RuntimeError):
+    """Ranks disagree (model, data, options) or one of them stopped answering."""
+
+
+def _mpi() -> Any:
+    try:
+        from mpi4py import MPI  # noqa: PLC0415 - optional: the mpi extra
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{_MISSING} ({exc})") from exc
+    return MPI
+
+
+def rank() -> int:
+    """This process's rank in ``MPI.COMM_WORLD`` (imports mpi4py)."""
+    return int(_mpi().COMM_WORLD.Get_rank())
+
+
+def world_size() -> int:
+    """The number of ranks in ``MPI.COMM_WORLD`` (imports mpi4py)."""
+    return int(_mpi().COMM_WORLD.Get_size())
+
+
+class DataParallel:
+    """The options of data-parallel training; ``fit(distributed=True)`` uses the defaults.
+
+    Parameters
+    ----------
+    timeout
+        Seconds any rank waits for the others at a collective before it aborts the job
+        (default 300, or the ``NNXP_DIST_TIMEOUT`` environment variable).
+    bucket_mb
+        Largest gradient bucket in MiB (default 25, as torch DDP); a layer is never split.
+    comm
+        An mpi4py communicator (default ``MPI.COMM_WORLD``).
+    abort_on_error
+        Abort every rank when one raises (the default; otherwise the exception propagates
+        on that rank only, and the others stop at their next collective's timeout).
+    """
+
+    def __init__(self, *, timeout: float | None = None, bucket_mb: float = 25.0,
+                 comm: Any = None, abort_on_error: bool = True) -> None:
+        if timeout is None:
+            timeout = float(os.environ.get("NNXP_DIST_TIMEOUT", "300"))
+        if not timeout > 0 or not bucket_mb > 0:
+            raise ValueError(f"timeout and bucket_mb must be positive, got {timeout}, "
+                             f"{bucket_mb}")
+        self.timeout = float(timeout)
+        self.bucket_bytes = int(bucket_mb * 2**20)
+        self.comm = comm
+        self.abort_on_error = bool(abort_on_error)
+
+    def __repr__(self) -> str:
+        return (f"DataParallel(timeout={self.timeout}, bucket_mb="
+                f"{self.bucket_bytes / 2**20:g})")
+
+
+def _digest(arrays: list[Any]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        host = backend.to_numpy(a)
+        h.update(str((host.shape, str(host.dtype))).encode())
+        h.update(host.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _itemsize(a: Array) -> int:
+    return int(backend.to_numpy(a[(0,) * a.ndim] if a.ndim else a).itemsize)
+
+
+class Replica:
+    """One rank's side of data-parallel training; made by ``fit`` (see the module docstring)."""
+
+    def __init__(self, model: Any, X: Array, y: Array, *, optimizer: Any, batch_size: int,
+                 epochs: int, shuffle: bool, sample_weight: Any, resumed: bool,
+                 options: DataParallel | None = None, verbose: int = 0) -> None:
+        opts = options if options is not None else DataParallel()
+        self.MPI = MPI = _mpi()
+        self.comm = opts.comm if opts.comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = int(self.comm.Get_rank()), int(self.comm.Get_size())
+        self.timeout, self.abort_on_error = opts.timeout, opts.abort_on_error
+        self.model = model
+        self.comm_seconds = 0.0  # time spent waiting for gradient all-reduces (this rank)
+        self.steps = 0
+        if getattr(optimizer, "requires_closure", False):
+            raise ValueError(f"distributed training needs a first-order optimizer; "
+                             f"{type(optimizer).__name__} re-evaluates the loss in a closure")
+        self._rendezvous("start-up")
+        self._check_same(model, X, y, optimizer=optimizer, batch_size=batch_size,
+                         epochs=epochs, shuffle=shuffle, sample_weight=sample_weight)
+        self._broadcast_state(model, resumed)
+        self._plan_buckets(model, opts.bucket_bytes)
+        self.path = self._choose_transport(model)
+        if self.rank == 0 and verbose:
+            print(f"nnxp.distributed: {self.size} ranks, per-rank batch {batch_size} (global "
+                  f"{batch_size * self.size}); gradients in {len(self.buckets)} bucket(s) of "
+                  f"<= {opts.bucket_bytes / 2**20:g} MiB via {self.path}", file=sys.stderr)
+        self._local = self._global = 0
+        self._pending: list[tuple[Any, Any, int]] = []
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def _rendezvous(self, what: str) -> None:
+        """Every rank reaches this point within ``timeout`` seconds, or this rank aborts."""
+        self._wait([self.comm.Ibarrier()], what)
+
+    def _wait(self, requests: list[Any], what: str) -> None:
+        MPI = self.MPI
+        deadline = time.monotonic() + self.timeout
+        pause = 0.0
+        while not MPI.Request.Testall(requests):
+            if time.monotonic() > deadline:
+                self.fail(DistributedError(
+                    f"nnxp.distributed: rank {self.rank} waited {self.timeout:g} s at {what}: "
+                    "another rank has stopped, hung or died"))
+            time.sleep(pause)
+            pause = min(pause * 2 or 1e-5, 1e-3)
+
+    def _check_same(self, model: Any, X: Array, y: Array, **options: Any) -> None:
+        n_check = min(X.shape[0], 1024)
+        optimizer = options.pop("optimizer")
+        sw = options.pop("sample_weight")
+        mine = {
+            "model": [(type(layer).__name__,
+                       [(k, tuple(p.shape), backend.dtype_name(p.dtype))
+                        for k, p in layer.params.items()]) for layer in model.layers],
+            "loss": repr(model.loss),
+            "data": (tuple(X.shape), tuple(y.shape), backend.dtype_name(X.dtype),
+                     _digest([X[:n_check, ...], y[:n_check, ...]])),
+            "sample weights": None if sw is None else _digest([sw]),
+            "optimizer": (type(optimizer).__name__, repr(optimizer.get_config())),
+            "options": repr(sorted(options.items())),
+            "backend": backend.backend_name_of(X),
+        }
+        everyone = self.comm.allgather(mine)
+        for r, theirs in enumerate(everyone):
+            for key, value in theirs.items():
+                if value != everyone[0][key]:
+                    raise DistributedError(
+                        f"nnxp.distributed: rank {r} disagrees with rank 0 on the {key}: "
+                        f"{value!r} on rank {r}, {everyone[0][key]!r} on rank 0")
+
+    def _arrays(self, model: Any) -> list[tuple[dict[str, Any], str]]:
+        return [(store, k) for layer in model.layers
+                for store in (layer.params, getattr(layer, "buffers", None) or {})
+                for k in store]
+
+    def _broadcast_state(self, model: Any, resumed: bool) -> None:
+        """Rank 0's weights, buffers and shuffling generator on every rank, checked equal."""
+        slots = self._arrays(model)
+        before = self.comm.allgather(_digest([store[k] for store, k in slots]))
+        if resumed and len(set(before)) > 1:
+            bad = next(r for r, d in enumerate(before) if d != before[0])
+            raise DistributedError(f"nnxp.distributed: rank {bad} restored different weights "
+                                   "from the checkpoint than rank 0")
+        xp, device = model.xp, model.device
+        for store, k in slots:
+            host = backend.to_numpy(store[k]).copy()
+            self.comm.Bcast(host, root=0)
+            store[k] = backend.asarray(host, xp=xp, device=device)
+        model.data_rng.state = self.comm.bcast(model.data_rng.state, root=0)
+        after = self.comm.allgather(_digest([store[k] for store, k in slots]))
+        if len(set(after)) > 1:
+            bad = next(r for r, d in enumerate(after) if d != after[0])
+            raise DistributedError(f"nnxp.distributed: rank {bad} holds different weights "
+                                   "from rank 0 after the broadcast")
+        self.initial_weights_differed = len(set(before)) > 1
+
+    def _plan_buckets(self, model: Any, cap: int) -> None:
+        """Buckets of whole layers, last layer first: ``[[(layer, key, shape, size)...]]``;
+        ``trigger[id(layer)]`` is the bucket a layer completes (its earliest layer)."""
+        self.buckets: list[list[tuple[Any, str, tuple[int, ...], int]]] = []
+        self.trigger: dict[int, int] = {}
+        current: list[tuple[Any, str, tuple[int, ...], int]] = []
+        nbytes = 0
+        last_layer = None
+        for layer in reversed(model.layers):
+            if not layer.params:
+                continue
+            entries = [(layer, k, tuple(p.shape), math.prod(p.shape))
+                       for k, p in layer.params.items()]
+            size = sum(e[3] * _itemsize(layer.params[e[1]]) for e in entries)
+            if current and nbytes + size > cap:
+                self.buckets.append(current)
+                self.trigger[id(last_layer)] = len(self.buckets) - 1
+                current, nbytes = [], 0
+            current += entries
+            nbytes += size
+            last_layer = layer
+        if current:
+            self.buckets.append(current)
+            self.trigger[id(last_layer)] = len(self.buckets) - 1
+
+    def _choose_transport(self, model: Any) -> str:
+        """Direct buffers (numpy, torch CPU, array-api-strict on the CPU, CUDA arrays with a
+        CUDA-aware MPI), else staging through host memory. The path is returned to log."""
+        xp, device = model.xp, model.device
+        name = backend.backend_name_of(model.layers[-1].params[next(iter(
+            model.layers[-1].params))]) if model.layers[-1].params else "numpy"
+        on_gpu = "cuda" in str(device).lower() or name == "cupy"
+        cuda_aware = bool(getattr(self.MPI, "Query_cuda_support", lambda: False)())
+        self.direct = False
+        if not on_gpu or cuda_aware:
+            probe = xp.ones((2,), dtype=model.dtype, device=device)
+            try:
+                self.comm.Allreduce(self.MPI.IN_PLACE, probe, op=self.MPI.SUM)
+                self.direct = True
+            except Exception:  # no buffer protocol / DLPack for this array: stage
+                self.direct = False
+            flags = self.comm.allgather(self.direct)
+            self.direct = all(flags)
+        if self.direct:
+            return f"direct MPI buffers ({name}{', CUDA-aware MPI' if on_gpu else ''})"
+        return f"host staging ({name}: copied to host memory and back every step)"
+
+    # --- the step ---------------------------------------------------------------------------
+
+    def batches(self, X: Array, y: Array, batch_size: int, w: Array | None,
+                order: Array | None, *, xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
+        """This rank's shard of every global batch of ``size * batch_size`` positions."""
+        n, g = X.shape[0], batch_size * self.size
+        for start in range(0, n, g):
+            m = min(start + g, n) - start
+            lo = start + (self.rank * m) // self.size
+            hi = start + ((self.rank + 1) * m) // self.size
+            self._local, self._global = hi - lo, m
+            if order is None:
+                yield X[lo:hi, ...], y[lo:hi, ...], None if w is None else w[lo:hi]
+            else:
+                idx = order[lo:hi]
+                yield (xp.take(X, idx, axis=0), xp.take(y, idx, axis=0),
+                       None if w is None else xp.take(w, idx, axis=0))
+
+    def step(self, model: Any, xb: Array, yb: Array, optimizer: Any,
+             before_update: Any = None, wb: Array | None = None) -> tuple[Array, Array]:
+        """``training._step`` with the gradients averaged across ranks before the update."""
+        xp = model.xp
+        self._pending = []
+        if self._local == 0:  # a short last batch left this rank nothing: contribute zeros
+            out = model.forward(xb, training=False)
+            value = xp.zeros((), dtype=model.dtype, device=model.device)
+            for layer in reversed(model.layers):
+                for k, p in layer.params.items():
+                    layer.grads[k] = xp.zeros_like(p)
+                self.layer_ready(layer)
+        else:
+            out = model.forward(xb, training=True)
+            if wb is None:
+                value, cache = model.loss.forward(out, yb, xp=xp)
+            else:
+                value, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
+                                                  validate_sample_weight=False)
+            if model.has_penalty:
+                value = value + model.penalty()
+            model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False,
+                           on_layer_grads=self.layer_ready)
+        self.finish()
+        if before_update is not None:
+            before_update(value)
+        optimizer.step()
+        model.apply_constraints()
+        self.steps += 1
+        return value, out
+
+    def layer_ready(self, layer: Any) -> None:
+        """Called by ``Sequential.backward`` after each layer: start the bucket it completes."""
+        b = self.trigger.get(id(layer))
+        if b is None:
+            return
+        xp = self.model.xp
+        flat = xp.concat([xp.reshape(lay.grads[k], (-1,)) for lay, k, _, _ in self.buckets[b]])
+        flat = flat * (self._local / self._global)
+        buf = flat if self.direct else backend.to_numpy(flat).copy()
+        self._pending.append((buf, self.comm.Iallreduce(self.MPI.IN_PLACE, buf,
+                                                        op=self.MPI.SUM), b))
+
+    def finish(self) -> None:
+        """Wait for every bucket and write the averaged gradients back into ``layer.grads``."""
+        started = time.perf_counter()
+        self._wait([req for _, req, _ in self._pending], f"the gradient all-reduce of step "
+                   f"{self.steps + 1}")
+        self.comm_seconds += time.perf_counter() - started
+        xp, device = self.model.xp, self.model.device
+        for buf, _, b in self._pending:
+            flat = buf if self.direct else backend.asarray(buf, xp=xp, device=device)
+            offset = 0
+            for layer, k, shape, size in self.buckets[b]:
+                layer.grads[k] = xp.reshape(flat[offset:offset + size], shape)
+                offset += size
+        self._pending = []
+
+    # --- the epoch's logs -------------------------------------------------------------------
+
+    def reduce_epoch(self, loss_sum: Array, states: list[Any], metrics: list[Any],
+                     model: Any) -> tuple[Array, list[Any]]:
+        """The summed loss and the metric states over every rank's shard (one gather); the
+        batch-norm running statistics averaged across ranks."""
+        xp, device = model.xp, model.device
+        self._rendezvous("the end of the epoch")
+
+        def host(state: Any) -> Any:
+            if state is None:
+                return None
+            return tuple(backend.to_numpy(c) if backend.is_array(c) else c for c in state)
+
+        mine = (backend.to_float(loss_sum), [host(s) for s in states])
+        everyone = self.comm.allgather(mine)
+        total = math.fsum(loss for loss, _ in everyone)
+        merged: list[Any] = []
+        for i, metric in enumerate(metrics):
+            state = None
+            for _, theirs in everyone:
+                s = theirs[i]
+                if s is None:
+                    continue
+                state = s if state is None else metric.merge(state, s)
+            merged.append(None if state is None else tuple(
+                xp.reshape(backend.asarray(c, xp=xp, device=device), tuple(c.shape))
+                if hasattr(c, "shape") else c
+                for c in state))
+        for layer in model.layers:
+            buffers = getattr(layer, "buffers", None) or {}
+            for k in ("running_mean", "running_var"):
+                if k in buffers:
+                    h = backend.to_numpy(buffers[k]).copy()
+                    self.comm.Allreduce(self.MPI.IN_PLACE, h, op=self.MPI.SUM)
+                    buffers[k] = backend.asarray(h / self.size, xp=xp, device=device)
+        return xp.asarray(total, dtype=xp.float64, device=device), merged
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def fail(self, error: BaseException) -> None:
+        """Report ``error`` with this rank and stop every rank (``MPI_Abort``)."""
+        if not self.abort_on_error and not isinstance(error, DistributedError):
+            raise error
+        text = "".join(traceback.format_exception_only(type(error), error)).strip()
+        print(f"nnxp.distributed: rank {self.rank} of {self.size} failed: {text}\n"
+              f"nnxp.distributed: aborting all {self.size} ranks", file=sys.stderr, flush=True)
+        self.comm.Abort(1)
