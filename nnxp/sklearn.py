@@ -250,37 +250,49 @@ class _Adam:
 
 # --- the estimators ---------------------------------------------------------------------------
 
+# scikit-learn's declarations of the valid hyperparameters (checked in fit), plus nnxp's two
+_CONSTRAINTS: dict[str, Any] = {
+    "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
+    "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+    "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+    "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
+    "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+    "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
+    "power_t": [Interval(numbers.Real, 0, None, closed="left")],
+    "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+    "shuffle": ["boolean"],
+    "random_state": ["random_state"],
+    "tol": [Interval(numbers.Real, 0, None, closed="left")],
+    "verbose": ["verbose"],
+    "warm_start": ["boolean"],
+    "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+    "nesterovs_momentum": ["boolean"],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+    "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
+    "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
+    "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
+    "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"),
+                         Options(numbers.Real, {math.inf})],
+    "max_fun": [Interval(numbers.Integral, 1, None, closed="left")],
+    "backend": [str, None],
+    "device": "no_validation",
+}
+
+
+def _stochastic_only(estimator: Any) -> bool:
+    """``partial_fit`` exists for "sgd" and "adam" only (``hasattr`` is False for "lbfgs")."""
+    if estimator.solver not in _STOCHASTIC:
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                             f"{estimator.solver} is not stochastic.")
+    return True
+
+
 class _BaseMLP(BaseEstimator):
     """Shared fitting code; see :class:`MLPClassifier` for the parameters."""
 
-    _parameter_constraints: dict[str, list[Any]] = {
-        "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
-        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
-        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
-        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
-        "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
-        "power_t": [Interval(numbers.Real, 0, None, closed="left")],
-        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-        "shuffle": ["boolean"],
-        "random_state": ["random_state"],
-        "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
-        "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
-        "nesterovs_momentum": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
-        "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
-        "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
-        "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"),
-                             Options(numbers.Real, {math.inf})],
-        "max_fun": [Interval(numbers.Integral, 1, None, closed="left")],
-        "backend": [str, None],
-        "device": "no_validation",
-    }
+    _parameter_constraints = _CONSTRAINTS
 
     loss: str
 
@@ -361,8 +373,6 @@ class _BaseMLP(BaseEstimator):
                                .astype(dtype, copy=False))
             self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out)
                                     .astype(dtype, copy=False))
-        self._best_coefs = [c.copy() for c in self.coefs_]
-        self._best_intercepts = [b.copy() for b in self.intercepts_]
         if self.solver in _STOCHASTIC:
             self.loss_curve_: list[float] = []
             self._no_improvement_count = 0
@@ -394,7 +404,7 @@ class _BaseMLP(BaseEstimator):
         if self.solver in _STOCHASTIC:
             self._fit_stochastic(X, y, sample_weight, incremental)
         else:
-            self._fit_lbfgs(X, y, sample_weight, layer_units)
+            self._fit_lbfgs(X, y, sample_weight)
         hx = _backend.host_namespace()
         if not all(bool(hx.all(hx.isfinite(p))) for p in [*self.coefs_, *self.intercepts_]):
             raise ValueError("Solver produced non-finite parameter weights. The input data may"
@@ -414,48 +424,64 @@ class _BaseMLP(BaseEstimator):
             return "binary_log_loss"
         return self.loss
 
-    def _fit_lbfgs(self, X: Any, y: Any, sample_weight: Any, layer_units: list[int]) -> None:
+    def _unpack(self, packed: Any, xp: Any, device: Any, dtype: Any) -> tuple[list[Any],
+                                                                             list[Any]]:
+        """A host vector ``[W₀.ravel(), W₁.ravel(), ..., b₀, b₁, ...]`` as device arrays shaped
+        like ``coefs_`` and ``intercepts_`` (scikit-learn's packing order)."""
+        hx = _backend.host_namespace()
+        coefs, inter, start = [], [], 0
+        for W in self.coefs_:
+            stop = start + W.shape[0] * W.shape[1]
+            coefs.append(_backend.asarray(hx.reshape(packed[start:stop], W.shape), dtype=dtype,
+                                          xp=xp, device=device))
+            start = stop
+        for b in self.intercepts_:
+            inter.append(_backend.asarray(packed[start:start + b.shape[0]], dtype=dtype, xp=xp,
+                                          device=device))
+            start += b.shape[0]
+        return coefs, inter
+
+    def _loss_grad_lbfgs(self, packed: Any, X: Any, y: Any, sample_weight: Any = None,
+                         *workspace: Any) -> tuple[float, Any]:
+        """The L-BFGS objective: the loss and its packed gradient (host) at ``packed``.
+
+        ``X``, ``y`` (binarised labels or targets, 2-D) and ``sample_weight`` may be host or
+        device arrays; ``workspace`` is accepted for scikit-learn's signature (its preallocated
+        buffers) and unused.
+        """
+        xp, device = self._namespace()
+        Xd = self._to_device(X, xp, device)
+        dtype = self.coefs_[0].dtype
+        yd = _backend.asarray(y, dtype=dtype, xp=xp, device=device)
+        if yd.ndim == 1:
+            yd = xp.reshape(yd, (-1, 1))
+        wd = None if sample_weight is None else xp.reshape(
+            _backend.asarray(sample_weight, dtype=dtype, xp=xp, device=device), (-1, 1))
+        sw_sum = float(X.shape[0]) if wd is None else _backend.to_float(xp.sum(wd))
+        coefs, inter = self._unpack(packed, xp, device, dtype)
+        value, gW, gb = _loss_and_grads(Xd, yd, wd, sw_sum, coefs, inter, self.activation,
+                                        self.out_activation_, self._loss_name(),
+                                        float(self.alpha), xp)
+        hx = _backend.host_namespace()
+        grad = hx.concat([hx.reshape(_backend.to_numpy(g), (-1,)) for g in [*gW, *gb]])
+        return _backend.to_float(value), grad
+
+    def _fit_lbfgs(self, X: Any, y: Any, sample_weight: Any) -> None:
         """Full-batch L-BFGS-B (scipy) on the packed parameters; loss and gradient on the
         backend, the packed vector on the host (one transfer each way per evaluation)."""
         xp, device = self._namespace()
-        hx = _backend.host_namespace()
+        dtype = self.coefs_[0].dtype
         Xd = self._to_device(X, xp, device)
-        dtype = Xd.dtype
         yd = _backend.asarray(y, dtype=dtype, xp=xp, device=device)
-        wd = None if sample_weight is None else _backend.asarray(
-            sample_weight.reshape(-1, 1), dtype=dtype, xp=xp, device=device)
-        sw_sum = float(X.shape[0] if sample_weight is None else sample_weight.sum())
-        shapes = [(a, b) for a, b in zip(layer_units[:-1], layer_units[1:])]
-        sizes = [a * b for a, b in shapes] + [b for _, b in shapes]
-        host_dtype = self.coefs_[0].dtype
-
-        def unpack(packed: Any) -> tuple[list[Any], list[Any]]:
-            parts, start = [], 0
-            for size in sizes:
-                parts.append(packed[start:start + size])
-                start += size
-            n = len(shapes)
-            coefs = [_backend.asarray(hx.reshape(p, s), dtype=dtype, xp=xp, device=device)
-                     for p, s in zip(parts[:n], shapes)]
-            inter = [_backend.asarray(p, dtype=dtype, xp=xp, device=device) for p in parts[n:]]
-            return coefs, inter
-
-        def loss_and_grad(packed: Any) -> tuple[float, Any]:
-            coefs, inter = unpack(packed)
-            value, gW, gb = _loss_and_grads(Xd, yd, wd, sw_sum, coefs, inter, self.activation,
-                                            self.out_activation_, self._loss_name(),
-                                            float(self.alpha), xp)
-            grad = hx.concat([hx.reshape(_backend.to_numpy(g), (-1,)) for g in [*gW, *gb]])
-            return _backend.to_float(value), grad
-
+        hx = _backend.host_namespace()
         packed = hx.concat([hx.reshape(p, (-1,)) for p in [*self.coefs_, *self.intercepts_]])
         result = scipy.optimize.minimize(
-            loss_and_grad, packed, method="L-BFGS-B", jac=True,
+            self._loss_grad_lbfgs, packed, args=(Xd, yd, sample_weight), method="L-BFGS-B",
+            jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         self.loss_ = float(result.fun)
-        coefs, inter = unpack(hx.astype(hx.asarray(result.x), host_dtype))
-        self._set_host_params(coefs, inter)
+        self._set_host_params(*self._unpack(result.x, xp, device, dtype))
 
     def _make_optimizer(self, params: list[Any], xp: Any) -> Any:
         if self.solver == "sgd":
@@ -579,8 +605,6 @@ class _BaseMLP(BaseEstimator):
             self._set_host_params(*best)
         else:
             self._set_host_params(params[:n_layers], params[n_layers:])
-        self._best_coefs = [c.copy() for c in self.coefs_] if early_stopping else \
-            self._best_coefs
         opt.state = [_backend.to_numpy(s) for s in opt.state]  # host between calls: pickles
 
     def _validation_score(self, X: Any, y: Any, sample_weight: Any, coefs: list[Any],
@@ -613,12 +637,6 @@ class _BaseMLP(BaseEstimator):
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """Fit the network to ``X`` (n_samples, n_features; dense or sparse) and ``y``."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
-
-    def _check_solver(self) -> bool:
-        if self.solver not in _STOCHASTIC:
-            raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
-                                 f"{self.solver} is not stochastic.")
-        return True
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -748,7 +766,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _predict(self, X: Any, check_input: bool = True) -> Any:
         return self._labels(self._forward_pass_fast(X, check_input=check_input))
 
-    @available_if(lambda est: est._check_solver())
+    @available_if(_stochastic_only)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None,
                     classes: Any = None) -> MLPClassifier:
@@ -791,8 +809,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     __doc__ = (__doc__ or "") + _COMMON_DOC
 
-    _parameter_constraints = {**_BaseMLP._parameter_constraints,
-                              "loss": [StrOptions({"squared_error", "poisson"})]}
+    _parameter_constraints = {**_CONSTRAINTS, "loss": [StrOptions({"squared_error", "poisson"})]}
 
     def __init__(self, loss: str = "squared_error", hidden_layer_sizes: Any = (100,),
                  activation: str = "relu", *, solver: str = "adam", alpha: float = 0.0001,
@@ -835,7 +852,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         out = self._forward_pass_fast(X, check_input=check_input)
         return out.ravel() if out.shape[1] == 1 else out
 
-    @available_if(lambda est: est._check_solver())
+    @available_if(_stochastic_only)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """One epoch over ``(X, y)`` (the first call builds the network)."""
