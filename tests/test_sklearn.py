@@ -204,3 +204,25 @@ def test_convergence_warning_at_max_iter_not_before(iris) -> None:
         _small(MLPClassifier, max_iter=5).fit(X, y)
     converged = _small(MLPClassifier, max_iter=500, tol=0.5, n_iter_no_change=2).fit(X, y)
     assert converged.n_iter_ == 4  # stopped by tol: no warning (it would raise here)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_training_steps_never_wait_for_the_host(solver, monkeypatch) -> None:
+    """The GPU rule (docs/design.md), counted on torch CPU with tests/test_sync.py's counter:
+    per epoch one host-to-device copy (the shuffled order) and one read (the epoch loss), none
+    in the 4 steps of an epoch, with sample weights and the L2 term on."""
+    pytest.importorskip("torch")
+    from test_sync import SyncCounter, report
+
+    rng = np.random.default_rng(0)
+    X, y, w = rng.normal(size=(64, 5)), rng.integers(0, 3, 64), np.linspace(0.5, 1.5, 64)
+
+    def events(epochs: int) -> list:
+        est = MLPClassifier(hidden_layer_sizes=(8,), solver=solver, max_iter=epochs,
+                            batch_size=16, alpha=1e-3, backend="torch", random_state=0)
+        with SyncCounter() as counter:
+            est.fit(X, y, sample_weight=w)
+        return counter.events
+
+    two, five = events(2), events(5)
+    assert len(five) - len(two) == 2 * 3, report(five)
