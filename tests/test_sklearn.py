@@ -39,12 +39,12 @@ EXPECTED_FAILURES: dict[str, str] = {}
 
 
 # scikit-learn's estimator checks at the settings its own test_common gives its own MLPs
-# (max_iter=100, ConvergenceWarning/UserWarning/FutureWarning ignored), and MLPRegressor at
-# max_iter=50 as well (check_regressors_train needs R² > 0.5 after 50 epochs). They run on the
-# default backend only: they test the estimator API, not arithmetic;
+# (max_iter=100, ConvergenceWarning/UserWarning/FutureWarning ignored), and both at max_iter=50
+# as well, where scikit-learn's own pass too (check_regressors_train needs R² > 0.5 then).
+# They run on the default backend only: they test the estimator API, not arithmetic;
 # test_backend_parameter_trains_there_and_returns_numpy runs an estimator on every backend.
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100),
-                          MLPRegressor(max_iter=50)],
+                          MLPClassifier(max_iter=50), MLPRegressor(max_iter=50)],
                          expected_failed_checks=lambda est: EXPECTED_FAILURES)
 def test_scikit_learn_estimator_checks(estimator, check) -> None:
     with warnings.catch_warnings():
