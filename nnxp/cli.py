@@ -1,7 +1,7 @@
 """The ``nnxp`` command line.
 
 * ``nnxp train`` trains an MLP — on scikit-learn's bundled handwritten digits by default, or on
-  your own table with ``--data FILE.csv|FILE.npz --target COLUMN --task classify|regress`` —
+  your own table with ``--data FILE.csv|FILE.npz --target COLUMN [--task classify|regress]`` —
   and can ``--save`` it and ``--plot`` its learning curves;
 * ``nnxp predict --model M --data FILE [--output out.csv]`` writes predictions as CSV;
 * ``nnxp evaluate --model M --data FILE [--target COLUMN]`` prints the loss and metrics;
@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target", default=None, metavar="COLUMN",
                       help="name of the target column (required with --data)")
     data.add_argument("--task", choices=("classify", "regress"), default=None,
-                      help="classification or regression (required with --data)")
+                      help="classification or regression (default: inferred from the target "
+                           "column: text or at most 50 distinct integers classify, other "
+                           "numbers regress)")
     data.add_argument("--features", default=None, metavar="A,B,...",
                       help="comma-separated feature columns (default: every other column)")
     data.add_argument("--no-standardize", action="store_true",
@@ -381,10 +383,15 @@ def _check_save_target(path: str | None, overwrite: bool) -> None:
 
 def _prepare_own_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """Features (float64 host matrix), targets (host) and the model metadata from --data."""
-    if args.target is None or args.task is None:
-        raise UsageError("--data needs --target COLUMN and --task classify|regress")
+    if args.target is None:
+        raise UsageError("--data needs --target COLUMN (and optionally --task classify|regress)")
     table = read_table(args.data)
     table.column(args.target)
+    if args.task is None:
+        args.task, why = infer_task(table.labels(args.target))
+        if not args.quiet:
+            print(f"task: {args.task} (inferred: the target column {args.target!r} {why}; "
+                  "--task overrides)", file=sys.stderr)
     if args.features:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
         for name in features:
@@ -410,6 +417,31 @@ def _prepare_own_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any
     else:
         y = table.floats([args.target], what="target").reshape(-1)
     return X, y, meta
+
+
+MAX_INTEGER_CLASSES = 50
+
+
+def infer_task(labels: Sequence[str]) -> tuple[str, str]:
+    """``("classify" | "regress", why)`` for a target column given as label strings.
+
+    Text labels classify; integer values classify when there are at most
+    ``MAX_INTEGER_CLASSES`` distinct ones (class codes, digits, ratings) and regress when
+    there are more (counts, prices, years: a quantity); any other number regresses.
+    """
+    distinct = set(labels)
+    numbers: list[float] = []
+    for text in distinct:
+        try:
+            numbers.append(float(text))
+        except ValueError:
+            return "classify", f"holds text labels ({len(distinct)} distinct, e.g. {text!r})"
+    if all(math.isfinite(v) and v.is_integer() for v in numbers):
+        if len(distinct) <= MAX_INTEGER_CLASSES:
+            return "classify", f"holds {len(distinct)} distinct integer values"
+        return "regress", (f"holds {len(distinct)} distinct integer values, more than "
+                           f"{MAX_INTEGER_CLASSES}: read as a quantity")
+    return "regress", "holds non-integer numbers"
 
 
 def _sorted_classes(labels: set[str]) -> list[str]:
@@ -473,7 +505,7 @@ def train(args: argparse.Namespace) -> int:
                                 "classes": [str(k) for k in range(int(y.max()) + 1)]}
     else:
         X, y, meta = _prepare_own_data(args)
-        task = args.task
+        task = meta["task"]
     val_size = args.val_size if args.val_size or not args.plot else 0.1
     parts = split(X.shape[0], args.test_size, args.seed, val_size)
     tr, te = parts[0], parts[-1]

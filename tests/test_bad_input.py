@@ -449,13 +449,11 @@ def test_torch_input_that_requires_grad_is_used_as_data():
 
 
 @pytest.mark.parametrize(("params", "match"), [
-    ({"shuffle": "no"}, r"shuffle must be True or False, got 'no'"),
-    ({"early_stopping": "no"}, r"early_stopping must be True or False, got 'no'"),
-    ({"solver_options": 3}, r"solver_options must be a dict of optimizer keyword arguments"),
-    ({"solver_options": {"lr": 0.1}}, r"solver_options must not hold 'lr'; set "
-                                      r"learning_rate_init"),
-    ({"solver_options": {"nope": 1}}, r"solver_options=\{'nope': 1\} does not fit "
-                                      r"solver='adam'"),
+    ({"shuffle": "no"}, r"'shuffle' parameter of MLPClassifier must be an instance of 'bool'"),
+    ({"early_stopping": "no"}, r"'early_stopping' parameter of MLPClassifier must be"),
+    ({"solver": "rmsprop"}, r"'solver' parameter of MLPClassifier must be a str among"),
+    ({"momentum": 1.5}, r"'momentum' parameter of MLPClassifier must be a float in the range"),
+    ({"backend": 3}, r"'backend' parameter of MLPClassifier must be an instance of 'str'"),
 ])
 def test_sklearn_hyperparameters(bk, params, match):
     pytest.importorskip("sklearn")

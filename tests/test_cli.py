@@ -217,10 +217,41 @@ def test_bad_training_data(header, rows, extra, message, tmp_path, capsys) -> No
     assert message in _error_line(capsys)
 
 
+@pytest.mark.parametrize("values, task, why", [
+    (["ant", "bee", "ant", "cat"], "classify", "holds text labels (3 distinct"),
+    (["0", "1", "2", "1"], "classify", "holds 3 distinct integer values"),
+    (["0.5", "1", "2.25", "1"], "regress", "holds non-integer numbers"),
+    ([str(v) for v in range(60)], "regress", "60 distinct integer values, more than 50"),
+])
+def test_task_is_inferred_from_the_target_column(values, task, why) -> None:
+    chosen, reason = nnxp.cli.infer_task(values)
+    assert chosen == task and why in reason
+
+
+@pytest.mark.parametrize("target, override, task", [
+    ("kind", [], "classify"), ("code", [], "classify"), ("size", [], "regress"),
+    ("code", ["--task", "regress"], "regress"),
+])
+def test_train_prints_the_inferred_task_and_task_overrides(target, override, task, tmp_path,
+                                                           capsys) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mixed.csv"
+    rows = [[f"{rng.normal():.3f}", f"{rng.normal():.3f}", "ant" if i % 2 else "bee",
+             str(i % 3), f"{rng.normal():.4f}"] for i in range(30)]
+    _write_csv(data, ["a", "b", "kind", "code", "size"], rows)
+    model = tmp_path / "m.npz"
+    features = "a,b"
+    assert main(["train", "--data", str(data), "--target", target, "--features", features,
+                 *override, "--epochs", "1", "--save", str(model)]) == 0
+    err = capsys.readouterr().err
+    assert (f"task: {task} (inferred" in err) == (not override)
+    assert nnxp.load(model).metadata["task"] == task
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "absent.csv", "--target", "y", "--task", "classify"],
      "no such data file: absent.csv"),
-    (["train", "--data", "{csv}"], "--data needs --target COLUMN and --task"),
+    (["train", "--data", "{csv}"], "--data needs --target COLUMN"),
     (["train", "--task", "classify"], "need --data FILE"),
     (["train", "--optimizer", "nope"], "--optimizer 'nope' is not supported"),
     (["predict", "--model", "absent.npz", "--data", "{csv}"], "no such model file: absent.npz"),
