@@ -387,4 +387,7 @@ class Replica:
         text = "".join(traceback.format_exception_only(type(error), error)).strip()
         print(f"nnxp.distributed: rank {self.rank} of {self.size} failed: {text}\n"
               f"nnxp.distributed: aborting all {self.size} ranks", file=sys.stderr, flush=True)
+        # MPI_Abort makes the launcher kill every rank at once; give its output forwarder a
+        # moment to read the message first (under load it was sometimes lost)
+        time.sleep(0.5)
         self.comm.Abort(1)
