@@ -37,8 +37,11 @@ import inspect
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+import signal
+import stat
+import threading
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from . import backend
@@ -63,6 +66,7 @@ __all__ = [
     "checkpoint_optimizer",
     "model_record",
     "read",
+    "remove_stale_temporaries",
     "restore_checkpoint",
     "save",
 ]
@@ -146,23 +150,40 @@ def _hashable(key: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Atomic writes
+# Atomic, crash-safe writes
 # ----------------------------------------------------------------------------------------------
+
+_TMP_MARK = ".nnxp-tmp-"
+"""Temporary files are named ``.<name>.nnxp-tmp-<pid>-<random>`` beside their destination."""
+
+_ACTIVE: set[str] = set()  # temporary files this process is writing now (all threads)
+_ACTIVE_LOCK = threading.Lock()
+_HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT")
+                         if hasattr(signal, name))
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *,
                  overwrite: bool = True) -> None:
     """Run ``write(file)`` on a temporary file beside ``path``, then move it into place.
 
-    The temporary file (``.<name>.<random>.tmp`` in the same directory, so the final rename
-    never crosses file systems) is flushed and fsync-ed before ``os.replace`` renames it over
-    ``path``; the directory is fsync-ed after. If ``write`` raises or the process dies, ``path``
-    keeps its previous content and the temporary file is removed (on an exception).
+    * The destination is the file ``path`` names: a symbolic link is followed and its target
+      written (the link stays a link); an existing file keeps its permission bits (and, where
+      the process may, its owner and group); a new file gets ``0o666 & ~umask``.
+    * The temporary file ``.<name>.nnxp-tmp-<pid>-<random>`` sits in the destination's
+      directory (so the rename never crosses file systems); it is flushed and fsync-ed before
+      ``os.replace`` renames it over the destination, and the directory is fsync-ed after. At
+      every moment the destination holds the complete old content or the complete new one.
+    * No temporary file survives a failure the process can observe: an exception (including
+      ``KeyboardInterrupt``) or SIGTERM/SIGHUP/SIGINT while writing (in the main thread a
+      handler removes it, then passes the signal on to the handler that was installed before,
+      or to the default action). A death it cannot observe (SIGKILL, power loss) leaves at most
+      that one file, which the next save into the same directory removes: temporaries whose
+      process no longer exists are stale.
 
     With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError` (checked
     atomically with a hard link where the file system allows it).
     """
-    target = _fspath(path)
+    target = _resolve_destination(_fspath(path))
     if os.path.isdir(target):
         raise IsADirectoryError(f"cannot save to {target}: it is a directory; give a file name "
                                 f"such as {os.path.join(target, 'model.npz')}")
@@ -170,37 +191,146 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save to {target}: the directory {directory} does not "
                                 "exist")
-    if not overwrite and os.path.exists(target):
+    if not overwrite and os.path.lexists(target):
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)  # fails if target appeared meanwhile: never clobbers
-            except FileExistsError:
-                raise FileExistsError(f"{target} already exists; pass overwrite=True to "
-                                      "replace it") from None
-            except OSError:  # file systems without hard links
-                if os.path.exists(target):
-                    raise FileExistsError(f"{target} already exists") from None
-                os.replace(tmp, target)
-            else:
+    remove_stale_temporaries(directory)
+    tmp = os.path.join(directory, f".{os.path.basename(target)}{_TMP_MARK}{os.getpid()}-"
+                                  f"{secrets.token_hex(4)}")
+    with _removed_on_signal(tmp):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)  # the umask applies, as for any new file
+            with os.fdopen(fd, "wb") as file:
+                _keep_mode_and_owner(file.fileno(), target)
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            _move_into_place(tmp, target, overwrite=overwrite)
+        except BaseException:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            raise
     _fsync_directory(directory)
+
+
+def _resolve_destination(target: str) -> str:
+    """``target``, or the file its chain of symbolic links ends at (which may not exist yet)."""
+    if not os.path.islink(target):
+        return target
+    return os.path.realpath(target)
+
+
+def _keep_mode_and_owner(fd: int, target: str) -> None:
+    try:
+        info = os.stat(target)
+    except OSError:  # a new file: the umask decided its mode
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    os.fchmod(fd, stat.S_IMODE(info.st_mode))
+    if hasattr(os, "fchown"):
+        with contextlib.suppress(OSError):  # only the owner's own group, or root, may
+            os.fchown(fd, info.st_uid, info.st_gid)
+
+
+def _move_into_place(tmp: str, target: str, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # fails if target appeared meanwhile: never clobbers
+    except FileExistsError:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to "
+                              "replace it") from None
+    except OSError:  # file systems without hard links
+        if os.path.lexists(target):
+            raise FileExistsError(f"{target} already exists") from None
+        os.replace(tmp, target)
+    else:
+        os.unlink(tmp)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that saves of dead processes left in ``directory``.
+
+    A temporary file ``.<name>.nnxp-tmp-<pid>-<random>`` is stale when process ``pid`` no longer
+    exists, or is this process but not writing it now (a previous process that had the same
+    pid, e.g. before a container restarted). Returns the names removed. Called by every save.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    me = os.getpid()
+    for name in names:
+        if not name.startswith(".") or _TMP_MARK not in name:
+            continue
+        pid_text = name.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        full = os.path.join(directory, name)
+        pid = int(pid_text)
+        with _ACTIVE_LOCK:
+            mine_now = full in _ACTIVE
+        if mine_now or (pid != me and _process_exists(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(full)
+            removed.append(name)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to someone else, or cannot tell
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _removed_on_signal(tmp: str) -> Iterator[None]:
+    """Register ``tmp`` as being written; in the main thread, remove it on a fatal signal."""
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(tmp)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _HANDLED_SIGNALS:
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                handler = signal.getsignal(signum)
+                if handler is signal.SIG_IGN or handler is None:
+                    continue  # ignored stays ignored; None: installed outside Python, leave it
+                previous[signum] = handler
+                signal.signal(signum, _make_handler(handler))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler)
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(tmp)
+
+
+def _make_handler(previous: Any) -> Callable[[int, Any], None]:
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):  # the user's handler, or Python's (KeyboardInterrupt): if it
+            previous(signum, frame)  # raises, atomic_write's cleanup removes the file; if it
+            return  # returns, the save goes on
+        with _ACTIVE_LOCK:
+            active = list(_ACTIVE)
+        for name in active:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        signal.signal(signum, signal.SIG_DFL)  # the default action: die of this signal
+        os.kill(os.getpid(), signum)
+
+    return handler
 
 
 def _fspath(path: Any, argument: str = "path") -> str:
