@@ -1316,3 +1316,11 @@ def host_all_positive(a: Any, *, allow_zero: bool = False) -> bool:
     """Whether every entry of the host array ``a`` is > 0 (or >= 0 with ``allow_zero``)."""
     a = np.asarray(a)
     return bool((a >= 0).all() if allow_zero else (a > 0).all())
+
+
+def nonfinite_rows(a: Any) -> list[int]:
+    """The indices of the rows of the host 2-D array ``a`` that hold NaN or infinity."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc":
+        return []
+    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)).tolist()
