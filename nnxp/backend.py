@@ -1324,3 +1324,9 @@ def nonfinite_rows(a: Any) -> list[int]:
     if a.dtype.kind not in "fc":
         return []
     return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)).tolist()
+
+
+def quiet_float_errors() -> Any:
+    """A context in which NumPy's floating-point warnings (overflow, invalid) stay silent:
+    for callers that check the result for NaN and infinity themselves."""
+    return np.errstate(all="ignore")

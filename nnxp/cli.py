@@ -608,7 +608,8 @@ def predict(args: argparse.Namespace) -> int:
     meta = getattr(model, "metadata", None) or {}
     classes = meta.get("classes")
     if model.loss.is_classifier:
-        proba = backend.to_numpy(model.predict_proba(X))
+        with backend.quiet_float_errors():  # an overflow is reported below, as one line
+            proba = backend.to_numpy(model.predict_proba(X))
         _refuse_non_finite(proba, args.model, table)
         codes = proba.argmax(axis=1).tolist()
         names = classes or [str(k) for k in range(proba.shape[1])]
@@ -616,7 +617,8 @@ def predict(args: argparse.Namespace) -> int:
         rows = [[names[k]] + ([f"{p:.6g}" for p in row] if args.proba else [])
                 for k, row in zip(codes, proba.tolist())]
     else:
-        out = backend.to_numpy(model.predict(X))
+        with backend.quiet_float_errors():
+            out = backend.to_numpy(model.predict(X))
         _refuse_non_finite(out, args.model, table)
         target = meta.get("target", "prediction")
         header = [target] if out.shape[1] == 1 else [f"{target}_{j}" for j in range(out.shape[1])]

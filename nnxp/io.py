@@ -96,7 +96,13 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None,
         see :func:`read`.
     """
     record, arrays = read(path, limits=limits)
-    return from_record(record, arrays, backend=backend, device=device)
+    try:
+        return from_record(record, arrays, backend=backend, device=device)
+    except FormatError as exc:  # raised while building: say which file
+        where = os.fspath(path)
+        if isinstance(where, bytes):
+            where = os.fsdecode(where)
+        raise FormatError(f"{where}: {exc}") from None
 
 
 def from_record(record: dict[str, Any], arrays: dict[str, Any], *,
