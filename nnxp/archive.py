@@ -25,9 +25,10 @@ Nothing is ever pickled: the archive is read with ``allow_pickle=False`` and any
 with :class:`FormatError`. Arrays are written from the host, so a model saved from a GPU or from
 array_api_strict's ``device1`` loads on any backend.
 
-Writes are atomic: the archive goes to a temporary file in the destination directory, is flushed
-and ``fsync``-ed, and only then renamed over the destination (``os.replace``), so an interrupted
-save leaves the previous file intact.
+Writes are atomic and crash-safe (:func:`atomic_write`): the archive goes to a temporary file in
+the destination directory, is flushed and ``fsync``-ed, and only then renamed over the destination;
+an interrupted save leaves the previous file intact and no temporary file behind. Reading
+validates everything before it allocates (:func:`read`, :class:`Limits`).
 """
 
 from __future__ import annotations
