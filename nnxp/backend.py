@@ -682,7 +682,7 @@ class NpzReader:
                 raise ValueError("it holds a single .npy array, not an NPZ archive")
             if not head.startswith(b"PK"):
                 what = f"it begins with {head!r}" if head else "it is empty"
-                raise ValueError(f"not an NPZ archive (a zip file): {what}")
+                raise ValueError(f"it is not an NPZ archive (a zip file): {what}")
             try:
                 self._zip = zipfile.ZipFile(self._file)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
