@@ -25,9 +25,10 @@ Nothing is ever pickled: the archive is read with ``allow_pickle=False`` and any
 with :class:`FormatError`. Arrays are written from the host, so a model saved from a GPU or from
 array_api_strict's ``device1`` loads on any backend.
 
-Writes are atomic: the archive goes to a temporary file in the destination directory, is flushed
-and ``fsync``-ed, and only then renamed over the destination (``os.replace``), so an interrupted
-save leaves the previous file intact.
+Writes are atomic and crash-safe (:func:`atomic_write`): the archive goes to a temporary file in
+the destination directory, is flushed and ``fsync``-ed, and only then renamed over the destination;
+an interrupted save leaves the previous file intact and no temporary file behind. Reading
+validates everything before it allocates (:func:`read`, :class:`Limits`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ import inspect
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+import signal
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from . import backend
@@ -56,13 +61,16 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "RECORD_KEY",
+    "LIMITS",
     "FormatError",
+    "Limits",
     "apply_record",
     "atomic_write",
     "build_layers",
     "checkpoint_optimizer",
     "model_record",
     "read",
+    "remove_stale_temporaries",
     "restore_checkpoint",
     "save",
 ]
@@ -146,23 +154,40 @@ def _hashable(key: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Atomic writes
+# Atomic, crash-safe writes
 # ----------------------------------------------------------------------------------------------
+
+_TMP_MARK = ".nnxp-tmp-"
+"""Temporary files are named ``.<name>.nnxp-tmp-<pid>-<random>`` beside their destination."""
+
+_ACTIVE: set[str] = set()  # temporary files this process is writing now (all threads)
+_ACTIVE_LOCK = threading.Lock()
+_HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT")
+                         if hasattr(signal, name))
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *,
                  overwrite: bool = True) -> None:
     """Run ``write(file)`` on a temporary file beside ``path``, then move it into place.
 
-    The temporary file (``.<name>.<random>.tmp`` in the same directory, so the final rename
-    never crosses file systems) is flushed and fsync-ed before ``os.replace`` renames it over
-    ``path``; the directory is fsync-ed after. If ``write`` raises or the process dies, ``path``
-    keeps its previous content and the temporary file is removed (on an exception).
+    * The destination is the file ``path`` names: a symbolic link is followed and its target
+      written (the link stays a link); an existing file keeps its permission bits (and, where
+      the process may, its owner and group); a new file gets ``0o666 & ~umask``.
+    * The temporary file ``.<name>.nnxp-tmp-<pid>-<random>`` sits in the destination's
+      directory (so the rename never crosses file systems); it is flushed and fsync-ed before
+      ``os.replace`` renames it over the destination, and the directory is fsync-ed after. At
+      every moment the destination holds the complete old content or the complete new one.
+    * No temporary file survives a failure the process can observe: an exception (including
+      ``KeyboardInterrupt``) or SIGTERM/SIGHUP/SIGINT while writing (in the main thread a
+      handler removes it, then passes the signal on to the handler that was installed before,
+      or to the default action). A death it cannot observe (SIGKILL, power loss) leaves at most
+      that one file, which the next save into the same directory removes: temporaries whose
+      process no longer exists are stale.
 
     With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError` (checked
     atomically with a hard link where the file system allows it).
     """
-    target = _fspath(path)
+    target = _resolve_destination(_fspath(path))
     if os.path.isdir(target):
         raise IsADirectoryError(f"cannot save to {target}: it is a directory; give a file name "
                                 f"such as {os.path.join(target, 'model.npz')}")
@@ -170,37 +195,146 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save to {target}: the directory {directory} does not "
                                 "exist")
-    if not overwrite and os.path.exists(target):
+    if not overwrite and os.path.lexists(target):
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)  # fails if target appeared meanwhile: never clobbers
-            except FileExistsError:
-                raise FileExistsError(f"{target} already exists; pass overwrite=True to "
-                                      "replace it") from None
-            except OSError:  # file systems without hard links
-                if os.path.exists(target):
-                    raise FileExistsError(f"{target} already exists") from None
-                os.replace(tmp, target)
-            else:
+    remove_stale_temporaries(directory)
+    tmp = os.path.join(directory, f".{os.path.basename(target)}{_TMP_MARK}{os.getpid()}-"
+                                  f"{secrets.token_hex(4)}")
+    with _removed_on_signal(tmp):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)  # the umask applies, as for any new file
+            with os.fdopen(fd, "wb") as file:
+                _keep_mode_and_owner(file.fileno(), target)
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            _move_into_place(tmp, target, overwrite=overwrite)
+        except BaseException:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            raise
     _fsync_directory(directory)
+
+
+def _resolve_destination(target: str) -> str:
+    """``target``, or the file its chain of symbolic links ends at (which may not exist yet)."""
+    if not os.path.islink(target):
+        return target
+    return os.path.realpath(target)
+
+
+def _keep_mode_and_owner(fd: int, target: str) -> None:
+    try:
+        info = os.stat(target)
+    except OSError:  # a new file: the umask decided its mode
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    os.fchmod(fd, stat.S_IMODE(info.st_mode))
+    if hasattr(os, "fchown"):
+        with contextlib.suppress(OSError):  # only the owner's own group, or root, may
+            os.fchown(fd, info.st_uid, info.st_gid)
+
+
+def _move_into_place(tmp: str, target: str, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # fails if target appeared meanwhile: never clobbers
+    except FileExistsError:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to "
+                              "replace it") from None
+    except OSError:  # file systems without hard links
+        if os.path.lexists(target):
+            raise FileExistsError(f"{target} already exists") from None
+        os.replace(tmp, target)
+    else:
+        os.unlink(tmp)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that saves of dead processes left in ``directory``.
+
+    A temporary file ``.<name>.nnxp-tmp-<pid>-<random>`` is stale when process ``pid`` no longer
+    exists, or is this process but not writing it now (a previous process that had the same
+    pid, e.g. before a container restarted). Returns the names removed. Called by every save.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    me = os.getpid()
+    for name in names:
+        if not name.startswith(".") or _TMP_MARK not in name:
+            continue
+        pid_text = name.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        full = os.path.join(directory, name)
+        pid = int(pid_text)
+        with _ACTIVE_LOCK:
+            mine_now = full in _ACTIVE
+        if mine_now or (pid != me and _process_exists(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(full)
+            removed.append(name)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to someone else, or cannot tell
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _removed_on_signal(tmp: str) -> Iterator[None]:
+    """Register ``tmp`` as being written; in the main thread, remove it on a fatal signal."""
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(tmp)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _HANDLED_SIGNALS:
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                handler = signal.getsignal(signum)
+                if handler is signal.SIG_IGN or handler is None:
+                    continue  # ignored stays ignored; None: installed outside Python, leave it
+                previous[signum] = handler
+                signal.signal(signum, _make_handler(handler))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler)
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(tmp)
+
+
+def _make_handler(previous: Any) -> Callable[[int, Any], None]:
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):  # the user's handler, or Python's (KeyboardInterrupt): if it
+            previous(signum, frame)  # raises, atomic_write's cleanup removes the file; if it
+            return  # returns, the save goes on
+        with _ACTIVE_LOCK:
+            active = list(_ACTIVE)
+        for name in active:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        signal.signal(signum, signal.SIG_DFL)  # the default action: die of this signal
+        os.kill(os.getpid(), signum)
+
+    return handler
 
 
 def _fspath(path: Any, argument: str = "path") -> str:
@@ -374,42 +508,116 @@ def save(model: Any, path: str | os.PathLike[str], *, include_optimizer: bool = 
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading
+# Loading: everything is validated before anything large is allocated
 # ----------------------------------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+@dataclass(frozen=True)
+class Limits:
+    """Caps that :func:`read` applies to a file before it allocates anything.
+
+    The defaults are :data:`LIMITS`; pass ``limits=Limits(array_bytes=...)`` to :func:`read` or
+    :func:`nnxp.load`, or assign ``nnxp.archive.LIMITS`` to change them for the process.
+    """
+
+    array_bytes: int = 4 * 2**30
+    """Largest array (declared shape × item size), 4 GiB."""
+    total_bytes: int = 16 * 2**30
+    """All the arrays the record refers to, together, 16 GiB."""
+    record_bytes: int = 256 * 2**20
+    """The JSON record, 256 MiB (about 1 kB per layer)."""
+    depth: int = 64
+    """Nesting of the record's JSON objects and lists (a model's own record needs about 10)."""
+
+
+LIMITS = Limits()
+"""The caps :func:`read` uses when it is given none."""
+
+
+def read(path: str | os.PathLike[str], *, limits: Limits | None = None,
+         ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The validated JSON record and the host arrays of the nnxp file ``path``.
+
+    The order of the checks (``docs/persistence.md`` lists them): the ZIP structure and member
+    names; the record's own ``.npy`` header and size; the JSON, with bounded nesting; the
+    record's fields and their types and ranges; every array the record refers to, by its
+    ``.npy`` header only (dtype, shape, size within ``limits``, consistent with the ZIP
+    directory); each layer's configuration against the shapes of its stored arrays. Only then
+    are the referenced arrays read (members the record does not name are never decompressed),
+    and their values checked (finite parameters, buffers and optimizer state; positive
+    scales).
 
     Raises
     ------
     FileNotFoundError
         when ``path`` does not exist.
     FormatError
-        when it is not an NPZ archive readable without pickle, has no nnxp record, or was
-        written in another format version.
+        for anything else, naming the file and the field.
     """
     target = _fspath(path)
+    lim = LIMITS if limits is None else limits
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target} is a directory, not an nnxp model file")
     if not os.path.isfile(target):
         raise FileNotFoundError(f"no such model file: {target}")
     try:
-        arrays = backend.load_npz(target)
+        with backend.NpzReader(target, max_array_bytes=lim.array_bytes) as reader:
+            record = _read_record(reader, target, lim)
+            refs = _check_record(record, target, lim)
+            entries: dict[str, backend.NpzEntry] = {}
+            total = 0
+            for name, field in refs.items():
+                if name not in reader.names:
+                    raise FormatError(f"{target}: {field} refers to the array {name!r}, which "
+                                      "the archive does not hold (truncated or edited file)")
+                try:
+                    entries[name] = reader.entry(name)
+                except ValueError as exc:
+                    raise FormatError(f"{target}: {field}: {exc}") from None
+                total += entries[name].nbytes
+                if total > lim.total_bytes:
+                    raise FormatError(f"{target}: the arrays the record refers to exceed the "
+                                      f"limit of {lim.total_bytes} bytes in all (at {field})")
+            _check_layer_shapes(record, {n: (e.dtype, e.shape) for n, e in entries.items()},
+                                target)
+            arrays = {}
+            for name in entries:
+                try:
+                    arrays[name] = reader.array(name)
+                except ValueError as exc:
+                    raise FormatError(f"{target}: {refs[name]}: {exc}") from None
+    except FormatError:
+        raise
     except ValueError as exc:
         raise FormatError(f"{target} is not an nnxp model file: {exc}") from None
-    raw = arrays.pop(RECORD_KEY, None)
-    if raw is None:
+    _check_values(record, arrays, target)
+    return record, arrays
+
+
+def _read_record(reader: Any, target: str, lim: Limits) -> dict[str, Any]:
+    if RECORD_KEY not in reader.names:
         raise FormatError(f"{target} is an NPZ archive but not an nnxp model file (it has no "
                           f"{RECORD_KEY!r} record)")
-    if backend.dtype_name(raw.dtype) != "uint8" or raw.ndim != 1:
+    head = reader.entry(RECORD_KEY)
+    if head.dtype != "uint8" or len(head.shape) != 1:
         raise FormatError(f"{target}: the {RECORD_KEY!r} record must be a 1-D uint8 array, got "
-                          f"{backend.dtype_name(raw.dtype)} of shape {tuple(raw.shape)}")
+                          f"{head.dtype} of shape {head.shape}")
+    if head.nbytes > lim.record_bytes:
+        raise FormatError(f"{target}: the {RECORD_KEY!r} record has {head.nbytes} bytes, above "
+                          f"the limit of {lim.record_bytes}")
+    raw = reader.array(RECORD_KEY)
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed (non-finite numbers are stored as "
+                         "{'__float__': ...})")
+
     try:
-        record = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = json.loads(raw.tobytes().decode("utf-8"), parse_constant=no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{target}: the {RECORD_KEY!r} record is not valid JSON "
                           f"({exc})") from None
+    except RecursionError:
+        raise FormatError(f"{target}: the {RECORD_KEY!r} record is nested too deeply") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise FormatError(f"{target}: the record does not say format={FORMAT!r}; not an nnxp "
                           "model file")
@@ -422,18 +630,243 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
             else ""
         raise FormatError(f"{target} has format_version {version}, but this nnxp reads "
                           f"format_version {FORMAT_VERSION}{newer}")
+    return record
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_record(record: dict[str, Any], target: str, lim: Limits) -> dict[str, str]:
+    """Check the record's nesting, fields and wrappers; its array references, by field."""
+    def bad(field: str, why: str) -> FormatError:
+        return FormatError(f"{target}: the record's {field} {why} (corrupt or edited file)")
+
+    refs = _scan(record, target, lim.depth)
     for field in ("layers", "loss", "dtype"):
         if field not in record:
             raise FormatError(f"{target}: the record has no {field!r} field (corrupt file)")
-    layers, loss = record["layers"], record["loss"]
-    if not isinstance(layers, list) or not layers \
-            or not all(isinstance(e, dict) for e in layers):
-        raise FormatError(f"{target}: the record's 'layers' must be a non-empty list of layer "
-                          f"entries, got {type(layers).__name__} (corrupt or edited file)")
-    if not isinstance(loss, dict):
-        raise FormatError(f"{target}: the record's 'loss' must be an object with a 'name', got "
-                          f"{type(loss).__name__} (corrupt or edited file)")
-    return record, arrays
+    layers = record["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise bad("'layers'", f"must be a non-empty list of layer entries, got "
+                              f"{type(layers).__name__}")
+    for i, entry in enumerate(layers):
+        if not isinstance(entry, dict):
+            raise bad(f"layers[{i}]", f"must be an object, got {type(entry).__name__}")
+        if not isinstance(entry.get("class"), str):
+            raise bad(f"layers[{i}].class", "must be a layer class name")
+        for key in ("config", "params", "buffers", "generators"):
+            if entry.get(key) is not None and not isinstance(entry[key], dict):
+                raise bad(f"layers[{i}].{key}", f"must be an object, got "
+                                                f"{type(entry[key]).__name__}")
+        for kind in ("params", "buffers"):
+            for key, value in (entry.get(kind) or {}).items():
+                if not (isinstance(value, dict) and set(value) == {"__array__"}):
+                    raise bad(f"layers[{i}].{kind}.{key}", "must refer to an array")
+        for key, gen in (entry.get("generators") or {}).items():
+            if not isinstance(gen, dict) or gen.get("type") not in ("Generator",
+                                                                    "BackendGenerator"):
+                raise bad(f"layers[{i}].generators.{key}", "must be a generator entry")
+            if gen["type"] == "BackendGenerator" and not (
+                    _is_int(gen.get("seed")) or gen.get("seed") is None):
+                raise bad(f"layers[{i}].generators.{key}.seed", "must be an integer or null")
+    loss = record["loss"]
+    if not isinstance(loss, dict) or not isinstance(loss.get("name"), str):
+        raise bad("'loss'", f"must be an object with a 'name', got {type(loss).__name__}")
+    if loss.get("config") is not None and not isinstance(loss["config"], dict):
+        raise bad("loss.config", "must be an object")
+    if not isinstance(record["dtype"], str):
+        raise bad("'dtype'", "must be a dtype name")
+    seed = record.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise bad("'seed'", f"must be an integer or null, got {seed!r}")
+    epochs = record.get("epochs_trained", 0)
+    if not _is_int(epochs) or epochs < 0:
+        raise bad("'epochs_trained'", f"must be an integer >= 0, got {epochs!r}")
+    for key in ("metadata", "rng", "saved_from"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise bad(f"'{key}'", f"must be an object, got {type(record[key]).__name__}")
+    opt = record.get("optimizer")
+    if opt is not None:
+        if not isinstance(opt, dict) or not isinstance(opt.get("class"), str):
+            raise bad("'optimizer'", "must be null or an object with a 'class'")
+        if opt.get("config") is not None and not isinstance(opt["config"], dict):
+            raise bad("optimizer.config", "must be an object")
+        iterations = opt.get("iterations", 0)
+        if not _is_int(iterations) or iterations < 0:
+            raise bad("optimizer.iterations", f"must be an integer >= 0, got {iterations!r}")
+    return refs
+
+
+def _scan(record: Any, target: str, max_depth: int) -> dict[str, str]:
+    """Walk the record without recursion: bound its depth, check the wrappers of
+    :func:`_encode`, and collect every array reference with the field that holds it."""
+    refs: dict[str, str] = {}
+    stack: list[tuple[Any, str, int]] = [(record, "record", 0)]
+    while stack:
+        obj, field, depth = stack.pop()
+        if depth > max_depth:
+            raise FormatError(f"{target}: the record is nested more than {max_depth} levels "
+                              f"deep (at {field})")
+        if isinstance(obj, list):
+            stack.extend((v, f"{field}[{i}]", depth + 1) for i, v in enumerate(obj))
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if len(obj) == 1:
+            (key, value), = obj.items()
+            if key == "__array__":
+                if not isinstance(value, str):
+                    raise FormatError(f"{target}: {field} refers to an array by {value!r}, not "
+                                      "by name")
+                refs.setdefault(value, field)
+                continue
+            if key == "__float__":
+                if value not in ("nan", "inf", "-inf"):
+                    raise FormatError(f"{target}: {field} holds {value!r}, not 'nan', 'inf' or "
+                                      "'-inf'")
+                continue
+            if key == "__tuple__" and not isinstance(value, list):
+                raise FormatError(f"{target}: {field} must hold a list")
+            if key == "__dict__" and not (isinstance(value, list) and all(
+                    isinstance(p, list) and len(p) == 2 for p in value)):
+                raise FormatError(f"{target}: {field} must hold a list of [key, value] pairs")
+            if key == "__dict__" and not all(_hashable_encoded(p[0]) for p in value):
+                raise FormatError(f"{target}: {field} has a key that is not a number, string "
+                                  "or list of them")
+        stack.extend((v, f"{field}.{k}", depth + 1) for k, v in obj.items())
+    return refs
+
+
+def _hashable_encoded(key: Any) -> bool:
+    if isinstance(key, list):
+        return all(_hashable_encoded(k) for k in key)
+    if isinstance(key, dict):
+        return set(key) == {"__tuple__"} and isinstance(key["__tuple__"], list) and all(
+            _hashable_encoded(k) for k in key["__tuple__"])
+    return key is None or isinstance(key, (bool, int, float, str))
+
+
+def _shape_from_config(config: dict[str, Any], key: str, default: Any, field: str) -> int:
+    value = config.get(key, default)
+    if not _is_int(value) or value < 1:
+        raise FormatError(f"{field}.{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    return value if isinstance(value, bool) else default  # the constructor refuses the rest
+
+
+def _expected_shapes(cls_name: str, config: Any, field: str) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of the arrays that nnxp's layer ``cls_name`` allocates from ``config``
+    (``"params.W"``: shape), or None when the class is not one that allocates from its config.
+
+    A user's layer class may declare the same with a classmethod ``config_shapes(config)``.
+    """
+    if not isinstance(config, dict):
+        raise FormatError(f"{field} must be an object")
+
+    def n(key: str, default: Any = None) -> int:
+        return _shape_from_config(config, key, default, field)
+
+    out: dict[str, tuple[int, ...]]
+    if cls_name == "Dense":
+        i, o = n("in_features"), n("out_features")
+        out = {"params.W": (i, o)}
+        if _flag(config, "bias", True):
+            out["params.b"] = (o,)
+        act = config.get("activation")
+        if isinstance(act, dict) and isinstance(act.get("class"), str):
+            inner = _expected_shapes(act["class"], act.get("config") or {},
+                                     f"{field}.activation.config") or {}
+            out.update({f"params.activation.{k.split('.', 1)[1]}": s for k, s in inner.items()})
+        return out
+    if cls_name == "Maxout":
+        i, o, k = n("in_features"), n("out_features"), n("k", 2)
+        out = {"params.W": (i, o, k)}
+        if _flag(config, "bias", True):
+            out["params.b"] = (o, k)
+        return out
+    if cls_name == "PReLU":
+        return {"params.alpha": (n("num_parameters", 1),)}
+    if cls_name == "Standardize":
+        f = n("n_features")
+        return {"buffers.mean": (f,), "buffers.scale": (f,)}
+    if cls_name == "BatchNorm1d":
+        f = n("num_features")
+        out = {}
+        if _flag(config, "affine", True):
+            out.update({"params.weight": (f,), "params.bias": (f,)})
+        if _flag(config, "track_running_stats", True):
+            out.update({"buffers.running_mean": (f,), "buffers.running_var": (f,)})
+        return out
+    if cls_name == "LayerNorm":
+        f = n("normalized_shape")
+        affine = _flag(config, "elementwise_affine", True)
+        out = {"params.weight": (f,)} if affine else {}
+        if affine and _flag(config, "bias", True):
+            out["params.bias"] = (f,)
+        return out
+    hook = getattr(LAYERS.get(cls_name), "config_shapes", None)
+    if callable(hook):
+        try:
+            declared = hook(config)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise FormatError(f"{field}: {exc}") from None
+        return {name: tuple(shape) for name, shape in declared.items()}
+    return None
+
+
+def _check_layer_shapes(record: dict[str, Any], shapes: dict[str, tuple[str, tuple[int, ...]]],
+                        target: str) -> None:
+    """Each layer's configuration against the shapes its stored arrays declare, before any
+    layer is built (a config that asks for more than the file holds would allocate it)."""
+    for i, entry in enumerate(record["layers"]):
+        field = f"{target}: layers[{i}].config"
+        expected = _expected_shapes(entry["class"], entry.get("config") or {}, field)
+        if expected is None:
+            continue
+        stored = {f"{kind}.{key}": shapes[ref["__array__"]][1]
+                  for kind in ("params", "buffers")
+                  for key, ref in (entry.get(kind) or {}).items()}
+        for name, shape in expected.items():
+            if name not in stored:
+                raise FormatError(f"{target}: layers[{i}] ({entry['class']}) has no stored "
+                                  f"{name}, which its config requires")
+            if tuple(stored[name]) != tuple(shape):
+                raise FormatError(f"{target}: layers[{i}] ({entry['class']}) {name} has shape "
+                                  f"{tuple(stored[name])} in the file, but its config "
+                                  f"{entry.get('config')} expects {tuple(shape)}")
+
+
+def _check_values(record: dict[str, Any], arrays: dict[str, Any], target: str) -> None:
+    """Finite parameters, buffers and optimizer state; positive scales and variances."""
+    for i, entry in enumerate(record["layers"]):
+        for kind in ("params", "buffers"):
+            for key, ref in (entry.get(kind) or {}).items():
+                value = arrays[ref["__array__"]]
+                if not backend.host_all_finite(value):
+                    raise FormatError(f"{target}: layers[{i}] ({entry['class']}) "
+                                      f"{kind}[{key!r}] holds NaN or infinite values (a "
+                                      "diverged or corrupt model)")
+        if entry["class"] == "Standardize" and "scale" in (entry.get("buffers") or {}):
+            if not backend.host_all_positive(arrays[entry["buffers"]["scale"]["__array__"]]):
+                raise FormatError(f"{target}: layers[{i}] (Standardize) buffers['scale'] must "
+                                  "be positive everywhere (a scale of 0 divides by zero)")
+        if entry["class"] == "BatchNorm1d" and "running_var" in (entry.get("buffers") or {}):
+            var = arrays[entry["buffers"]["running_var"]["__array__"]]
+            if not backend.host_all_positive(var, allow_zero=True):
+                raise FormatError(f"{target}: layers[{i}] (BatchNorm1d) "
+                                  "buffers['running_var'] must be >= 0")
+    opt = record.get("optimizer")
+    if opt:
+        for name, field in _scan(opt.get("state"), target, 10**9).items():
+            if not backend.host_all_finite(arrays[name]):
+                raise FormatError(f"{target}: the optimizer's state "
+                                  f"({field.replace('record', 'optimizer.state', 1)}) holds NaN or "
+                                  "infinite values")
 
 
 def _layer_class(name: str) -> type:

@@ -623,8 +623,11 @@ def save_npz(file: Any, arrays: dict[str, Any]) -> None:
     np.savez(file, **cast(dict[str, Any], host))
 
 
-def load_npz(path: Any) -> dict[str, np.ndarray]:
-    """Every array of the NPZ file ``path`` as host NumPy arrays, read with ``allow_pickle=False``.
+def load_npz(path: Any, *, max_array_bytes: int = 2**33) -> dict[str, np.ndarray]:
+    """Every array of the NPZ file ``path`` as host NumPy arrays, never unpickling anything.
+
+    Read with :class:`NpzReader` (headers checked before any data is read; no array above
+    ``max_array_bytes``, 8 GiB by default).
 
     Raises
     ------
@@ -632,27 +635,172 @@ def load_npz(path: Any) -> dict[str, np.ndarray]:
         when ``path`` is not an NPZ archive (a pickle, a bare ``.npy``, a truncated or corrupt
         file) or holds an object array; the message says which.
     """
-    import zipfile  # noqa: PLC0415 - only needed here
+    try:
+        with NpzReader(path, max_array_bytes=max_array_bytes) as reader:
+            return {name: reader.array(name) for name in reader.names}
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
-    with open(path, "rb") as file:  # our own handle: closed even when numpy gives up midway
-        head = file.read(6)
-        file.seek(0)
-        if not head.startswith((b"PK", b"\x93NUMPY")):  # NumPy would try to unpickle it
-            what = f"it begins with {head!r}" if head else "it is empty"
-            raise ValueError(f"{path} is not an NPZ archive (a zip file): {what}")
+class NpzEntry(NamedTuple):
+    """What the ``.npy`` header of one NPZ member declares (nothing of its data is read)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+_NPZ_KINDS = frozenset("biuf")  # bool, signed and unsigned integers, floats: nothing else
+
+
+class NpzReader:
+    """A bounded, lazy reader of an NPZ archive: headers first, data only when asked for.
+
+    Opening checks the ZIP structure (the magic number, the central directory, member names:
+    unique, ``<name>.npy``, no absolute paths, ``..`` or backslashes). :meth:`entry` reads only a
+    member's ``.npy`` header and refuses object or structured dtypes, negative or non-integer
+    shapes, a size above ``max_array_bytes`` (computed with Python integers, so a shape whose
+    product overflows int64 is caught) and a size that disagrees with the member's size in the
+    ZIP directory (or that no deflate stream of its compressed size could expand to).
+    :meth:`array` then reads exactly the declared bytes, and the ZIP checksum is verified.
+    Nothing is ever unpickled, and members that are never asked for are never decompressed.
+
+    Every failure is a :class:`ValueError` whose message names the member.
+    """
+
+    def __init__(self, path: Any, *, max_array_bytes: int) -> None:
+        import zipfile  # noqa: PLC0415 - only needed here
+
+        self.path = path
+        self.max_array_bytes = max_array_bytes
+        self._zipfile = zipfile
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
-            archive = np.load(file, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path} is not an NPZ archive that can be read without pickle: "
-                             f"{exc}") from None
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} holds a single .npy array, not an NPZ archive")
+            head = self._file.read(6)
+            self._file.seek(0)
+            if head.startswith(b"\x93NUMPY"):
+                raise ValueError("it holds a single .npy array, not an NPZ archive")
+            if not head.startswith(b"PK"):
+                what = f"it begins with {head!r}" if head else "it is empty"
+                raise ValueError(f"it is not an NPZ archive (a zip file): {what}")
+            try:
+                self._zip = zipfile.ZipFile(self._file)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                raise ValueError(f"a truncated or corrupt NPZ archive: {exc}") from None
+            self._members: dict[str, Any] = {}
+            for info in self._zip.infolist():
+                raw = info.filename
+                if (not raw.endswith(".npy") or raw.startswith(("/", "\\")) or "\\" in raw
+                        or ".." in raw.split("/") or "\x00" in raw or ":" in raw[:3]):
+                    raise ValueError(f"member {raw!r} is not an array entry '<name>.npy' "
+                                     "(absolute, parent-directory or foreign names are refused)")
+                name = raw[:-4]
+                if name in self._members:
+                    raise ValueError(f"member {raw!r} appears twice")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise ValueError(f"member {raw!r} uses ZIP compression method "
+                                     f"{info.compress_type}; only stored and deflated are read")
+                self._members[name] = info
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def names(self) -> list[str]:
+        """The array names, without ``.npy``, in archive order."""
+        return list(self._members)
+
+    def close(self) -> None:
+        zf = getattr(self, "_zip", None)
+        if zf is not None:
+            zf.close()
+        self._file.close()
+
+    def __enter__(self) -> NpzReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self, name: str) -> tuple[Any, NpzEntry, Any, bool]:
+        info = self._members.get(name)
+        if info is None:
+            raise ValueError(f"the archive holds no array {name!r}")
+        what = f"array {name!r}"
+        if info.compress_type == self._zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise ValueError(f"{what}: the ZIP directory declares {info.file_size} bytes stored "
+                             f"in {info.compress_size} (corrupt)")
+        if info.compress_type == self._zipfile.ZIP_DEFLATED \
+                and info.file_size > 1100 * info.compress_size + 1024:
+            raise ValueError(f"{what}: {info.compress_size} compressed bytes cannot expand to "
+                             f"the declared {info.file_size} (corrupt or a decompression bomb)")
         try:
-            with archive:
-                return {name: archive[name] for name in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise ValueError(f"{path} is a truncated or corrupt NPZ archive "
-                             f"({type(exc).__name__}: {exc})") from None
+            member = self._zip.open(info)
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+                    member, max_header_size=4096)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(
+                    member, max_header_size=4096)
+            else:  # pragma: no cover - read_magic refuses other versions already
+                raise ValueError(f"unknown .npy version {version}")
+            header_bytes = member.tell()
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError,
+                self._zipfile.BadZipFile) as exc:
+            raise ValueError(f"{what}: invalid .npy header ({exc})") from None
+        if dtype.hasobject or dtype.kind not in _NPZ_KINDS or dtype.fields is not None \
+                or dtype.subdtype is not None:
+            member.close()
+            raise ValueError(f"{what} has dtype {dtype.str!r}; only boolean, integer and "
+                             "floating-point arrays are read (never pickled objects)")
+        if not isinstance(shape, tuple) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            member.close()
+            raise ValueError(f"{what} declares an invalid shape {shape!r}")
+        count = 1
+        for d in shape:  # Python integers: no int64 overflow
+            count *= d
+        nbytes = count * dtype.itemsize
+        if nbytes > self.max_array_bytes:
+            member.close()
+            raise ValueError(f"{what} declares shape {shape} of {dtype.name} ({nbytes} bytes), "
+                             f"above the limit of {self.max_array_bytes} bytes per array")
+        if header_bytes + nbytes != info.file_size:
+            member.close()
+            raise ValueError(f"{what} declares shape {shape} of {dtype.name} ({nbytes} bytes), "
+                             f"but its entry holds {info.file_size - header_bytes} data bytes "
+                             "(truncated or edited file)")
+        return member, NpzEntry(name, dtype.name, tuple(shape), nbytes), dtype, fortran
+
+    def entry(self, name: str) -> NpzEntry:
+        """The dtype, shape and size that member ``name`` declares (its header only)."""
+        member, entry, _, _ = self._open(name)
+        member.close()
+        return entry
+
+    def array(self, name: str) -> np.ndarray:
+        """Member ``name`` as a host NumPy array, after the checks of :meth:`entry`."""
+        member, entry, dtype, fortran = self._open(name)
+        with member:
+            try:
+                data = bytearray(entry.nbytes)
+                view = memoryview(data)
+                done = 0
+                while done < entry.nbytes:
+                    n = member.readinto(view[done:])
+                    if not n:
+                        break
+                    done += n
+                if done != entry.nbytes or member.read(1):  # reading to the end checks the CRC
+                    raise ValueError("the data does not match the declared size")
+            except (ValueError, OSError, EOFError, self._zipfile.BadZipFile) as exc:
+                raise ValueError(f"array {name!r}: truncated or corrupt data ({exc})") from None
+            except MemoryError:
+                raise ValueError(f"array {name!r}: not enough memory for {entry.nbytes} "
+                                 "bytes") from None
+        flat = np.frombuffer(data, dtype=dtype)
+        return flat.reshape(entry.shape, order="F" if fortran else "C")
 
 
 def host_namespace() -> Any:
@@ -1156,3 +1304,29 @@ def unmet_requirements(required: Sequence[str], probes: Sequence[Probe]) -> list
             unmet.append((name, f"{worst.status}: {worst.detail}" if worst.detail
                           else worst.status))
     return unmet
+
+
+def host_all_finite(a: Any) -> bool:
+    """Whether every entry of the host array ``a`` is finite (integers always are)."""
+    a = np.asarray(a)
+    return bool(np.isfinite(a).all()) if a.dtype.kind in "fc" else True
+
+
+def host_all_positive(a: Any, *, allow_zero: bool = False) -> bool:
+    """Whether every entry of the host array ``a`` is > 0 (or >= 0 with ``allow_zero``)."""
+    a = np.asarray(a)
+    return bool((a >= 0).all() if allow_zero else (a > 0).all())
+
+
+def nonfinite_rows(a: Any) -> list[int]:
+    """The indices of the rows of the host 2-D array ``a`` that hold NaN or infinity."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc":
+        return []
+    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)).tolist()
+
+
+def quiet_float_errors() -> Any:
+    """A context in which NumPy's floating-point warnings (overflow, invalid) stay silent:
+    for callers that check the result for NaN and infinity themselves."""
+    return np.errstate(all="ignore")

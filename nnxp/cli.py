@@ -568,11 +568,56 @@ def train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_model(path: str) -> Sequential:
+def _read_model(path: str) -> tuple[dict[str, Any], Sequential]:
+    """The record and the model of the file ``path``, or a one-line error (exit status 2).
+
+    ``nnxp.load`` refuses a corrupt or hostile file with a FormatError; anything else a file
+    could still provoke while the model is built (a layer's own checks, memory) is reported as
+    the same kind of one line, never as a traceback. The metadata the command line relies on
+    is checked here (its types, and one class name per output).
+    """
     if not os.path.isfile(path):
         raise UsageError(f"no such model file: {path}")
-    model: Sequential = nio.load(path)
-    return model
+    try:
+        record, arrays = nio.read(path)
+        model: Sequential = nio.from_record(record, arrays)
+    except nio.FormatError:
+        raise
+    except (ArithmeticError, AttributeError, LookupError, MemoryError, RecursionError,
+            TypeError, ValueError) as exc:
+        raise nio.FormatError(f"{path}: not a usable nnxp model file ({type(exc).__name__}: "
+                              f"{exc})") from None
+    _check_cli_metadata(model, path)
+    return record, model
+
+
+def _check_cli_metadata(model: Sequential, path: str) -> None:
+    meta = model.metadata
+    if not isinstance(meta, dict):
+        raise nio.FormatError(f"{path}: the record's metadata must be an object")
+    for key in ("task", "target"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise nio.FormatError(f"{path}: the record's metadata.{key} must be a string, got "
+                                  f"{meta[key]!r}")
+    for key in ("feature_names", "classes"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)):
+            raise nio.FormatError(f"{path}: the record's metadata.{key} must be a list of "
+                                  "names")
+    names, n_in = meta.get("feature_names"), model.n_features
+    if names and n_in is not None and len(names) != n_in:
+        raise nio.FormatError(f"{path}: the record's metadata.feature_names has {len(names)} "
+                              f"names but the model takes {n_in} features")
+    classes, n_out = meta.get("classes"), model.n_outputs
+    if classes and model.loss.is_classifier and n_out is not None \
+            and len(classes) != max(n_out, 2 if n_out == 1 else n_out):
+        raise nio.FormatError(f"{path}: the record's metadata.classes has {len(classes)} "
+                              f"names but the model has {n_out} outputs")
+
+
+def _load_model(path: str) -> Sequential:
+    return _read_model(path)[1]
 
 
 def _features_for(model: Sequential, table: Table, *, target: str | None) -> Any:
@@ -604,14 +649,18 @@ def predict(args: argparse.Namespace) -> int:
     meta = getattr(model, "metadata", None) or {}
     classes = meta.get("classes")
     if model.loss.is_classifier:
-        proba = backend.to_numpy(model.predict_proba(X))
+        with backend.quiet_float_errors():  # an overflow is reported below, as one line
+            proba = backend.to_numpy(model.predict_proba(X))
+        _refuse_non_finite(proba, args.model, table)
         codes = proba.argmax(axis=1).tolist()
         names = classes or [str(k) for k in range(proba.shape[1])]
         header = ["prediction"] + ([f"proba_{c}" for c in names] if args.proba else [])
         rows = [[names[k]] + ([f"{p:.6g}" for p in row] if args.proba else [])
                 for k, row in zip(codes, proba.tolist())]
     else:
-        out = backend.to_numpy(model.predict(X))
+        with backend.quiet_float_errors():
+            out = backend.to_numpy(model.predict(X))
+        _refuse_non_finite(out, args.model, table)
         target = meta.get("target", "prediction")
         header = [target] if out.shape[1] == 1 else [f"{target}_{j}" for j in range(out.shape[1])]
         rows = [[f"{v:.9g}" for v in row] for row in out.tolist()]
@@ -622,6 +671,15 @@ def predict(args: argparse.Namespace) -> int:
         writer.writerow(header)
         writer.writerows(rows)
     return 0
+
+
+def _refuse_non_finite(out: Any, model_path: str, table: Table) -> None:
+    """Never write NaN or infinity as a prediction (or label it as a class): exit 2."""
+    bad = backend.nonfinite_rows(out)
+    if bad:
+        raise UsageError(f"{model_path} gives NaN or infinite outputs for {len(bad)} of "
+                         f"{table.n_rows} rows (first: data row {bad[0] + 1}); its weights "
+                         "overflow on this input (a diverged or corrupt model)")
 
 
 def _write_csv_atomically(path: str, header: list[str], rows: list[list[str]]) -> None:
@@ -668,10 +726,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.model):
-        raise UsageError(f"no such model file: {args.model}")
-    record, _ = nio.read(args.model)
-    model = nio.load(args.model)
+    record, model = _read_model(args.model)
     meta = getattr(model, "metadata", None) or {}
     origin = record.get("saved_from", {})
     print(f"{args.model}: nnxp model file, format version {record['format_version']} "

@@ -26,8 +26,10 @@ from typing import Any
 from .archive import (
     FORMAT,
     FORMAT_VERSION,
+    LIMITS,
     RECORD_KEY,
     FormatError,
+    Limits,
     apply_record,
     atomic_write,
     build_layers,
@@ -45,8 +47,10 @@ from .summary import format_bytes, itemsize, summary, summary_rows
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LIMITS",
     "RECORD_KEY",
     "FormatError",
+    "Limits",
     "atomic_write",
     "checkpoint_optimizer",
     "format_bytes",
@@ -64,7 +68,7 @@ __all__ = [
 
 
 def load(path: str | os.PathLike[str], *, backend: str | None = None,
-         device: Any = None) -> Sequential:
+         device: Any = None, limits: Limits | None = None) -> Sequential:
     """Rebuild the model saved at ``path`` (by :meth:`Sequential.save`).
 
     Parameters
@@ -74,6 +78,10 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None,
     backend, device
         Where the model's arrays go: by default the active backend (so a model saved from a
         GPU loads on the CPU); e.g. ``backend="torch", device="cuda"``.
+    limits
+        Size and nesting caps checked before anything is allocated (:class:`Limits`; by
+        default :data:`LIMITS`: 4 GiB per array, 16 GiB in all, a 256 MiB record nested at
+        most 64 levels).
 
     Returns
     -------
@@ -87,8 +95,14 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None,
     FileNotFoundError, FormatError
         see :func:`read`.
     """
-    record, arrays = read(path)
-    return from_record(record, arrays, backend=backend, device=device)
+    record, arrays = read(path, limits=limits)
+    try:
+        return from_record(record, arrays, backend=backend, device=device)
+    except FormatError as exc:  # raised while building: say which file
+        where = os.fspath(path)
+        if isinstance(where, bytes):
+            where = os.fsdecode(where)
+        raise FormatError(f"{where}: {exc}") from None
 
 
 def from_record(record: dict[str, Any], arrays: dict[str, Any], *,

@@ -58,6 +58,7 @@ class Sequential:
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("layers must hold at least one layer, got an empty list")
+        first_at: dict[int, int] = {}  # id -> first position: linear in the number of layers
         for i, layer in enumerate(self.layers):
             if not all(hasattr(layer, a) for a in ("params", "grads", "forward", "backward")):
                 raise TypeError(f"layers[{i}] ({type(layer).__name__}) does not follow the layer "
@@ -66,7 +67,7 @@ class Sequential:
                 raise ValueError(f"layers[{i}] is Softmax(dim={layer.dim}), but a model's "
                                  "activations have shape (batch, features): use dim=-1 (the "
                                  "features); any other axis mixes samples or does not exist")
-            first = next(j for j, other in enumerate(self.layers) if other is layer)
+            first = first_at.setdefault(id(layer), i)
             if first != i:  # one cache per layer: a second forward would overwrite the first's
                 raise ValueError(f"layers[{i}] is the same object as layers[{first}] "
                                  f"({layer!r}); a layer can appear only once in a model, so "
