@@ -223,11 +223,13 @@ def fit(
             raise ValueError(f"the checkpoint {resume_from} has completed "
                              f"{first_epoch - 1} epochs already; epochs={epochs} is the "
                              "total to reach, so nothing is left to train")
+    resumed = archive.checkpoint_callback_states(resume_from) if resume_from is not None \
+        else None
     return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
                        last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
                        verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
                        check_finite_every=check_finite_every, sample_weight=w,
-                       keep_finite_weights=keep_finite_weights)
+                       keep_finite_weights=keep_finite_weights, callback_states=resumed)
 
 
 def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None,
@@ -354,7 +356,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 first_epoch: int, last_epoch: int, batch_size: int | None, shuffle: bool,
                 verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
                 check_finite_every: int | None, sample_weight: Array | None,
-                keep_finite_weights: bool) -> History:
+                keep_finite_weights: bool,
+                callback_states: list[Any] | None = None) -> History:
     """Epochs ``first_epoch .. last_epoch`` on checked arrays and options, with the callbacks,
     the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
     xp, n = model.xp, X.shape[0]
@@ -372,8 +375,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     guard = _FiniteGuard(model, check_finite_every, keep=keep_finite_weights)
     progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
     before_update = None if recorder is None else recorder.before_update
-    cbs.set_model(model)
-    cbs.on_train_begin({})
+    _begin_callbacks(model, cbs, callback_states)
     step = 0
     with _silence_fp_warnings():
         try:
@@ -442,6 +444,19 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
             progress.close()
     cbs.on_train_end({})
     return history
+
+
+def _begin_callbacks(model: Sequential, cbs: CallbackList, states: list[Any] | None) -> None:
+    """``set_model`` and ``on_train_begin``, then (resuming) the callbacks' stored states.
+
+    ``model.active_callbacks`` names the running callbacks so that a checkpoint saved during
+    this fit (ModelCheckpoint) stores their state beside the model's and the optimizer's.
+    """
+    cbs.set_model(model)
+    model.active_callbacks = cbs
+    cbs.on_train_begin({})
+    if states:
+        cbs.load_state_dicts(states)
 
 
 def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array | None, *,
