@@ -57,6 +57,9 @@ class BatchNorm1d(Layer):
         and for an input whose shape is not ``(batch, num_features)``.
     """
 
+    min_training_batch = 2
+    """fit refuses, before its first step, a batch size that would give a batch of one."""
+
     def __init__(
         self,
         num_features: int,
