@@ -483,16 +483,16 @@ class _StepUndo:
     """
 
     def __init__(self, model: Sequential) -> None:
-        self.layers = [layer for layer in model.layers
-                       if getattr(layer, "buffers", None)
-                       or callable(getattr(layer, "get_extra_state", None))]
+        self.layers: list[tuple[Any, Any]] = [
+            (layer, getattr(layer, "get_extra_state", None)) for layer in model.layers
+            if getattr(layer, "buffers", None)
+            or callable(getattr(layer, "get_extra_state", None))]
         self.saved: list[tuple[Any, dict[str, Any], Any]] = []
 
     def __enter__(self) -> None:
         self.saved = [(layer, dict(getattr(layer, "buffers", {})),
-                       layer.get_extra_state() if callable(getattr(layer, "get_extra_state",
-                                                                   None)) else None)
-                      for layer in self.layers]
+                       get_state() if callable(get_state) else None)
+                      for layer, get_state in self.layers]
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         if kind is not None:
