@@ -70,3 +70,31 @@ def test_layer_norm_on_a_large_mean() -> None:
     ref = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
     y, _ = layer_norm_forward(xp.asarray(x), None, None, eps=1e-5, xp=xp)
     assert np.abs(to_numpy(y) - ref).max() < 1e-5
+
+
+# --- labels and inputs with clear messages -------------------------------------------------
+
+
+def test_a_huge_float_label_is_reported_as_itself() -> None:
+    from nnxp import Sequential  # noqa: PLC0415
+    from nnxp.layers import Dense  # noqa: PLC0415
+
+    model = Sequential([Dense(2, 3)], seed=0)
+    X = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"labels in \[0, 1e\+20\], but the model has 3 outputs"):
+        model.fit(X, np.array([0, 1, 1e20, 2], np.float32), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"labels in \[-1, 2\]"):
+        model.fit(X, np.array([0, -1, 1, 2]), epochs=1, verbose=0)
+
+
+def test_a_masked_array_is_refused_by_name() -> None:
+    from nnxp import Sequential  # noqa: PLC0415
+    from nnxp.layers import Dense  # noqa: PLC0415
+
+    model = Sequential([Dense(2, 3)], seed=0)
+    X = np.ones((4, 2), np.float32)
+    y = np.ma.masked_array([0, 1, 2, 1], mask=[0, 1, 0, 0])
+    with pytest.raises(TypeError, match="y is a masked array"):
+        model.fit(X, y, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="X is a masked array"):
+        model.fit(np.ma.masked_array(X), np.array([0, 1, 2, 1]), epochs=1, verbose=0)
