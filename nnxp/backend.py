@@ -299,7 +299,8 @@ def set_backend(name_or_namespace: str | Any = "numpy", device: Any = None) -> B
     Returns
     -------
     BackendInfo
-        The previous backend, so that ``set_backend(*old)`` restores it.
+        The previous backend (what this thread saw), so that ``set_backend(old.xp, old.device)``
+        restores it.
 
     Raises
     ------

@@ -182,7 +182,13 @@ def test_a_checkpoint_from_before_the_split_loads_with_all_its_state(on_numpy) -
     X, y = legacy_data()  # and it is the state that two epochs of training reach today
     today = legacy_model(seed=3)
     today.fit(X, y, optimizer=Adam(lr=0.01), epochs=2, batch_size=8, verbose=0)
-    assert_close(weights, arrays_of(today))
+    # Dense 0's bias feeds BatchNorm, which removes any constant: its gradient is 0 up to the
+    # rounding of Σ x̂, and Adam turns that noise into ±lr steps. Since issue 16 batch norm
+    # centres with a shift (accurate for large means), so that noise, this bias and the running
+    # mean that tracks it differ from the file's; every other array still agrees to 1e-7.
+    noise = ("layers/0/params/b", "layers/1/buffers/running_mean")
+    assert_close({k: v for k, v in weights.items() if k not in noise},
+                 {k: v for k, v in arrays_of(today).items() if k not in noise})
 
 
 def test_training_resumes_from_a_checkpoint_written_before_the_split(on_numpy) -> None:
