@@ -67,6 +67,7 @@ __all__ = [
     "apply_record",
     "atomic_write",
     "build_layers",
+    "checkpoint_callback_states",
     "checkpoint_optimizer",
     "model_record",
     "read",
@@ -472,6 +473,10 @@ def model_record(model: Any, *, include_optimizer: bool = True) -> tuple[dict[st
         "epochs_trained": int(getattr(model, "epochs_trained", 0)),
         "optimizer": None if opt is None else _optimizer_record(opt, arrays),
     }
+    # issue 16 (resume state): the state of the callbacks of a running fit, in checkpoints only
+    callbacks = getattr(model, "active_callbacks", None) if include_optimizer else None
+    if callbacks is not None:
+        record["callbacks"] = _encode(callbacks.state_dicts(), arrays, "callbacks")
     json.dumps(record, allow_nan=False)  # fail before writing anything
     return record, arrays
 
@@ -1076,6 +1081,19 @@ def checkpoint_optimizer(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{os.fspath(path)} holds no optimizer state (saved with "
                          "include_optimizer=False or before any fit): pass optimizer=")
     return _build_optimizer(record["optimizer"], arrays)
+
+
+def checkpoint_callback_states(path: str | os.PathLike[str]) -> list[Any]:
+    """The callbacks' stored states (``CallbackList.state_dicts()`` at the save), ``[]`` for a
+    file without them (weights only, or written before callbacks were stored)."""
+    record, arrays = read(path)
+    stored = record.get("callbacks")
+    if stored is None:
+        return []
+    states = _decode(stored, arrays)
+    if not isinstance(states, list):
+        raise FormatError("the record's 'callbacks' entry is not a list")
+    return states
 
 
 def restore_checkpoint(model: Any, path: str | os.PathLike[str], optimizer: Any = None) -> int:

@@ -3,21 +3,29 @@
 Every other module receives an array namespace ``xp`` (and a ``device``) from here and writes
 its arithmetic once against the Python array API standard.
 
-The active backend is process-global state with three ways to set it:
+The active backend has three ways to be set:
 
-* ``nnxp.set_backend("torch", device="cpu")``
-* ``with nnxp.use_backend("cupy"): ...`` (restores the previous one on exit, exceptions included)
+* ``nnxp.set_backend("torch", device="cpu")`` sets the process-wide default (and, inside a
+  ``use_backend`` block, the block's backend too, until the block exits);
+* ``with nnxp.use_backend("cupy"): ...`` switches it for the block in *this thread or asyncio
+  task only* (a :class:`contextvars.ContextVar`), restoring it on exit, exceptions included;
 * the ``NNXP_BACKEND`` environment variable, read once at import (``"torch"``,
-  ``"torch:cuda"``, ``"array_api_strict:device1"``, ...).
+  ``"torch:cuda"``, ``"array_api_strict:device1"``, ...), gives the first default.
+
+A new thread starts from the process-wide default; an asyncio task starts from the backend of
+the code that created it. The first import of a backend's library happens under a lock, so two
+threads resolving ``"torch"`` at once never see a partially initialised module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
 import re
+import threading
 import types
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, cast
@@ -81,7 +89,18 @@ def _installed(package: str) -> bool:
         return False
 
 
+_IMPORT_LOCK = threading.RLock()
+"""Held while a backend's namespace is resolved: first imports of torch/cupy run one at a time
+(an import racing another thread's first import of torch can see a partially initialised
+module)."""
+
+
 def _namespace_for(name: str) -> Any:
+    with _IMPORT_LOCK:
+        return _namespace_for_locked(name)
+
+
+def _namespace_for_locked(name: str) -> Any:
     if name == "numpy":
         return _import("array_api_compat.numpy", name)
     if name == "cupy":
@@ -229,7 +248,12 @@ def _name_of_namespace(ns: Any) -> str | None:
 # Global state and the public API
 # ----------------------------------------------------------------------------------------------
 
-_current: BackendInfo
+_default: BackendInfo
+"""The process-wide default: what a thread or task sees outside any ``use_backend`` block."""
+
+_scoped: contextvars.ContextVar[BackendInfo | None] = contextvars.ContextVar(
+    "nnxp_backend", default=None)
+"""The backend of the innermost ``use_backend`` block of this thread / asyncio task, if any."""
 
 
 def _make(name_or_namespace: str | Any, device: Any = None) -> BackendInfo:
@@ -275,7 +299,8 @@ def set_backend(name_or_namespace: str | Any = "numpy", device: Any = None) -> B
     Returns
     -------
     BackendInfo
-        The previous backend, so that ``set_backend(*old)`` restores it.
+        The previous backend (what this thread saw), so that ``set_backend(old.xp, old.device)``
+        restores it.
 
     Raises
     ------
@@ -284,27 +309,36 @@ def set_backend(name_or_namespace: str | Any = "numpy", device: Any = None) -> B
     BackendError
         when the library is not installed (the message names the pip extra) or has no GPU.
     """
-    global _current
-    previous = _current
-    _current = _make(name_or_namespace, device)
+    global _default
+    new = _make(name_or_namespace, device)
+    previous = get_backend()
+    _default = new
+    if _scoped.get() is not None:  # inside a use_backend block: this block sees it too
+        _scoped.set(new)
     return previous
 
 
 def get_backend() -> BackendInfo:
-    """The active backend as ``(name, xp, device)``."""
-    return _current
+    """The active backend as ``(name, xp, device)``: that of the innermost ``use_backend`` block
+    of this thread or asyncio task, else the process-wide default."""
+    scoped = _scoped.get()
+    return _default if scoped is None else scoped
 
 
 @contextlib.contextmanager
 def use_backend(name_or_namespace: str | Any, device: Any = None) -> Iterator[BackendInfo]:
-    """``with use_backend("torch"):`` — switch backend for a block, restoring it on any exit."""
-    global _current
-    previous = _current
-    _current = _make(name_or_namespace, device)
+    """``with use_backend("torch"):`` — switch backend for a block, restoring it on any exit.
+
+    The switch is local to the current thread or asyncio task (a context variable): another
+    thread, or a task not created inside the block, keeps its own backend meanwhile. A task
+    created inside the block inherits it (asyncio copies the context when a task is created).
+    """
+    info = _make(name_or_namespace, device)
+    token = _scoped.set(info)
     try:
-        yield _current
+        yield info
     finally:
-        _current = previous
+        _scoped.reset(token)
 
 
 def _from_environment() -> BackendInfo:
@@ -317,7 +351,7 @@ def _from_environment() -> BackendInfo:
         raise type(exc)(f"NNXP_BACKEND={spec!r}: {exc}") from None
 
 
-_current = _from_environment()
+_default = _from_environment()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,7 +453,7 @@ def asarray(
     DLPack where both ends allow it, and through host memory otherwise (e.g. GPU to CPU).
     """
     if xp is None:
-        info = _current
+        info = get_backend()
         xp, device = info.xp, info.device if device is None else device
     elif device is None:
         device = _default_device(xp)
@@ -485,8 +519,8 @@ def cast_host_data(x: Any, dtype: Any) -> Any:
 
 
 def _default_device(xp: Any) -> Any:
-    if xp is _current.xp:
-        return _current.device
+    if xp is get_backend().xp:
+        return get_backend().device
     return device_of(xp.zeros(1))
 
 
@@ -552,8 +586,8 @@ def synchronize(device: Any = None) -> None:
     """Wait for the GPU work queued on ``device`` (by default the active backend's device, e.g.
     GPU 1 after ``set_backend("cupy", device=1)``, not CuPy's current GPU); a no-op on CPU
     backends. Timers and benchmarks call it; pass ``model.device`` for a model on another GPU."""
-    name = _current.name
-    dev = device if device is not None else _current.device
+    name = get_backend().name
+    dev = device if device is not None else get_backend().device
     if name == "cupy":
         import cupy  # noqa: PLC0415
 
@@ -579,19 +613,19 @@ def device_memory(*, reset_peak: bool = False) -> dict[str, int] | None:
       ``free_all_blocks``) its total size is the high-water mark of what was in use, rounded up
       to the pool's block sizes: an upper bound.
     """
-    name = _current.name
+    name = get_backend().name
     if name == "cupy":
         import cupy  # noqa: PLC0415
 
         pool = cupy.get_default_memory_pool()
-        with cupy.cuda.Device(_current.device):  # the pool reports on the current GPU
+        with cupy.cuda.Device(get_backend().device):  # the pool reports on the current GPU
             if reset_peak:
                 pool.free_all_blocks()
             return {"current": int(pool.used_bytes()), "peak": int(pool.total_bytes())}
-    if name == "torch" and getattr(_current.device, "type", None) == "cuda":
+    if name == "torch" and getattr(get_backend().device, "type", None) == "cuda":
         import torch  # noqa: PLC0415
 
-        dev = _current.device
+        dev = get_backend().device
         if reset_peak:
             torch.cuda.reset_peak_memory_stats(dev)
         return {"current": int(torch.cuda.memory_allocated(dev)),
@@ -833,9 +867,9 @@ def host_array(x: Any, dtype: Any = None) -> np.ndarray:
 
 def gpu_library() -> str | None:
     """``"cupy"`` or ``"torch"`` when the active backend runs on a CUDA GPU, else ``None``."""
-    if _current.name == "cupy":
+    if get_backend().name == "cupy":
         return "cupy"
-    if _current.name == "torch" and getattr(_current.device, "type", None) == "cuda":
+    if get_backend().name == "torch" and getattr(get_backend().device, "type", None) == "cuda":
         return "torch"
     return None
 
@@ -861,14 +895,14 @@ class EventTimer:
         elif lib == "torch":
             import torch  # noqa: PLC0415
 
-            dev = _current.device
+            dev = get_backend().device
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
             self._record = lambda event: event.record(torch.cuda.current_stream(dev))
             self._elapsed_ms = lambda: self._start.elapsed_time(self._end)
         else:
             raise BackendError(f"CUDA events need a GPU backend; the active one is "
-                               f"{_current.name} on {_current.device}")
+                               f"{get_backend().name} on {get_backend().device}")
 
     def time(self, fn: Any, *args: Any) -> float:
         """Seconds of device time between just before and just after ``fn(*args)``."""
@@ -906,8 +940,8 @@ class MemoryHighWater:
         self.library = gpu_library()
         if self.library is None:
             raise BackendError(f"GPU memory counters need a GPU backend; the active one is "
-                               f"{_current.name} on {_current.device}")
-        self._device = _current.device
+                               f"{get_backend().name} on {get_backend().device}")
+        self._device = get_backend().device
         self._peak = 0
         self._hook: Any = None
 

@@ -28,9 +28,21 @@ provides them all as no-ops, and override the ones you need). ``fit`` first call
 * When ``fit`` raises (``TrainingDivergedError`` without :class:`TerminateOnNaN`, a bad
   argument, an interrupt), ``on_train_end`` is not called.
 
-Callbacks run in the order given to ``fit``. The epoch's entry is appended to the
+Callbacks run in the order given to ``fit``, except that in ``on_epoch_end`` those with
+``runs_last = True`` (:class:`ModelCheckpoint`) run after all the others, so that a checkpoint
+holds every callback's state *after* the epoch (a learning-rate schedule already stepped, an
+early-stopping counter already updated). The epoch's entry is appended to the
 :class:`~nnxp.training.History` after ``on_epoch_end`` has run for all of them, so what a callback
 adds to ``logs`` is seen by the later callbacks and recorded in the history.
+
+Resumable state
+---------------
+A callback with state that must survive a restart defines ``state_dict() -> dict`` (plain
+numbers, strings, lists, dicts, arrays) and ``load_state_dict(state)``. A checkpoint written
+during ``fit`` (:class:`ModelCheckpoint`, or ``model.save`` while ``model.active_callbacks`` is
+set) stores them, and ``fit(..., resume_from=path, callbacks=[...])`` gives each callback its
+stored state after ``on_train_begin``: the k-th callback of a class gets the k-th stored state
+of that class.
 
 Writing your own::
 
@@ -51,6 +63,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import backend
 from .validation import check_choice, check_flag, check_int
 
 if TYPE_CHECKING:  # pragma: no cover - imports only for the type checker (no cycle at runtime)
@@ -148,7 +161,34 @@ class CallbackList(Callback):
         self._call("on_batch_end", batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: Logs) -> None:
-        self._call("on_epoch_end", epoch, logs)
+        late = [cb for cb in self.callbacks if getattr(cb, "runs_last", False)]
+        for cb in [cb for cb in self.callbacks if cb not in late] + late:
+            method = getattr(cb, "on_epoch_end", None)
+            if method is not None:
+                method(epoch, logs)
+
+    def state_dicts(self) -> list[dict[str, Any] | None]:
+        """``[{"class": name, "state": cb.state_dict()} | None, ...]``, one per callback (None
+        for those without state)."""
+        out: list[dict[str, Any] | None] = []
+        for cb in self.callbacks:
+            get = getattr(cb, "state_dict", None)
+            out.append({"class": type(cb).__name__, "state": get()} if callable(get) else None)
+        return out
+
+    def load_state_dicts(self, states: list[Any]) -> None:
+        """Give each callback a stored state of its class: the k-th callback of a class gets
+        the k-th stored state of that class, so adding or dropping a callback of another
+        class (a ModelCheckpoint left out on resume) does not shift the others."""
+        stored: dict[str, list[Any]] = {}
+        for entry in states:
+            if isinstance(entry, dict) and isinstance(entry.get("class"), str):
+                stored.setdefault(entry["class"], []).append(entry.get("state") or {})
+        for cb in self.callbacks:
+            load = getattr(cb, "load_state_dict", None)
+            queue = stored.get(type(cb).__name__)
+            if callable(load) and queue:
+                load(queue.pop(0))
 
     def on_train_end(self, logs: Logs | None = None) -> None:
         self._call("on_train_end", logs)
@@ -306,6 +346,32 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best value and epoch, the patience counter, the stopped epoch and (with
+        ``restore_best_weights``) the best weights, as host copies."""
+        state: dict[str, Any] = {"best": self.best, "best_epoch": self.best_epoch,
+                                 "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        if self.best_weights is not None:
+            state["best_weights"] = [
+                ({k: backend.to_numpy(v).copy() for k, v in params.items()},
+                 {k: backend.to_numpy(v).copy() for k, v in buffers.items()})
+                for params, buffers in self.best_weights]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (the best weights go to the model's device)."""
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.wait = int(state["wait"])
+        self.stopped_epoch = int(state.get("stopped_epoch", 0))
+        weights = state.get("best_weights")
+        if weights is not None and self.model is not None:
+            xp, device = self.model.xp, self.model.device
+            self.best_weights = [
+                tuple({k: backend.asarray(v, xp=xp, device=device, copy=True)
+                       for k, v in part.items()} for part in layer)
+                for layer in weights]
+
     def on_train_end(self, logs: Logs | None = None) -> None:
         if self.restore_best_weights and self.best_weights is not None \
                 and self.model is not None:
@@ -437,6 +503,22 @@ class LearningRateScheduler(Callback):
         if self.verbose and old != new:
             print(f"epoch {epoch}: learning rate {old} -> {new}")
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"completed": epochs seen, "schedule": the schedule object's state_dict()}``."""
+        state: dict[str, Any] = {"completed": self._completed}
+        get = getattr(self.schedule, "state_dict", None)
+        if self._stepper and callable(get):
+            state["schedule"] = get()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the stored epoch; a schedule object gets its own stored state (which
+        re-applies its learning rate)."""
+        self._completed = int(state["completed"])
+        load = getattr(self.schedule, "load_state_dict", None)
+        if "schedule" in state and callable(load):
+            load(state["schedule"])
+
     def __repr__(self) -> str:
         return f"LearningRateScheduler({self.schedule!r})"
 
@@ -563,9 +645,19 @@ class ModelCheckpoint(Callback):
         self.saved: list[str] = []
         self._reset()
 
+    runs_last = True  # save after the other callbacks' on_epoch_end: their state is current
+
     def _reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"best": float, "best_epoch": int}`` (what ``save_best_only`` compares with)."""
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         import os  # noqa: PLC0415 - only this callback needs it

@@ -92,6 +92,7 @@ class Sequential:
         self.metrics: list[Metric] | None = None  # resolved by fit (None: the default)
         self.epochs_trained = 0  # epochs completed over every fit/partial_fit call
         self.stop_training = False  # a callback sets it to end fit after the current epoch
+        self.active_callbacks: Any = None  # the CallbackList of the running fit (checkpoints)
         self.history: History | None = None  # the History of the latest fit/partial_fit
         self.metadata: dict[str, Any] = {}  # free-form, JSON-able; saved with the model
 

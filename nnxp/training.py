@@ -225,17 +225,20 @@ def fit(
             raise ValueError(f"the checkpoint {resume_from} has completed "
                              f"{first_epoch - 1} epochs already; epochs={epochs} is the "
                              "total to reach, so nothing is left to train")
+    resumed = archive.checkpoint_callback_states(resume_from) if resume_from is not None \
+        else None
     if distributed is not False and distributed is not None:  # data parallel: nnxp.distributed
         return _fit_distributed(model, X, y, val, distributed, opt, cbs, dict(
             first_epoch=first_epoch, last_epoch=last_epoch, batch_size=batch_size,
             shuffle=shuffle, verbose=verbose, diagnostics=diagnostics,
             check_finite_every=check_finite_every, sample_weight=w,
-            keep_finite_weights=keep_finite_weights), resumed=resume_from is not None)
+            keep_finite_weights=keep_finite_weights, callback_states=resumed),
+            resumed=resume_from is not None)
     return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
                        last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
                        verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
                        check_finite_every=check_finite_every, sample_weight=w,
-                       keep_finite_weights=keep_finite_weights)
+                       keep_finite_weights=keep_finite_weights, callback_states=resumed)
 
 
 def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distributed: Any,
@@ -391,13 +394,15 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 first_epoch: int, last_epoch: int, batch_size: int | None, shuffle: bool,
                 verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
                 check_finite_every: int | None, sample_weight: Array | None,
-                keep_finite_weights: bool, replica: Any = None) -> History:
+                keep_finite_weights: bool, replica: Any = None,
+                callback_states: list[Any] | None = None) -> History:
     """Epochs ``first_epoch .. last_epoch`` on checked arrays and options, with the callbacks,
     the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
     xp, n = model.xp, X.shape[0]
     bs = n if batch_size is None else min(batch_size, n)
     n_batches = math.ceil(n / (bs if replica is None else bs * replica.size))
     batches, step_fn = (_batches, _step) if replica is None else (replica.batches, replica.step)
+    _check_batch_sizes(model, n, bs)
     metrics = model.metrics or []
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     quiet = any(getattr(cb, "handles_divergence", False) for cb in cbs)
@@ -408,10 +413,10 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     model.history = history
     model.stop_training = False
     guard = _FiniteGuard(model, check_finite_every, keep=keep_finite_weights)
+    undo = _StepUndo(model)
     progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
     before_update = None if recorder is None else recorder.before_update
-    cbs.set_model(model)
-    cbs.on_train_begin({})
+    _begin_callbacks(model, cbs, callback_states)
     step = 0
     with _silence_fp_warnings():
         try:
@@ -426,8 +431,9 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 states: list[Any] = [None] * len(metrics)
                 for batch, (xb, yb, wb) in enumerate(
                         batches(X, y, bs, sample_weight, order, xp=xp)):
-                    value, out = step_fn(model, xb, yb, optimizer,
-                                         before_update=before_update, wb=wb)
+                    with undo:
+                        value, out = step_fn(model, xb, yb, optimizer,
+                                             before_update=before_update, wb=wb)
                     step += 1
                     loss_sum = loss_sum + xp.astype(value, xp.float64) * xb.shape[0]
                     for i, metric in enumerate(metrics):
@@ -482,6 +488,75 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
             progress.close()
     cbs.on_train_end({})
     return history
+
+
+def _check_batch_sizes(model: Sequential, n: int, batch_size: int) -> None:
+    """Refuse, before the first step, a batch size that a layer cannot train on.
+
+    A layer declares ``min_training_batch`` (BatchNorm1d: 2, a variance needs two samples);
+    ``n`` samples in batches of ``batch_size`` give full batches and a last one of
+    ``n − (⌈n/batch_size⌉ − 1) · batch_size`` samples. Without this check the last batch of an
+    epoch raised after the earlier steps had already changed the weights.
+    """
+    last = n - (math.ceil(n / batch_size) - 1) * batch_size
+    smallest = min(batch_size, last)
+    for i, layer in enumerate(model.layers):
+        need = int(getattr(layer, "min_training_batch", 1))
+        if smallest < need:
+            where = (f"batches of {batch_size}" if smallest == batch_size else
+                     f"{n} training samples in batches of {batch_size}, which leave a last "
+                     f"batch of {last}")
+            raise ValueError(f"layers[{i}] ({type(layer).__name__}) needs at least {need} "
+                             f"samples per batch in training, but fit would use {where}; "
+                             "choose a batch_size that leaves no such batch (or drop that many "
+                             "samples)")
+
+
+class _StepUndo:
+    """``with undo: step`` — an exception escaping the step (an error in a layer, an interrupt)
+    puts back every layer's buffers and extra state (BatchNorm's running statistics and batch
+    count, updated by the forward pass) as they were before the step.
+
+    Parameters are changed only by the optimizer's update, after the forward and backward
+    passes: an error before it leaves them as they were, so nothing is copied. This keeps
+    references to the buffer arrays (layers replace them, never write into them), plus a small
+    dict per layer with extra state: no device work per step.
+    """
+
+    def __init__(self, model: Sequential) -> None:
+        self.layers: list[tuple[Any, Any]] = [
+            (layer, getattr(layer, "get_extra_state", None)) for layer in model.layers
+            if getattr(layer, "buffers", None)
+            or callable(getattr(layer, "get_extra_state", None))]
+        self.saved: list[tuple[Any, dict[str, Any], Any]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [(layer, dict(getattr(layer, "buffers", {})),
+                       get_state() if callable(get_state) else None)
+                      for layer, get_state in self.layers]
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        if kind is not None:
+            for layer, buffers, extra in self.saved:
+                if buffers:
+                    layer.buffers.clear()
+                    layer.buffers.update(buffers)
+                if extra is not None:
+                    layer.set_extra_state(extra)
+        self.saved = []
+
+
+def _begin_callbacks(model: Sequential, cbs: CallbackList, states: list[Any] | None) -> None:
+    """``set_model`` and ``on_train_begin``, then (resuming) the callbacks' stored states.
+
+    ``model.active_callbacks`` names the running callbacks so that a checkpoint saved during
+    this fit (ModelCheckpoint) stores their state beside the model's and the optimizer's.
+    """
+    cbs.set_model(model)
+    model.active_callbacks = cbs
+    cbs.on_train_begin({})
+    if states:
+        cbs.load_state_dicts(states)
 
 
 def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array | None, *,
@@ -592,7 +667,8 @@ class _Diverged(Exception):
             head = (f"Training diverged: the loss became {self.value} in epoch {self.epoch}, "
                     f"step {self.step} (batch {(self.batch or 0) + 1} of {n_batches}).")
         else:
-            head = (f"Training diverged: a parameter became NaN or infinite by step "
+            head = (f"Training diverged: a parameter or buffer (e.g. a running variance) "
+                    f"became NaN or infinite by step "
                     f"{self.last_step} (epoch {self.epoch}), although every loss up to it was "
                     "finite: an update overflowed.")
         return f"{head} {restored} {_ADVICE.format(opt=optimizer)}"
@@ -620,7 +696,8 @@ class _FiniteGuard:
         return self.every is not None and step % self.every == 0
 
     def flag(self) -> Array:
-        """0-d float64: 1.0 when every recorded loss and every parameter is finite, else 0.0."""
+        """0-d float64: 1.0 when every recorded loss, every parameter and every floating-point
+        buffer is finite, else 0.0."""
         xp = self.model.xp
         ok = xp.ones((), dtype=xp.bool, device=self.model.device)
         if self.window:
@@ -628,6 +705,9 @@ class _FiniteGuard:
         for layer in self.model.layers:
             for p in layer.params.values():
                 ok = ok & xp.all(xp.isfinite(p))
+            for b in getattr(layer, "buffers", {}).values():  # running statistics overflow too
+                if xp.isdtype(b.dtype, "real floating"):
+                    ok = ok & xp.all(xp.isfinite(b))
         return xp.astype(ok, xp.float64)
 
     def check(self, where: str) -> None:

@@ -44,6 +44,12 @@ def to_backend(x: Any, *, argument: str, xp: Any, device: Any, dtype: Any = None
     """
     if x is None:
         raise TypeError(f"{argument} is required, got None")
+    if type(x).__name__ == "MaskedArray" and hasattr(x, "mask") and hasattr(x, "filled"):
+        # np.ma arrays: converting drops the mask and trains on whatever the masked slots hold
+        raise TypeError(f"{argument} is a masked array, which nnxp does not support: the masked "
+                        f"entries would be used as data. Drop them ({argument}[~{argument}.mask]"
+                        f", with the matching rows of the other arrays) or fill them "
+                        f"({argument}.filled(value)) first")
     try:
         if dtype is not None:
             x = backend.cast_host_data(x, dtype)
@@ -107,14 +113,20 @@ def check_class_labels(
     elif not (xp.isdtype(y.dtype, "integral") or xp.isdtype(y.dtype, "bool")):
         raise TypeError(f"{argument} must hold integer class labels, got dtype "
                         f"{backend.dtype_name(y.dtype)}")
-    labels = xp.astype(y, xp.int64)
-    lo, hi = int(backend.to_float(xp.min(labels))), int(backend.to_float(xp.max(labels)))
+    # the range is read before the cast to int64: a float label of 1e20 does not fit in int64
+    # and would be reported as -9223372036854775808
+    ranged = y if xp.isdtype(y.dtype, "real floating") else xp.astype(y, xp.int64)
+    lo, hi = backend.to_float(xp.min(ranged)), backend.to_float(xp.max(ranged))
     if lo < 0 or hi >= n_classes:
+        def show(v: float) -> str:
+            return str(int(v)) if abs(v) < 2**53 else f"{v:g}"
+
         raise ValueError(
-            f"{argument} has labels in [{lo}, {hi}], but the model has {n_classes} outputs, so "
-            f"labels must lie in [0, {n_classes}); widen the last layer or re-encode the labels"
+            f"{argument} has labels in [{show(lo)}, {show(hi)}], but the model has {n_classes} "
+            f"outputs, so labels must lie in [0, {n_classes}); widen the last layer or "
+            "re-encode the labels"
         )
-    return labels
+    return xp.astype(y, xp.int64)
 
 
 def check_count(value: Any, *, argument: str) -> int:

@@ -142,6 +142,20 @@ def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> Non
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+# Dense 0's bias feeds BatchNorm, which removes any constant: its gradient is 0 up to the rounding
+# of Σ x̂, and Adam turns that noise into ±lr steps. Since issue 16 batch norm centres with a shift
+# (accurate for large means), which changes that noise, so this bias and the running mean that
+# tracks it differ from the file's (by ~1e-2); every other array still agrees to 1e-7.
+_NOISE = ("layers/0/params/b", "layers/1/buffers/running_mean")
+
+
+def assert_close_but_noise(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """:func:`assert_close` on every array whose value is not driven by rounding noise."""
+    assert got.keys() == want.keys()
+    assert_close({k: v for k, v in got.items() if k not in _NOISE},
+                 {k: v for k, v in want.items() if k not in _NOISE})
+
+
 @pytest.fixture
 def on_numpy():
     with nnxp.use_backend("numpy"):  # dropout masks are per backend; the file's are NumPy's
@@ -182,7 +196,7 @@ def test_a_checkpoint_from_before_the_split_loads_with_all_its_state(on_numpy) -
     X, y = legacy_data()  # and it is the state that two epochs of training reach today
     today = legacy_model(seed=3)
     today.fit(X, y, optimizer=Adam(lr=0.01), epochs=2, batch_size=8, verbose=0)
-    assert_close(weights, arrays_of(today))
+    assert_close_but_noise(weights, arrays_of(today))
 
 
 def test_training_resumes_from_a_checkpoint_written_before_the_split(on_numpy) -> None:
@@ -194,13 +208,13 @@ def test_training_resumes_from_a_checkpoint_written_before_the_split(on_numpy) -
     history = loaded.fit(X, y, epochs=4, batch_size=8, verbose=0, resume_from=LEGACY)
     assert history.epoch == [3, 4]
     assert loaded.optimizer.iterations == full.optimizer.iterations == 12
-    assert_close(arrays_of(loaded), arrays_of(full))
+    assert_close_but_noise(arrays_of(loaded), arrays_of(full))
 
     fresh = legacy_model(seed=99)  # other weights and shuffling: the file overrides them
     fresh.fit(X, y, optimizer=Adam(lr=0.01), epochs=4, batch_size=8, verbose=0,
               resume_from=LEGACY)
     assert fresh.epochs_trained == 4
-    assert_close(arrays_of(fresh), arrays_of(full))
+    assert_close_but_noise(arrays_of(fresh), arrays_of(full))
 
 
 def test_a_checkpoint_from_before_the_split_loads_on_every_backend(bk) -> None:

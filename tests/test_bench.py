@@ -348,7 +348,7 @@ def test_event_timer_and_high_water_mark_on_a_fake_cupy(monkeypatch: pytest.Monk
     used = [1000]
     cupy = _fake_cupy(log, used)
     monkeypatch.setitem(__import__("sys").modules, "cupy", cupy)
-    monkeypatch.setattr(nnxp.backend, "_current", nnxp.backend.BackendInfo("cupy", None, None))
+    monkeypatch.setattr(nnxp.backend, "_default", nnxp.backend.BackendInfo("cupy", None, None))
     assert nnxp.backend.gpu_library() == "cupy"
     seconds = nnxp.backend.event_timer().time(lambda: log.append("call"))  # type: ignore[union-attr]
     assert seconds == 2.5e-3
@@ -389,7 +389,7 @@ def test_event_timer_and_high_water_mark_on_a_fake_torch_cuda(
                         lambda dev=None: stats.update(peak=0))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 100)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev=None: stats["peak"])
-    monkeypatch.setattr(nnxp.backend, "_current",
+    monkeypatch.setattr(nnxp.backend, "_default",
                         nnxp.backend.BackendInfo("torch", None, torch.device("cuda")))
     timer = nnxp.backend.event_timer()
     assert timer is not None and timer.time(lambda: log.append("call")) == 4e-3

@@ -238,7 +238,7 @@ def fake_cupy(monkeypatch: pytest.MonkeyPatch) -> _FakeCuda:
 def test_synchronize_waits_on_the_backends_device(fake_cupy: _FakeCuda,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     xp = _fake_base(fake_cupy)
-    monkeypatch.setattr(backend, "_current", backend.BackendInfo("cupy", xp, 1))
+    monkeypatch.setattr(backend, "_default", backend.BackendInfo("cupy", xp, 1))
     backend.synchronize()
     backend.synchronize(2)
     assert fake_cupy.synchronized == [1, 2] and fake_cupy.current == 0

@@ -482,9 +482,11 @@ class _Crash(nnxp.callbacks.Callback):
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def on_epoch_end(self, epoch, logs) -> None:
-        if epoch == self.at:
-            raise KeyboardInterrupt(f"killed after epoch {epoch}")
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        # killed once epoch `at` is over (ModelCheckpoint saves after every other callback's
+        # on_epoch_end, so a crash inside on_epoch_end would precede that epoch's save)
+        if epoch == self.at + 1:
+            raise KeyboardInterrupt(f"killed after epoch {self.at}")
 
 
 def test_model_checkpoint_then_crash_then_resume_is_bit_identical(bk, data, tmp_path) -> None:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from ..typing import Array
 from .activations import sigmoid
-from .scalars import clamp, sign
+from .scalars import clamp, constant, sign
 
 DEFAULT_EPS = 1e-7
 """Clip bound of the losses on probabilities: ``p`` is clipped to ``[eps, 1 − eps]`` (Keras'
@@ -378,7 +378,12 @@ def softmax_cross_entropy(
       ``L = (1/N) (Σ_i w_i log s_i − Σ_i w_i Σ_k t_ik d_ik)``.
 
     Both terms are ≥ 0 (``log s_i ≥ 0``, ``d_ik ≤ 0``), so nothing cancels, and nothing overflows
-    for logits of any size: ``exp`` only sees ``d ≤ 0`` and ``log`` only ``s ≥ 1``.
+    for logits of any size: ``exp`` only sees ``d ≤ 0`` and ``log`` only ``s ≥ 1``. Where ``z − m``
+    itself overflows (logits of ±3e38 in float32), ``d = −inf`` enters only the classes whose
+    target is 0, and is left out of the dot product: the loss is 0 for a confident correct
+    prediction and ``inf`` (honestly) for a confident wrong one. float16 logits are computed in
+    float32 (the loss of a batch can exceed float16's 65504 before the mean), then the loss and
+    the cache are cast back.
 
     Gradient (:func:`softmax_cross_entropy_backward`): ``∂L/∂z_ik = w_i (softmax(z_i)_k − t_ik)/N``.
 
@@ -394,21 +399,31 @@ def softmax_cross_entropy(
     loss : 0-d array in the logits' dtype, and the cache for the backward pass.
     """
     n, n_classes = logits.shape[0], logits.shape[-1]
-    # Every (N, C) array below is created here, so it is updated in place (as in dense_forward):
-    # four (N, C) arrays in all (d, the probabilities, the one-hot mask and targets).
-    shifted = logits - xp.max(logits, axis=-1, keepdims=True)  # d = z − m ≤ 0
+    dtype = logits.dtype
+    half = getattr(xp, "float16", None) is not None and dtype == xp.float16  # not in the standard
+    # float16 accumulates in float32 (a sum of per-sample losses of ~6e4 overflows float16);
+    # the loss and the cache come back in float16. A host-side dtype test: no synchronisation.
+    z = xp.astype(logits, xp.float32) if half else logits
+    # Every (N, C) array below is created here, so it is updated in place (as in dense_forward).
+    shifted = z - xp.max(z, axis=-1, keepdims=True)  # d = z − m ≤ 0; −inf past the range
     probs = xp.exp(shifted)
     s = xp.sum(probs, axis=-1)  # (N,), each >= 1
     probs /= s[:, None]
-    t = one_hot(labels, n_classes, dtype=logits.dtype, xp=xp)
+    t = one_hot(labels, n_classes, dtype=z.dtype, xp=xp)
     if label_smoothing != 0.0:
         t *= 1.0 - label_smoothing
         t += label_smoothing / n_classes
-    # l_i = log s_i − Σ_k t_ik d_ik: a row-wise dot product, no (N, C) product array
-    per_sample = xp.log(s) - xp.vecdot(shifted, t)
+    # l_i = log s_i − Σ_k t_ik d_ik: a row-wise dot product over the classes with t_ik > 0 only,
+    # so a logit that lies more than the dtype's range below the row maximum (d = −inf, e.g.
+    # logits of ±3e38 in float32) adds 0, not 0 · (−inf) = NaN, where its target is 0
+    d = xp.where(t > 0, shifted, constant(0.0, shifted, xp=xp))
+    per_sample = xp.log(s) - xp.vecdot(d, t)
+    if half:
+        probs, t = xp.astype(probs, dtype), xp.astype(t, dtype)
     if sample_weight is None:
-        return xp.sum(per_sample) / n, SoftmaxCrossEntropyCache(probs, t, None)
-    loss = _reduce(per_sample, sample_weight, xp=xp)
+        return xp.astype(xp.sum(per_sample) / n, dtype), SoftmaxCrossEntropyCache(probs, t, None)
+    w = xp.astype(sample_weight, z.dtype) if half else sample_weight
+    loss = xp.astype(_reduce(per_sample, w, xp=xp), dtype)
     return loss, SoftmaxCrossEntropyCache(probs, t, _scale(logits, sample_weight, n, xp=xp))
 
 

@@ -13,7 +13,9 @@ inside the square root, and batch norm's running variance stores the *unbiased* 
 
 Means and variances are computed in two passes (the mean first, then the mean of squared
 deviations), never as ``E[x²] − E[x]²``, which cancels catastrophically for features whose mean
-is large next to their spread (e.g. values around 1e4 with unit spread in float32).
+is large next to their spread (e.g. values around 1e4 with unit spread in float32), and after
+subtracting a shift (the first sample), so that ``x − μ`` does not carry the rounding of a large
+``μ``: see :func:`moments`.
 """
 
 from __future__ import annotations
@@ -32,15 +34,31 @@ class NormCache(NamedTuple):
 
 
 def moments(x: Array, *, axis: int, xp: Any) -> tuple[Array, Array]:
-    """Two-pass mean and biased variance of ``x`` along ``axis`` (kept as a size-1 axis).
+    """Shifted two-pass mean and biased variance of ``x`` along ``axis`` (kept as size 1).
 
-    ``μ = (1/N) Σ x``, ``σ² = (1/N) Σ (x − μ)²`` with ``N = x.shape[axis]``.
+    With the shift ``K`` = the first element along ``axis`` and ``x' = x − K``:
+    ``μ' = (1/N) Σ x'``, ``σ² = (1/N) Σ (x' − μ')²``, ``μ = K + μ'`` (``N = x.shape[axis]``).
+    Variance ignores the shift; subtracting a sample first makes ``x'`` small (exactly
+    representable when the values lie within a factor 2 of ``K``, Sterbenz's lemma), so the
+    mean of the deviations is accurate even when ``|μ|`` is large next to the spread: for
+    features around 1e4 with unit spread in float32, ``x − μ`` formed directly carries the
+    rounding of ``μ`` (half an ulp of 1e4, ≈ 5e-4); formed as ``x' − μ'`` it does not.
     """
-    n = x.shape[axis]
-    mean = xp.sum(x, axis=axis, keepdims=True) / n
-    centred = x - mean
-    var = xp.sum(centred * centred, axis=axis, keepdims=True) / n
+    mean, var, _ = _moments_centred(x, axis=axis, xp=xp)
     return mean, var
+
+
+def _moments_centred(x: Array, *, axis: int, xp: Any) -> tuple[Array, Array, Array]:
+    """:func:`moments` and the centred input ``x − μ`` (formed as ``x' − μ'``)."""
+    n = x.shape[axis]
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(0, 1)
+    first = x[tuple(index)]
+    shifted = x - first
+    mean_shifted = xp.sum(shifted, axis=axis, keepdims=True) / n
+    centred = shifted - mean_shifted
+    var = xp.sum(centred * centred, axis=axis, keepdims=True) / n
+    return first + mean_shifted, var, centred
 
 
 def _affine(xhat: Array, gamma: Array | None, beta: Array | None) -> Array:
@@ -72,9 +90,9 @@ def batch_norm_forward_train(
     y : (N, C); cache : :class:`NormCache`; mean : (C,); var : (C,) the *biased* batch variance
     (the caller turns it into the unbiased running estimate with :func:`update_running_stats`).
     """
-    mean, var = moments(x, axis=0, xp=xp)
+    mean, var, centred = _moments_centred(x, axis=0, xp=xp)
     invstd = 1.0 / xp.sqrt(var + eps)
-    xhat = (x - mean) * invstd
+    xhat = centred * invstd
     y = _affine(xhat, gamma, beta)
     return y, NormCache(xhat, invstd[0, ...], gamma), mean[0, ...], var[0, ...]
 
@@ -159,9 +177,9 @@ def layer_norm_forward(
     -------
     y : same shape as ``x``; cache : :class:`NormCache` with ``invstd`` of shape (N, 1).
     """
-    mean, var = moments(x, axis=-1, xp=xp)
+    _, var, centred = _moments_centred(x, axis=-1, xp=xp)
     invstd = 1.0 / xp.sqrt(var + eps)
-    xhat = (x - mean) * invstd
+    xhat = centred * invstd
     return _affine(xhat, gamma, beta), NormCache(xhat, invstd, gamma)
 
 

@@ -57,6 +57,9 @@ class BatchNorm1d(Layer):
         and for an input whose shape is not ``(batch, num_features)``.
     """
 
+    min_training_batch = 2
+    """fit refuses, before its first step, a batch size that would give a batch of one."""
+
     def __init__(
         self,
         num_features: int,
@@ -125,6 +128,20 @@ class BatchNorm1d(Layer):
             self.grads["weight"] = dgamma
             self.grads["bias"] = dbeta
         return dx
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """``{"num_batches_tracked": int}``: the batch count that ``momentum=None`` (the
+        cumulative average) weights the next batch by; saved in files and checkpoints."""
+        return {"num_batches_tracked": int(self.num_batches_tracked)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_extra_state`'s record (a missing key leaves the count as is)."""
+        count = state.get("num_batches_tracked", self.num_batches_tracked) \
+            if isinstance(state, dict) else self.num_batches_tracked
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"BatchNorm1d: num_batches_tracked must be an int >= 0, got "
+                             f"{count!r}")
+        self.num_batches_tracked = count
 
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
