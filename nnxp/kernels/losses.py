@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from ..typing import Array
 from .activations import sigmoid
-from .scalars import clamp, constant, sign
+from .scalars import clamp, sign
 
 DEFAULT_EPS = 1e-7
 """Clip bound of the losses on probabilities: ``p`` is clipped to ``[eps, 1 − eps]`` (Keras'
@@ -405,7 +405,8 @@ def softmax_cross_entropy(
     # the loss and the cache come back in float16. A host-side dtype test: no synchronisation.
     z = xp.astype(logits, xp.float32) if half else logits
     # Every (N, C) array below is created here, so it is updated in place (as in dense_forward).
-    shifted = z - xp.max(z, axis=-1, keepdims=True)  # d = z − m ≤ 0; −inf past the range
+    m = xp.max(z, axis=-1, keepdims=True)  # (N, 1)
+    shifted = z - m  # d = z − m ≤ 0; −inf past the range
     probs = xp.exp(shifted)
     s = xp.sum(probs, axis=-1)  # (N,), each >= 1
     probs /= s[:, None]
@@ -413,18 +414,21 @@ def softmax_cross_entropy(
     if label_smoothing != 0.0:
         t *= 1.0 - label_smoothing
         t += label_smoothing / n_classes
-    # l_i = log s_i − Σ_k t_ik d_ik: a row-wise dot product over the classes with t_ik > 0 only,
-    # so a logit that lies more than the dtype's range below the row maximum (d = −inf, e.g.
-    # logits of ±3e38 in float32) adds 0, not 0 · (−inf) = NaN, where its target is 0
-    d = xp.where(t > 0, shifted, constant(0.0, shifted, xp=xp))
-    per_sample = xp.log(s) - xp.vecdot(d, t)
+    # l_i = log s_i − Σ_k t_ik d_ik = log s_i + (m_i − Σ_k t_ik z_ik), as Σ_k t_ik = 1: the dot
+    # product runs over the logits themselves, which are finite, so a d = −inf (a logit lying
+    # more than the dtype's range below the row maximum, e.g. ±3e38 in float32) never meets a
+    # zero target (0 · (−inf) = NaN). With one-hot targets this is bit for bit the former
+    # log s_i − d_iy (a negated subtraction is exact), at no extra pass over (N, C).
+    per_sample = xp.log(s) + (xp.reshape(m, (n,)) - xp.vecdot(z, t))
     if half:
         probs, t = xp.astype(probs, dtype), xp.astype(t, dtype)
     if sample_weight is None:
-        return xp.astype(xp.sum(per_sample) / n, dtype), SoftmaxCrossEntropyCache(probs, t, None)
+        loss = xp.sum(per_sample) / n
+        return (xp.astype(loss, dtype) if half else loss), SoftmaxCrossEntropyCache(probs, t, None)
     w = xp.astype(sample_weight, z.dtype) if half else sample_weight
-    loss = xp.astype(_reduce(per_sample, w, xp=xp), dtype)
-    return loss, SoftmaxCrossEntropyCache(probs, t, _scale(logits, sample_weight, n, xp=xp))
+    loss = _reduce(per_sample, w, xp=xp)
+    return ((xp.astype(loss, dtype) if half else loss),
+            SoftmaxCrossEntropyCache(probs, t, _scale(logits, sample_weight, n, xp=xp)))
 
 
 def softmax_cross_entropy_backward(cache: SoftmaxCrossEntropyCache, *, xp: Any) -> Array:
