@@ -419,7 +419,7 @@ def softmax_cross_entropy(
     # more than the dtype's range below the row maximum, e.g. ±3e38 in float32) never meets a
     # zero target (0 · (−inf) = NaN). With one-hot targets this is bit for bit the former
     # log s_i − d_iy (a negated subtraction is exact), at no extra pass over (N, C).
-    per_sample = xp.log(s) + (xp.reshape(m, (n,)) - xp.vecdot(z, t))
+    per_sample = xp.log(s) + (m[:, 0] - xp.vecdot(z, t))
     if half:
         probs, t = xp.astype(probs, dtype), xp.astype(t, dtype)
     if sample_weight is None:
