@@ -859,6 +859,74 @@ def host_array(x: Any, dtype: Any = None) -> np.ndarray:
     return out if dtype is None else out.astype(dtype_name(dtype), copy=False)
 
 
+# --- NCCL (nnxp.distributed) ------------------------------------------------------------------
+# The gradient all-reduce of nnxp.distributed on cupy models, through CuPy's NCCL bindings
+# (``cupy.cuda.nccl``). Imported lazily: nothing here runs unless a cupy model trains under
+# MPI. Written against CuPy's documented API; no GPU run has checked it (docs/distributed.md).
+
+
+def _nccl_module() -> Any:
+    """``cupy.cuda.nccl`` (raises ImportError, or CuPy's CUDA errors, when it cannot load)."""
+    return importlib.import_module("cupy.cuda.nccl")
+
+
+def _current_stream_ptr() -> int:
+    """The raw ``cudaStream_t`` of CuPy's current stream on the current GPU (0: legacy)."""
+    import cupy  # noqa: PLC0415 - imported lazily: only this module may name it
+
+    return int(cupy.cuda.get_current_stream().ptr)
+
+
+def nccl_available() -> bool:
+    """Whether CuPy's NCCL bindings import and report NCCL present (``nccl.available``)."""
+    try:
+        nccl = _nccl_module()
+    except Exception:  # not installed, or CuPy/NCCL shared libraries that fail to load
+        return False
+    return bool(getattr(nccl, "available", True))
+
+
+def nccl_unique_id() -> tuple[int, ...]:
+    """A fresh NCCL unique id (``nccl.get_unique_id()``): made by one rank, sent to the others
+    (a tuple of ints, so it pickles through ``comm.bcast``)."""
+    return tuple(_nccl_module().get_unique_id())
+
+
+def nccl_communicator(n_ranks: int, unique_id: tuple[int, ...], rank: int) -> Any:
+    """This rank's NCCL communicator on the *current* GPU (``NcclCommunicator(n_ranks,
+    unique_id, rank)``); collective: every rank calls it with the same id, or it blocks."""
+    return _nccl_module().NcclCommunicator(n_ranks, unique_id, rank)
+
+
+def _nccl_dtype(nccl: Any, dtype: Any) -> int:
+    name = dtype_name(dtype)
+    codes = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
+    if name not in codes:
+        raise TypeError(f"nnxp.distributed: NCCL all-reduce of {name} gradients is not "
+                        "supported (float32 and float64 are)")
+    return int(getattr(nccl, codes[name]))
+
+
+def nccl_allreduce_sum(comm: Any, array: Any, stream: Any = None) -> Any:
+    """Sum ``array`` (a contiguous cupy array) across the ranks of ``comm``, in place.
+
+    Enqueued on ``stream`` (a ``cupy.cuda.Stream``, a raw pointer, or by default CuPy's current
+    stream) and asynchronous: it returns before the sum is done; work enqueued later on the
+    same stream sees the sum. Returns ``array``.
+    """
+    nccl = _nccl_module()
+    if not array.flags.c_contiguous:
+        raise ValueError("nccl_allreduce_sum needs a contiguous array")
+    if stream is None:
+        stream_ptr = _current_stream_ptr()
+    else:
+        stream_ptr = int(getattr(stream, "ptr", stream))
+    ptr = int(array.data.ptr)
+    comm.allReduce(ptr, ptr, int(array.size), _nccl_dtype(nccl, array.dtype), nccl.NCCL_SUM,
+                   stream_ptr)
+    return array
+
+
 # --- GPU timing and memory (bench) ------------------------------------------------------------
 # For nnxp.bench and benchmarks/ only; nothing here runs inside a training step. Two things that
 # need the array library itself: device-side timing with CUDA events, and one definition of peak

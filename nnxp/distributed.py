@@ -243,14 +243,20 @@ class Replica:
             self.trigger[id(last_layer)] = len(self.buckets) - 1
 
     def _choose_transport(self, model: Any) -> str:
-        """Direct buffers (numpy, torch CPU, array-api-strict on the CPU, CUDA arrays with a
-        CUDA-aware MPI), else staging through host memory. The path is returned to log."""
+        """NCCL for cupy models when CuPy's NCCL bindings load on every rank; else direct
+        buffers (numpy, torch CPU, array-api-strict on the CPU, CUDA arrays with a CUDA-aware
+        MPI); else staging through host memory. The path is returned to log."""
         xp, device = model.xp, model.device
         name = backend.backend_name_of(model.layers[-1].params[next(iter(
             model.layers[-1].params))]) if model.layers[-1].params else "numpy"
         on_gpu = "cuda" in str(device).lower() or name == "cupy"
-        cuda_aware = bool(getattr(self.MPI, "Query_cuda_support", lambda: False)())
         self.direct = False
+        self.nccl: Any = None
+        if name == "cupy" and all(self.comm.allgather(backend.nccl_available())):
+            self.nccl = self._nccl_communicator(model)
+            self.direct = True
+            return f"NCCL ({name}, CuPy's cupy.cuda.nccl, on the current CUDA stream)"
+        cuda_aware = bool(getattr(self.MPI, "Query_cuda_support", lambda: False)())
         if not on_gpu or cuda_aware:
             probe = xp.ones((2,), dtype=model.dtype, device=device)
             try:
@@ -263,6 +269,16 @@ class Replica:
         if self.direct:
             return f"direct MPI buffers ({name}{', CUDA-aware MPI' if on_gpu else ''})"
         return f"host staging ({name}: copied to host memory and back every step)"
+
+    def _nccl_communicator(self, model: Any) -> Any:
+        """Rank 0 makes the NCCL unique id, MPI broadcasts it, every rank joins with it on the
+        model's GPU. ``NcclCommunicator`` blocks until all ranks have joined; the rendezvous
+        before it bounds the wait for a rank that never arrives."""
+        uid = backend.nccl_unique_id() if self.rank == 0 else None
+        uid = self.comm.bcast(uid, root=0)
+        self._rendezvous("the NCCL set-up")
+        with backend.device_scope(model.xp, model.device):
+            return backend.nccl_communicator(self.size, uid, self.rank)
 
     # --- the step ---------------------------------------------------------------------------
 
@@ -321,15 +337,23 @@ class Replica:
         xp = self.model.xp
         flat = xp.concat([xp.reshape(lay.grads[k], (-1,)) for lay, k, _, _ in self.buckets[b]])
         flat = flat * (self._local / self._global)
+        if self.nccl is not None:  # enqueued on the current stream: see finish()
+            self._pending.append((backend.nccl_allreduce_sum(self.nccl, flat), None, b))
+            return
         buf = flat if self.direct else backend.to_numpy(flat).copy()
         self._pending.append((buf, self.comm.Iallreduce(self.MPI.IN_PLACE, buf,
                                                         op=self.MPI.SUM), b))
 
     def finish(self) -> None:
-        """Wait for every bucket and write the averaged gradients back into ``layer.grads``."""
+        """Wait for every bucket and write the averaged gradients back into ``layer.grads``.
+
+        NCCL buckets have no request: the all-reduce is enqueued on the current CUDA stream, and
+        the unpacking below and the optimizer step are enqueued after it on the same stream, so
+        stream order makes them see the sum without the host waiting (no synchronisation)."""
         started = time.perf_counter()
-        self._wait([req for _, req, _ in self._pending], f"the gradient all-reduce of step "
-                   f"{self.steps + 1}")
+        requests = [req for _, req, _ in self._pending if req is not None]
+        if requests:
+            self._wait(requests, f"the gradient all-reduce of step {self.steps + 1}")
         self.comm_seconds += time.perf_counter() - started
         xp, device = self.model.xp, self.model.device
         for buf, _, b in self._pending:
