@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import backend
+from .accumulation import part_bounds, share
 from .typing import Array
 
 __all__ = ["DataParallel", "DistributedError", "Replica", "rank", "world_size"]
@@ -288,8 +289,7 @@ class Replica:
         n, g = X.shape[0], batch_size * self.size
         for start in range(0, n, g):
             m = min(start + g, n) - start
-            lo = start + (self.rank * m) // self.size
-            hi = start + ((self.rank + 1) * m) // self.size
+            lo, hi = (start + b for b in part_bounds(m, self.size, self.rank))
             self._local, self._global = hi - lo, m
             if order is None:
                 yield X[lo:hi, ...], y[lo:hi, ...], None if w is None else w[lo:hi]
@@ -336,7 +336,7 @@ class Replica:
             return
         xp = self.model.xp
         flat = xp.concat([xp.reshape(lay.grads[k], (-1,)) for lay, k, _, _ in self.buckets[b]])
-        flat = flat * (self._local / self._global)
+        flat = flat * share(self._local, self._global)  # the exact mean: nnxp.accumulation
         if self.nccl is not None:  # enqueued on the current stream: see finish()
             self._pending.append((backend.nccl_allreduce_sum(self.nccl, flat), None, b))
             return
