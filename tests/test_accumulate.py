@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from trajectories import CASES
 
 import nnxp
 from nnxp.accumulation import GradientSum, part_bounds, share
 from nnxp.callbacks import Callback
 from nnxp.layers import BatchNorm1d, Dense, Dropout, Tanh
 from nnxp.training import TrainingDivergedError
-from trajectories import CASES
 
 N, F, C = 23, 4, 3  # 23 samples: batches of 3 in steps of 2 leave a last step of 3 + 2
 
