@@ -247,8 +247,8 @@ def fit(
             first_epoch=first_epoch, last_epoch=last_epoch, batch_size=batch_size,
             shuffle=shuffle, verbose=verbose, diagnostics=diagnostics,
             check_finite_every=check_finite_every, sample_weight=w,
-            keep_finite_weights=keep_finite_weights, callback_states=resumed),
-            resumed=resume_from is not None)
+            keep_finite_weights=keep_finite_weights, callback_states=resumed,
+            accumulate=accumulate), resumed=resume_from is not None)
     return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
                        last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
                        verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
@@ -272,7 +272,8 @@ def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distribute
                            batch_size=n if loop["batch_size"] is None else loop["batch_size"],
                            epochs=loop["last_epoch"], shuffle=loop["shuffle"],
                            sample_weight=loop["sample_weight"], resumed=resumed,
-                           options=options, verbose=loop["verbose"])
+                           options=options, verbose=loop["verbose"],
+                           accumulate=loop["accumulate"])
     if replica.rank != 0:
         loop["verbose"] = 0
         cbs = CallbackList([cb for cb in cbs if not getattr(cb, "writes_files", False)])
@@ -369,10 +370,6 @@ def _check_step_options(model: Sequential, *, accumulate: Any, capture: Any, opt
                          "re-evaluates the loss in a closure, which would have to run all "
                          "the micro-batches each time: use accumulate=1 with a larger "
                          "batch_size")
-    if accumulate > 1 and parallel:
-        raise ValueError(f"accumulate={accumulate} together with distributed=... is not "
-                         "supported (see docs/training.md): give each rank a larger "
-                         "batch_size, or use more ranks")
     if capture:
         if closure:
             raise ValueError(f"capture=True needs a first-order optimizer; {name} reads the "
@@ -476,6 +473,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     n_batches = math.ceil(n / (bs if replica is None else bs * replica.size))
     n_batches = math.ceil(n_batches / accumulate)  # optimizer steps per epoch
     batches, step_fn = (_batches, _step) if replica is None else (replica.batches, replica.step)
+    accumulated_step = _accumulated_step if replica is None else replica.accumulated_step
     static = _StaticStep(model, optimizer) if capture else None
     if static is not None:
         step_fn = static
@@ -517,8 +515,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                                                  before_update=before_update, wb=wb)
                             outs = [out]
                         else:
-                            value, outs = _accumulated_step(model, micro, optimizer,
-                                                            before_update=before_update)
+                            value, outs = accumulated_step(model, micro, optimizer,
+                                                           before_update=before_update)
                     size = sum(part[0].shape[0] for part in micro)
                     step += 1
                     loss_sum = loss_sum + xp.astype(value, xp.float64) * size

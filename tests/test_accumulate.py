@@ -222,13 +222,11 @@ def test_bad_accumulate_is_refused_before_any_step(value: Any, kind: type, text:
         assert model.optimizer is None
 
 
-def test_lbfgs_and_distributed_are_refused_with_accumulate() -> None:
+def test_lbfgs_is_refused_with_accumulate() -> None:
     X, y, _ = _data()
     with nnxp.use_backend("numpy"):
         model = _mlp()
         before = _weights(model)
         with pytest.raises(ValueError, match="accumulate=2 needs a first-order optimizer; LBFGS"):
             model.fit(X, y, optimizer=nnxp.optim.LBFGS(), accumulate=2, verbose=0)
-        with pytest.raises(ValueError, match="accumulate=2 together with distributed"):
-            model.fit(X, y, accumulate=2, distributed=True, verbose=0)
         assert np.array_equal(_weights(model), before)
