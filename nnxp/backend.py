@@ -1465,6 +1465,11 @@ class GraphRecorder:
 
     kind = "none"
 
+    def warm_up(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` eagerly before it is recorded (lazy library set-up, e.g. cuBLAS
+        handles, happens here rather than inside a recording); returns its result."""
+        return fn()
+
     def capture(self, fn: Callable[[], Any]) -> tuple[CapturedGraph, Any]:  # pragma: no cover
         raise NotImplementedError
 
@@ -1477,6 +1482,19 @@ class _TorchGraphRecorder(GraphRecorder):
 
     def __init__(self, device: Any) -> None:
         self.device = device
+
+    def warm_up(self, fn: Callable[[], Any]) -> Any:
+        """On a side stream, as torch's CUDA-graph notes ask of the iterations before a
+        recording; the current stream then waits for it (stream order, no host wait)."""
+        import torch  # noqa: PLC0415 - imported lazily: only this module may name it
+
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            result = fn()
+        current.wait_stream(side)
+        return result
 
     def capture(self, fn: Callable[[], Any]) -> tuple[CapturedGraph, Any]:
         import torch  # noqa: PLC0415 - imported lazily: only this module may name it

@@ -824,7 +824,7 @@ class _StaticStep:
             return self._eager(slot, before_update)
         if not slot["checked"]:
             before = _host_view(model, optimizer)
-            result = self._eager(slot, None)
+            result = self.recorder.warm_up(lambda: self._eager(slot, None))
             problem = _compare_host_views(before, _host_view(model, optimizer))
             slot["checked"] = problem != "new"  # state made by this step: check the next one
             if problem not in (None, "new"):

@@ -255,11 +255,35 @@ def test_torch_recorder_uses_cuda_graph(monkeypatch: Any) -> None:
         def __exit__(self, *exc: Any) -> None:
             calls.append("device restored")
 
+    class Stream:
+        def __init__(self, name: Any) -> None:
+            self.name = name if isinstance(name, str) else "side"
+
+        def wait_stream(self, other: Any) -> None:
+            calls.append(f"{self.name} waits for {other.name}")
+
+    class OnStream:
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def __enter__(self) -> None:
+            calls.append(f"on {self.stream.name}")
+
+        def __exit__(self, *exc: Any) -> None:
+            calls.append(f"off {self.stream.name}")
+
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(torch.cuda, "graph", Recording)
     monkeypatch.setattr(torch.cuda, "device", OnDevice)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", OnStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream("current"))
     recorder = backend.graph_capture(torch, torch.device("cuda", 1))
     assert recorder is not None and recorder.kind == "torch.cuda.CUDAGraph"
+    assert recorder.warm_up(lambda: calls.append("warm-up") or 7) == 7
+    assert calls == ["side waits for current", "on side", "warm-up", "off side",
+                     "current waits for side"]
+    calls.clear()
     graph, outputs = recorder.capture(lambda: calls.append("fn") or "outputs")
     assert outputs == "outputs"
     assert calls == [("device", "cuda:1"), ("record", "Graph", {}), "begin", "fn", "end",
