@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import array_api_compat
@@ -1432,3 +1432,121 @@ def quiet_float_errors() -> Any:
     """A context in which NumPy's floating-point warnings (overflow, invalid) stay silent:
     for callers that check the result for NaN and infinity themselves."""
     return np.errstate(all="ignore")
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording device work: CUDA graphs for ``fit(capture=True)``
+# ----------------------------------------------------------------------------------------------
+
+
+class CapturedGraph:
+    """A recorded sequence of device operations: :meth:`replay` enqueues all of it again on
+    the current stream, reading and writing the same memory as when it was recorded."""
+
+    def __init__(self, launch: Callable[[], None], keep: Any = None) -> None:
+        self._launch = launch
+        self._keep = keep  # what must outlive the graph (CuPy: its private memory pool)
+        self.replays = 0
+
+    def replay(self) -> None:
+        self._launch()
+        self.replays += 1
+
+
+class GraphRecorder:
+    """Records a function's device work into a :class:`CapturedGraph` (:func:`graph_capture`).
+
+    ``capture(fn)`` calls ``fn()`` once with recording on: on a GPU its operations are
+    recorded, *not executed*, and the arrays it returns are the graph's static outputs, which
+    every :meth:`CapturedGraph.replay` overwrites in place. Every array that ``fn`` reads and
+    that outlives it must be the same memory at every replay. Each graph gets its own private
+    memory pool, so the arrays made during recording are never handed to anything else.
+    """
+
+    kind = "none"
+
+    def warm_up(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` eagerly before it is recorded (lazy library set-up, e.g. cuBLAS
+        handles, happens here rather than inside a recording); returns its result."""
+        return fn()
+
+    def capture(self, fn: Callable[[], Any]) -> tuple[CapturedGraph, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _TorchGraphRecorder(GraphRecorder):
+    """``torch.cuda.CUDAGraph`` recorded under ``torch.cuda.graph`` (which records on a side
+    stream, synchronises once before recording and gives the graph a private memory pool)."""
+
+    kind = "torch.cuda.CUDAGraph"
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def warm_up(self, fn: Callable[[], Any]) -> Any:
+        """On a side stream, as torch's CUDA-graph notes ask of the iterations before a
+        recording; the current stream then waits for it (stream order, no host wait)."""
+        import torch  # noqa: PLC0415 - imported lazily: only this module may name it
+
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            result = fn()
+        current.wait_stream(side)
+        return result
+
+    def capture(self, fn: Callable[[], Any]) -> tuple[CapturedGraph, Any]:
+        import torch  # noqa: PLC0415 - imported lazily: only this module may name it
+
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.device(self.device), torch.cuda.graph(graph):
+            outputs = fn()
+        return CapturedGraph(graph.replay, keep=graph), outputs
+
+
+class _CupyGraphRecorder(GraphRecorder):
+    """CuPy stream capture: ``Stream.begin_capture()`` / ``end_capture()`` on a non-blocking
+    stream (relaxed mode, CuPy's default), then ``Graph.launch`` on the current stream. The
+    arrays made while recording come from a private ``cupy.cuda.MemoryPool`` kept alive with
+    the graph (CuPy's shared pool would hand memory the graph writes to other arrays)."""
+
+    kind = "cupy.cuda.Graph"
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def capture(self, fn: Callable[[], Any]) -> tuple[CapturedGraph, Any]:
+        import cupy  # noqa: PLC0415 - imported lazily: only this module may name it
+
+        with cupy.cuda.Device(self.device):
+            pool = cupy.cuda.MemoryPool()
+            stream = cupy.cuda.Stream(non_blocking=True)
+            stream.wait_event(cupy.cuda.get_current_stream().record())  # after queued work
+            with stream, cupy.cuda.using_allocator(pool.malloc):
+                stream.begin_capture()
+                try:
+                    outputs = fn()
+                finally:
+                    graph = stream.end_capture()
+
+        def launch() -> None:
+            graph.launch(stream=cupy.cuda.get_current_stream())
+
+        return CapturedGraph(launch, keep=(graph, pool, stream)), outputs
+
+
+def graph_capture(xp: Any, device: Any) -> GraphRecorder | None:
+    """A :class:`GraphRecorder` for arrays of ``xp`` on ``device``, or None where the backend
+    cannot record device work (numpy, array-api-strict, torch on the CPU).
+
+    CuPy records with stream capture and torch CUDA with ``torch.cuda.CUDAGraph``; both need a
+    GPU (not exercised by the test suite without one: ``docs/training.md`` lists the checks a
+    GPU run must make).
+    """
+    name = _name_of_namespace(xp)
+    if name == "cupy":
+        return _CupyGraphRecorder(device)
+    if name == "torch" and getattr(device, "type", str(device)) == "cuda":
+        return _TorchGraphRecorder(device)
+    return None

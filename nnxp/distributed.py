@@ -38,10 +38,12 @@ import os
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from . import backend
+from .accumulation import GradientSum, part_bounds, share
 from .typing import Array
 
 __all__ = ["DataParallel", "DistributedError", "Replica", "rank", "world_size"]
@@ -124,7 +126,8 @@ class Replica:
 
     def __init__(self, model: Any, X: Array, y: Array, *, optimizer: Any, batch_size: int,
                  epochs: int, shuffle: bool, sample_weight: Any, resumed: bool,
-                 options: DataParallel | None = None, verbose: int = 0) -> None:
+                 options: DataParallel | None = None, verbose: int = 0,
+                 accumulate: int = 1) -> None:
         opts = options if options is not None else DataParallel()
         self.MPI = MPI = _mpi()
         self.comm = opts.comm if opts.comm is not None else MPI.COMM_WORLD
@@ -138,7 +141,8 @@ class Replica:
                              f"{type(optimizer).__name__} re-evaluates the loss in a closure")
         self._rendezvous("start-up")
         self._check_same(model, X, y, optimizer=optimizer, batch_size=batch_size,
-                         epochs=epochs, shuffle=shuffle, sample_weight=sample_weight)
+                         epochs=epochs, shuffle=shuffle, sample_weight=sample_weight,
+                         accumulate=accumulate)
         self._broadcast_state(model, resumed)
         self._plan_buckets(model, opts.bucket_bytes)
         self.path = self._choose_transport(model)
@@ -148,6 +152,7 @@ class Replica:
                   f"<= {opts.bucket_bytes / 2**20:g} MiB via {self.path}", file=sys.stderr)
         self._local = self._global = 0
         self._pending: list[tuple[Any, Any, int]] = []
+        self._shards: deque[tuple[int, int]] = deque()  # (local, global) sizes not yet stepped
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -286,11 +291,12 @@ class Replica:
                 order: Array | None, *, xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
         """This rank's shard of every global batch of ``size * batch_size`` positions."""
         n, g = X.shape[0], batch_size * self.size
+        self._shards.clear()
         for start in range(0, n, g):
             m = min(start + g, n) - start
-            lo = start + (self.rank * m) // self.size
-            hi = start + ((self.rank + 1) * m) // self.size
+            lo, hi = (start + b for b in part_bounds(m, self.size, self.rank))
             self._local, self._global = hi - lo, m
+            self._shards.append((hi - lo, m))
             if order is None:
                 yield X[lo:hi, ...], y[lo:hi, ...], None if w is None else w[lo:hi]
             else:
@@ -321,6 +327,7 @@ class Replica:
                 value = value + model.penalty()
             model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False,
                            on_layer_grads=self.layer_ready)
+        self._shards.popleft()
         self.finish()
         if before_update is not None:
             before_update(value)
@@ -329,6 +336,56 @@ class Replica:
         self.steps += 1
         return value, out
 
+    def accumulated_step(self, model: Any, micro: list[tuple[Array, Array, Array | None]],
+                         optimizer: Any, before_update: Any = None,
+                         ) -> tuple[Array, list[Array]]:
+        """``fit(accumulate=k, distributed=...)``: this rank's shards of ``k`` global batches
+        summed locally with the weights ``n_rj / N`` (``N`` the samples of the whole step on
+        every rank), then one all-reduce of the sum and one update. The loss returned is this
+        rank's mean over its samples of the step (the epoch's logs weight it by them)."""
+        xp = model.xp
+        sizes = [self._shards.popleft() for _ in micro]
+        total = sum(m for _, m in sizes)
+        local = sum(n for n, _ in sizes)
+        grads = GradientSum(model, total)
+        value: Array | None = None
+        outs: list[Array] = []
+        for (xb, yb, wb), (n, _) in zip(micro, sizes):
+            if n == 0:  # a short last batch left this rank nothing
+                outs.append(model.forward(xb, training=False))
+                continue
+            out = model.forward(xb, training=True)
+            if wb is None:
+                part, cache = model.loss.forward(out, yb, xp=xp)
+            else:
+                part, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
+                                                 validate_sample_weight=False)
+            model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
+            grads.add(n)
+            weighted = part * (n / local)
+            value = weighted if value is None else value + weighted
+            outs.append(out)
+        if value is None:  # nothing on this rank in the whole step: contribute zeros
+            value = xp.zeros((), dtype=model.dtype, device=model.device)
+            for layer in model.layers:
+                for k, p in layer.params.items():
+                    layer.grads[k] = xp.zeros_like(p)
+        else:
+            grads.write()
+        if model.has_penalty:
+            value = value + model.penalty()
+        self._pending = []
+        self._local = self._global = 1  # the sum is weighted already: all-reduce it as it is
+        for layer in reversed(model.layers):
+            self.layer_ready(layer)
+        self.finish()
+        if before_update is not None:
+            before_update(value)
+        optimizer.step()
+        model.apply_constraints()
+        self.steps += 1
+        return value, outs
+
     def layer_ready(self, layer: Any) -> None:
         """Called by ``Sequential.backward`` after each layer: start the bucket it completes."""
         b = self.trigger.get(id(layer))
@@ -336,7 +393,7 @@ class Replica:
             return
         xp = self.model.xp
         flat = xp.concat([xp.reshape(lay.grads[k], (-1,)) for lay, k, _, _ in self.buckets[b]])
-        flat = flat * (self._local / self._global)
+        flat = flat * share(self._local, self._global)  # the exact mean: nnxp.accumulation
         if self.nccl is not None:  # enqueued on the current stream: see finish()
             self._pending.append((backend.nccl_allreduce_sum(self.nccl, flat), None, b))
             return

@@ -280,6 +280,8 @@ class Sequential:
         resume_from: Any = None,
         sample_weight: Any = None,
         distributed: Any = False,
+        accumulate: int = 1,
+        capture: bool = False,
     ) -> History:
         """Train by backpropagation: full-batch, mini-batch or stochastic gradient descent.
 
@@ -338,6 +340,20 @@ class Sequential:
             ``batch_size`` is per rank, gradients are averaged across ranks before every
             step, only rank 0 shows progress and writes checkpoints; see
             ``docs/distributed.md``
+        accumulate : gradient accumulation: every optimizer step is made from ``accumulate``
+            consecutive batches of ``batch_size`` samples (micro-batches), and equals one step
+            on the ``accumulate``-times larger batch (to floating-point rounding), sample
+            weights, weight penalties (added once) and clipping (of the summed gradient)
+            included; the last step of an epoch takes the micro-batches left, weighted by their
+            sizes. Batch norm normalises each micro-batch by its own statistics and updates its
+            running statistics once per micro-batch; dropout draws a mask per micro-batch.
+            Callbacks' ``on_batch_end``, the progress bar and ``check_finite_every`` count
+            optimizer steps. Not with L-BFGS or ``distributed``; see ``docs/training.md``
+        capture : run every step from static input buffers and, on a GPU backend that can
+            record device work (CuPy, torch CUDA), record the step once per batch shape as a
+            CUDA graph and replay it (off by default: not yet verified on a GPU); elsewhere
+            the static-buffer path runs without recording and gives bit-identical results.
+            See ``docs/training.md`` for what a recorded step may contain
 
         Returns
         -------
@@ -372,7 +388,7 @@ class Sequential:
                 metrics=metrics, callbacks=callbacks, diagnostics=diagnostics,
                 check_finite_every=check_finite_every, keep_finite_weights=keep_finite_weights,
                 resume_from=resume_from, sample_weight=sample_weight,
-                distributed=distributed)
+                distributed=distributed, accumulate=accumulate, capture=capture)
 
     def partial_fit(
         self,
@@ -391,6 +407,8 @@ class Sequential:
         check_finite_every: int | None = None,
         keep_finite_weights: bool = True,
         sample_weight: Any = None,
+        accumulate: int = 1,
+        capture: bool = False,
     ) -> History:
         """One epoch over ``(X, y)``, continuing the model's optimizer and shuffling stream.
 
@@ -412,10 +430,11 @@ class Sequential:
                 batch_size=batch_size, shuffle=shuffle, verbose=verbose,
                 validation_data=validation_data, metrics=metrics, callbacks=callbacks,
                 diagnostics=diagnostics, check_finite_every=check_finite_every,
-                keep_finite_weights=keep_finite_weights, sample_weight=sample_weight)
+                keep_finite_weights=keep_finite_weights, sample_weight=sample_weight,
+                accumulate=accumulate, capture=capture)
 
     def train_on_batch(self, X: Any, y: Any, *, loss: str | Loss | None = None,
-                       optimizer: Optimizer | None = None) -> float:
+                       optimizer: Optimizer | None = None, accumulate: int = 1) -> float:
         """One optimizer step on the batch ``(X, y)``; returns its loss (before the update).
 
         ``loss`` and ``optimizer`` default to the ones in use, and the optimizer state carries
@@ -424,9 +443,14 @@ class Sequential:
         the update is skipped, the weights stay as they were, and
         :class:`TrainingDivergedError` is raised. (A closure optimizer such as LBFGS steps
         first; its update is then undone from a copy of the weights.)
+
+        ``accumulate=k`` computes the step's gradient from ``k`` contiguous micro-batches of
+        ``(X, y)`` (sizes differing by at most one), one at a time, combined exactly as
+        ``fit(accumulate=k)`` does: the same step, with less memory for activations.
         """
         with self.on_device():
-            return _training.train_on_batch(self, X, y, loss=loss, optimizer=optimizer)
+            return _training.train_on_batch(self, X, y, loss=loss, optimizer=optimizer,
+                                            accumulate=accumulate)
 
     # --- inference and evaluation ---------------------------------------------------------
 

@@ -20,6 +20,7 @@ training loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import archive, backend
 from . import diagnostics as diag
 from . import distributed as dist  # mpi4py itself is imported only when a run asks for it
+from .accumulation import GradientSum, part_bounds
 from .callbacks import CallbackList, get_lr
 from .losses import Loss, get_loss
 from .metrics import get_metrics
@@ -78,6 +80,11 @@ class History:
     diverged
         None, or the message saying where the loss became non-finite when training stopped
         quietly on divergence (with :class:`~nnxp.callbacks.TerminateOnNaN`).
+    capture
+        None, or with ``fit(capture=True)``: ``{"recorder": the kind of graph or None,
+        "graphs": graphs recorded, "replays": steps replayed, "static_steps": steps run
+        unrecorded from the static buffers, "not_recorded": None or why recording was given
+        up}`` (see ``docs/training.md``).
     """
 
     def __init__(self) -> None:
@@ -85,6 +92,7 @@ class History:
         self.epoch: list[int] = []
         self.diagnostics: dict[str, Any] = {}
         self.diverged: str | None = None
+        self.capture: dict[str, Any] | None = None
 
     def append(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
@@ -170,6 +178,8 @@ def fit(
     validation_split: float = 0.0,
     resume_from: Any = None,
     distributed: Any = False,
+    accumulate: int = 1,
+    capture: bool = False,
 ) -> History:
     """Train ``model``: the one code path of :meth:`Sequential.fit` and ``partial_fit``.
 
@@ -201,6 +211,9 @@ def fit(
     _check_loop_options(shuffle=shuffle, diagnostics=diagnostics, verbose=verbose,
                         keep_finite_weights=keep_finite_weights, batch_size=batch_size,
                         check_finite_every=check_finite_every)
+    _check_step_options(model, accumulate=accumulate, capture=capture,
+                        optimizer=optimizer if optimizer is not None else model.optimizer,
+                        distributed=distributed)
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     if loss is not None:
         model.loss = get_loss(loss)
@@ -215,6 +228,8 @@ def fit(
     if resume_from is not None and optimizer is None:
         optimizer = archive.checkpoint_optimizer(resume_from)
     opt = _use_optimizer(model, optimizer)
+    _check_step_options(model, accumulate=accumulate, capture=capture, optimizer=opt,
+                        distributed=distributed)  # again: a checkpoint may name the optimizer
     if incremental:
         first_epoch = last_epoch = model.epochs_trained + 1
     else:
@@ -232,13 +247,14 @@ def fit(
             first_epoch=first_epoch, last_epoch=last_epoch, batch_size=batch_size,
             shuffle=shuffle, verbose=verbose, diagnostics=diagnostics,
             check_finite_every=check_finite_every, sample_weight=w,
-            keep_finite_weights=keep_finite_weights, callback_states=resumed),
-            resumed=resume_from is not None)
+            keep_finite_weights=keep_finite_weights, callback_states=resumed,
+            accumulate=accumulate), resumed=resume_from is not None)
     return _run_epochs(model, X, y, val, optimizer=opt, first_epoch=first_epoch,
                        last_epoch=last_epoch, batch_size=batch_size, shuffle=shuffle,
                        verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
                        check_finite_every=check_finite_every, sample_weight=w,
-                       keep_finite_weights=keep_finite_weights, callback_states=resumed)
+                       keep_finite_weights=keep_finite_weights, callback_states=resumed,
+                       accumulate=accumulate, capture=capture)
 
 
 def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distributed: Any,
@@ -256,7 +272,8 @@ def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distribute
                            batch_size=n if loop["batch_size"] is None else loop["batch_size"],
                            epochs=loop["last_epoch"], shuffle=loop["shuffle"],
                            sample_weight=loop["sample_weight"], resumed=resumed,
-                           options=options, verbose=loop["verbose"])
+                           options=options, verbose=loop["verbose"],
+                           accumulate=loop["accumulate"])
     if replica.rank != 0:
         loop["verbose"] = 0
         cbs = CallbackList([cb for cb in cbs if not getattr(cb, "writes_files", False)])
@@ -271,12 +288,24 @@ def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distribute
 
 
 def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None,
-                   optimizer: Optimizer | None) -> float:
+                   optimizer: Optimizer | None, accumulate: int = 1) -> float:
     """One optimizer step on the batch ``(X, y)``: :meth:`Sequential.train_on_batch`, which
-    documents it. Returns the loss before the update, read on the host."""
+    documents it. Returns the loss before the update, read on the host.
+
+    ``accumulate=k`` computes the step's gradient from ``k`` contiguous micro-batches of the
+    batch (sizes differing by at most one, :func:`nnxp.accumulation.part_bounds`), combined
+    exactly as ``fit(accumulate=k)`` combines its micro-batches: the same step, with the
+    activations of one micro-batch alive at a time."""
+    _check_step_options(model, accumulate=accumulate, capture=False,
+                        optimizer=optimizer if optimizer is not None else model.optimizer,
+                        distributed=False)
     if loss is not None:
         model.loss = get_loss(loss)
     X, y = model.check_data(X, y)
+    m = X.shape[0]
+    if accumulate > m:
+        raise ValueError(f"accumulate={accumulate} splits the batch into {accumulate} "
+                         f"micro-batches, but it holds {m} samples; give accumulate <= {m}")
     opt = _use_optimizer(model, optimizer)
     closure_based = getattr(opt, "requires_closure", False)
     saved = model.snapshot_weights() if closure_based else None
@@ -291,7 +320,12 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
                 f"weights are unchanged. {_ADVICE.format(opt=opt)}")
 
     with _silence_fp_warnings():
-        _step(model, X, y, opt, before_update=check)
+        if accumulate == 1:
+            _step(model, X, y, opt, before_update=check)
+        else:
+            micro = [(X[lo:hi, ...], y[lo:hi, ...], None) for lo, hi in
+                     (part_bounds(m, accumulate, i) for i in range(accumulate))]
+            _accumulated_step(model, micro, opt, before_update=check)
     if not math.isfinite(result):
         if saved is not None:
             model.restore_weights(saved)
@@ -321,6 +355,36 @@ def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any,
     check_flag(keep_finite_weights, argument="keep_finite_weights")
     if not isinstance(verbose, bool):  # verbose=True reads as 1
         check_positive(verbose, argument="verbose", integer=True, allow_zero=True)
+
+
+def _check_step_options(model: Sequential, *, accumulate: Any, capture: Any, optimizer: Any,
+                        distributed: Any) -> None:
+    """``accumulate`` and ``capture``, and the combinations refused, before any step."""
+    check_positive(accumulate, argument="accumulate", integer=True)
+    check_flag(capture, argument="capture")
+    name = type(optimizer).__name__
+    closure = getattr(optimizer, "requires_closure", False)
+    parallel = distributed is not False and distributed is not None
+    if accumulate > 1 and closure:
+        raise ValueError(f"accumulate={accumulate} needs a first-order optimizer; {name} "
+                         "re-evaluates the loss in a closure, which would have to run all "
+                         "the micro-batches each time: use accumulate=1 with a larger "
+                         "batch_size")
+    if capture:
+        if closure:
+            raise ValueError(f"capture=True needs a first-order optimizer; {name} reads the "
+                             "loss on the host inside its step, which a recorded graph "
+                             "cannot replay")
+        if parallel:
+            raise ValueError("capture=True together with distributed=... is not supported "
+                             "(the all-reduce runs on the host between backward and update)")
+        if accumulate > 1:
+            raise ValueError(f"capture=True together with accumulate={accumulate} is not "
+                             "supported: use one or the other (see docs/training.md)")
+        if not backend.supports_inplace(model.xp):
+            raise ValueError("capture=True copies every batch into static input buffers, "
+                             "which needs a backend whose arrays can be written in place "
+                             f"(numpy, cupy, torch); got the namespace {model.xp.__name__}")
 
 
 def _sample_weight(model: Sequential, sample_weight: Any, n_samples: int) -> Array | None:
@@ -395,13 +459,24 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 verbose: int, callbacks: Iterable[Any] | None, diagnostics: bool,
                 check_finite_every: int | None, sample_weight: Array | None,
                 keep_finite_weights: bool, replica: Any = None,
-                callback_states: list[Any] | None = None) -> History:
+                callback_states: list[Any] | None = None, accumulate: int = 1,
+                capture: bool = False) -> History:
     """Epochs ``first_epoch .. last_epoch`` on checked arrays and options, with the callbacks,
-    the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`)."""
+    the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`).
+
+    With ``accumulate=k`` every optimizer step consumes ``k`` consecutive batches (the last
+    step of an epoch may take fewer): the batch loop runs over steps, each a list of
+    micro-batches given to :func:`_accumulated_step`; callbacks' ``on_batch_end``, the
+    progress bar and ``check_finite_every`` count optimizer steps."""
     xp, n = model.xp, X.shape[0]
     bs = n if batch_size is None else min(batch_size, n)
     n_batches = math.ceil(n / (bs if replica is None else bs * replica.size))
+    n_batches = math.ceil(n_batches / accumulate)  # optimizer steps per epoch
     batches, step_fn = (_batches, _step) if replica is None else (replica.batches, replica.step)
+    accumulated_step = _accumulated_step if replica is None else replica.accumulated_step
+    static = _StaticStep(model, optimizer) if capture else None
+    if static is not None:
+        step_fn = static
     _check_batch_sizes(model, n, bs)
     metrics = model.metrics or []
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
@@ -416,6 +491,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     undo = _StepUndo(model)
     progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
     before_update = None if recorder is None else recorder.before_update
+    if static is not None:
+        history.capture = static.report
     _begin_callbacks(model, cbs, callback_states)
     step = 0
     with _silence_fp_warnings():
@@ -429,20 +506,28 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                          if shuffle else None)
                 loss_sum = xp.zeros((), dtype=xp.float64, device=model.device)
                 states: list[Any] = [None] * len(metrics)
-                for batch, (xb, yb, wb) in enumerate(
-                        batches(X, y, bs, sample_weight, order, xp=xp)):
+                for batch, micro in enumerate(_step_groups(
+                        batches(X, y, bs, sample_weight, order, xp=xp), accumulate)):
                     with undo:
-                        value, out = step_fn(model, xb, yb, optimizer,
-                                             before_update=before_update, wb=wb)
+                        if accumulate == 1:
+                            xb, yb, wb = micro[0]
+                            value, out = step_fn(model, xb, yb, optimizer,
+                                                 before_update=before_update, wb=wb)
+                            outs = [out]
+                        else:
+                            value, outs = accumulated_step(model, micro, optimizer,
+                                                           before_update=before_update)
+                    size = sum(part[0].shape[0] for part in micro)
                     step += 1
-                    loss_sum = loss_sum + xp.astype(value, xp.float64) * xb.shape[0]
+                    loss_sum = loss_sum + xp.astype(value, xp.float64) * size
                     for i, metric in enumerate(metrics):
-                        states[i] = metric.update(states[i], out, yb, xp=xp)
+                        for out, (_, yb, _) in zip(outs, micro):
+                            states[i] = metric.update(states[i], out, yb, xp=xp)
                     guard.record(value, epoch, batch, step)
                     if guard.due(step):
                         guard.check(f"after step {step} (epoch {epoch})")
                     if batch_hooks:
-                        cbs.on_batch_end(batch, {"loss": value, "size": xb.shape[0]})
+                        cbs.on_batch_end(batch, {"loss": value, "size": size})
                     progress.advance()
                 if replica is not None:  # every rank's shard in the logs
                     loss_sum, states = replica.reduce_epoch(loss_sum, states, metrics, model)
@@ -578,6 +663,62 @@ def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array 
                    None if w is None else xp.take(w, idx, axis=0))
 
 
+def _step_groups(stream: Iterable[tuple[Array, Array, Array | None]], k: int,
+                 ) -> Iterator[list[tuple[Array, Array, Array | None]]]:
+    """The epoch's batches in lists of ``k`` consecutive ones: the micro-batches of each
+    optimizer step (the last list of an epoch may be shorter)."""
+    group: list[tuple[Array, Array, Array | None]] = []
+    for item in stream:
+        group.append(item)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array | None]],
+                      optimizer: Optimizer,
+                      before_update: Callable[[Array], None] | None = None,
+                      ) -> tuple[Array, list[Array]]:
+    """One optimizer step from several micro-batches: ``(0-d loss of the step, outputs)``.
+
+    Each micro-batch ``i`` of ``n_i`` samples runs forward and backward on its own (its own
+    batch-norm statistics, dropout masks, running-statistics update); its gradient, the mean
+    over its samples, enters the step's gradient with the weight ``n_i / N``
+    (:class:`nnxp.accumulation.GradientSum`), so the step's gradient is the exact mean over
+    the ``N`` samples of the step, sample weights included. The step's loss is
+    ``Σ_i (n_i/N) L_i`` plus the weight penalty, added once. The optimizer (its clipping
+    included) then steps once on the summed gradient, as :func:`_step` does on one batch.
+    """
+    xp = model.xp
+    total = sum(xb.shape[0] for xb, _, _ in micro)
+    grads = GradientSum(model, total)
+    value: Array | None = None
+    outs: list[Array] = []
+    for xb, yb, wb in micro:
+        out = model.forward(xb, training=True)
+        if wb is None:
+            part, cache = model.loss.forward(out, yb, xp=xp)
+        else:  # checked once in fit: no per-batch validation
+            part, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
+                                             validate_sample_weight=False)
+        model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
+        grads.add(xb.shape[0])
+        weighted = part * (xb.shape[0] / total)
+        value = weighted if value is None else value + weighted
+        outs.append(out)
+    assert value is not None  # micro is never empty
+    grads.write()
+    if model.has_penalty:  # once per step, at the weights every micro-batch saw
+        value = value + model.penalty()
+    if before_update is not None:
+        before_update(value)
+    optimizer.step()
+    model.apply_constraints()
+    return value, outs
+
+
 def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
           before_update: Callable[[Array], None] | None = None,
           wb: Array | None = None) -> tuple[Array, Array]:
@@ -623,6 +764,154 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
     optimizer.step()
     model.apply_constraints()
     return value, out
+
+
+class _StaticStep:
+    """``fit(capture=True)``: :func:`_step` run on static input buffers, one set per batch
+    shape, and recorded as a device graph where :func:`nnxp.backend.graph_capture` offers a
+    recorder (CuPy, torch CUDA).
+
+    Per batch shape: the batch (inputs, targets, sample weights) is copied in place into the
+    shape's buffers, and the step reads only those. With a recorder, the first step of a
+    shape runs eagerly and is *checked*: every array that outlives a step (parameters,
+    layer buffers, optimizer state) must still be the same object afterwards, and no host-side
+    value a step reads (optimizer state scalars such as Adam's step count, a layer's extra
+    state such as BatchNorm's batch count) may have changed — else a replay would read stale
+    memory or a frozen number. When the check passes, the second step of that shape is
+    recorded (not executed) and replayed, and every later step is a copy into the buffers and
+    one replay; the optimizer's Python step counter is advanced by hand. A change of the
+    optimizer's options (a schedule editing ``lr``) records the graph again. When the check
+    fails, recording is given up for the run with a RuntimeWarning giving the reason, and
+    the steps run unrecorded from the static buffers. The loss and outputs of a replay are
+    the graph's static output arrays; the loss is copied before the loop keeps it.
+    """
+
+    def __init__(self, model: Sequential, optimizer: Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.recorder = backend.graph_capture(model.xp, model.device)
+        if self.recorder is not None:
+            for i, layer in enumerate(model.layers):
+                if getattr(layer, "generator", None) is not None:
+                    raise ValueError(
+                        f"capture=True: layers[{i}] ({type(layer).__name__}) draws random "
+                        "numbers in training (dropout masks, random slopes), and a recorded "
+                        "step would replay the same draws every time; train this model with "
+                        "capture=False")
+        self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.report: dict[str, Any] = {
+            "recorder": None if self.recorder is None else self.recorder.kind,
+            "graphs": 0, "replays": 0, "static_steps": 0, "not_recorded": None}
+
+    def __call__(self, model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
+                 before_update: Callable[[Array], None] | None = None,
+                 wb: Array | None = None) -> tuple[Array, Array]:
+        xp = model.xp
+        key = (tuple(xb.shape), tuple(yb.shape), wb is None)
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = {
+                "x": xp.zeros_like(xb), "y": xp.zeros_like(yb),
+                "w": None if wb is None else xp.zeros_like(wb), "graph": None,
+                "checked": False, "options": None, "outputs": None}
+        slot["x"][...] = xb
+        slot["y"][...] = yb
+        if wb is not None:
+            slot["w"][...] = wb
+        if self.recorder is not None and before_update is not None:
+            self.report["not_recorded"] = ("diagnostics=True runs host code between the "
+                                           "backward pass and the update of every step")
+        if self.recorder is None or self.report["not_recorded"] is not None:
+            return self._eager(slot, before_update)
+        if not slot["checked"]:
+            before = _host_view(model, optimizer)
+            result = self.recorder.warm_up(lambda: self._eager(slot, None))
+            problem = _compare_host_views(before, _host_view(model, optimizer))
+            slot["checked"] = problem != "new"  # state made by this step: check the next one
+            if problem not in (None, "new"):
+                self.report["not_recorded"] = problem
+                warnings.warn(f"fit(capture=True): the step cannot be recorded: {problem}; "
+                              "the steps run unrecorded from static buffers",
+                              RuntimeWarning, stacklevel=2)
+            return result
+        options = _group_options(optimizer)
+        if slot["graph"] is None or slot["options"] != options:
+            count = optimizer.iterations
+            slot["graph"], slot["outputs"] = self.recorder.capture(  # records, runs nothing
+                lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"]))
+            optimizer.iterations = count
+            slot["options"] = options
+            self.report["graphs"] += 1
+        count = optimizer.iterations
+        slot["graph"].replay()
+        optimizer.iterations = count + 1
+        self.report["replays"] += 1
+        value, out = slot["outputs"]
+        return xp.asarray(value, copy=True), out
+
+    def _eager(self, slot: dict[str, Any],
+               before_update: Callable[[Array], None] | None) -> tuple[Array, Array]:
+        self.report["static_steps"] += 1
+        return _step(self.model, slot["x"], slot["y"], self.optimizer,
+                     before_update=before_update, wb=slot["w"])
+
+
+def _group_options(optimizer: Optimizer) -> str:
+    """The optimizer's options as the step reads them (everything but the parameters)."""
+    return repr([{k: v for k, v in group.items() if k != "params"}
+                 for group in optimizer.param_groups])
+
+
+def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]:
+    """What a recorded step must leave as it was: ``(name, id of an array | host value)``
+    for every parameter, layer buffer, layer extra state and optimizer state entry."""
+    view: list[tuple[str, Any]] = []
+
+    def walk(name: str, value: Any) -> None:
+        if backend.is_array(value):
+            view.append((name, ("array", id(value))))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{name}[{k!r}]", v)
+        elif isinstance(value, (tuple, list)):
+            fields = getattr(value, "_fields", None) or range(len(value))
+            for k, v in zip(fields, value):
+                walk(f"{name}.{k}" if isinstance(k, str) else f"{name}[{k}]", v)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                walk(f"{name}.{field.name}", getattr(value, field.name))
+        else:
+            view.append((name, ("value", value)))
+
+    for i, layer in enumerate(model.layers):
+        where = f"layers[{i}] ({type(layer).__name__})"
+        walk(f"{where}.params", dict(layer.params))
+        walk(f"{where}.buffers", dict(getattr(layer, "buffers", None) or {}))
+        extra = getattr(layer, "get_extra_state", None)
+        if callable(extra):
+            walk(f"{where} extra state", extra())
+    walk(f"{type(optimizer).__name__} state", dict(getattr(optimizer, "state", {}) or {}))
+    return view
+
+
+def _compare_host_views(before: list[tuple[str, Any]],
+                        after: list[tuple[str, Any]]) -> str | None:
+    """None when a step left every entry as it was, else the first difference, in words;
+    ``"new"`` when the only differences are entries the step created (optimizer state made
+    on the first step: the next step decides)."""
+    old = dict(before)
+    created = False
+    for name, value in after:
+        was = old.get(name)
+        if was == value:
+            continue
+        if was is None:
+            created = True
+            continue
+        if value[0] == "array" and was[0] == "array":
+            return (f"{name} was replaced by a new array (a recorded step must write it in "
+                    "place)")
+        return f"{name} is a host value that changed from {was[1]!r} to {value[1]!r}"
+    return "new" if created else None
 
 
 @contextlib.contextmanager

@@ -65,7 +65,8 @@ def test_two_ranks_equal_one_process_with_twice_the_batch() -> None:
     out = _run(str(HERE / "mpi" / "equality.py"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout
-    for name in ("sgd", "momentum", "adam"):
+    for name in ("sgd", "momentum", "adam", "accumulate momentum weighted",
+                 "accumulate adam weighted"):
         assert f"{name} max_abs_diff=" in out.stdout
 
 

@@ -118,7 +118,8 @@ class SyncCounter:
     number of the step it happened in (0: outside the steps, e.g. at an epoch boundary).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, step_function: str = "_step") -> None:
+        self.step_function = step_function  # the training function that makes one step
         self.events: list[Event] = []
         self.step = 0
         self.steps = 0
@@ -131,7 +132,7 @@ class SyncCounter:
 
     def __enter__(self) -> SyncCounter:
         counter = self
-        real_step = training._step
+        real_step = getattr(training, self.step_function)
 
         def counted_step(*args: Any, **kwargs: Any) -> Any:
             counter.steps += 1
@@ -141,7 +142,7 @@ class SyncCounter:
             finally:
                 counter.step = 0
 
-        self._stack.enter_context(_patched(training, "_step", counted_step))
+        self._stack.enter_context(_patched(training, self.step_function, counted_step))
         self._stack.enter_context(_FunctionLevel(self))
         self._stack.enter_context(_DispatchLevel(self))
         return self
@@ -307,16 +308,18 @@ def _data(loss: str = "softmax_cross_entropy", n_out: int = C) -> tuple[Any, Any
 
 def check_steps(make_layers: Callable[[], list[Any]], *, loss: str = "softmax_cross_entropy",
                 optimizer: Any = None, budget: int = 0, sample_weight: bool = False,
-                callbacks: Any = None, epochs: int = 2) -> SyncCounter:
+                callbacks: Any = None, epochs: int = 2, accumulate: int = 1,
+                capture: bool = False) -> SyncCounter:
     """Train on torch CPU under the counter; fail when a step exceeds ``budget``."""
     with nnxp.use_backend("torch"):
         model = nnxp.Sequential(make_layers(), seed=0, loss=loss)
         X, y = _data(loss)
         w = np.linspace(0.5, 1.5, N).astype(np.float32) if sample_weight else None
-        with SyncCounter() as counter:
+        with SyncCounter("_step" if accumulate == 1 else "_accumulated_step") as counter:
             model.fit(X, y, optimizer=optimizer, epochs=epochs, batch_size=BATCH, verbose=0,
-                      sample_weight=w, callbacks=callbacks)
-    assert counter.steps == epochs * N // BATCH
+                      sample_weight=w, callbacks=callbacks, accumulate=accumulate,
+                      capture=capture)
+    assert counter.steps == epochs * -(-N // (BATCH * accumulate))
     for step in range(1, counter.steps + 1):
         events = [e for e in counter.events if e.step == step]
         assert_budget(events, budget, f"training step {step}")
@@ -327,6 +330,23 @@ def _mlp(activation: str) -> Callable[[], list[Any]]:
     def make() -> list[Any]:
         return [Dense(F, 8), ACTIVATIONS[activation](), Dense(8, C)]
     return make
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda: nnxp.optim.SGD(lr=0.1, momentum=0.9, clip_norm=1.0),
+    lambda: nnxp.optim.Adam(lr=0.01, clip_value=0.5)])
+def test_accumulated_steps_make_no_sync(optimizer: Callable[[], Any]) -> None:
+    """fit(accumulate=k): k micro-batches per step (4 and 3 + 1 batches of 16 here), with
+    sample weights, penalties and clipping: still 0 per optimizer step."""
+    def make() -> list[Any]:
+        return [Dense(F, 8, l1=0.01, l2=0.01), ACTIVATIONS["relu"](), Dense(8, C)]
+    check_steps(make, optimizer=optimizer(), sample_weight=True, accumulate=3)
+
+
+def test_static_buffer_steps_make_no_sync() -> None:
+    """fit(capture=True) on torch CPU: the copies into the static buffers are device work."""
+    check_steps(_mlp("tanh"), optimizer=nnxp.optim.SGD(lr=0.1, momentum=0.9),
+                sample_weight=True, capture=True)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

@@ -1,0 +1,350 @@
+"""``fit(capture=True)``: the static-buffer step, and its recording as a device graph.
+
+Without a GPU no backend here records: the static-buffer path runs unrecorded, and it must give
+bit-identical results to the ordinary path (numpy, torch CPU; array-api-strict has no in-place
+writes and is refused). The recording protocol — check step, record, replay, re-record after an
+option change, refusal of what a replay would get wrong — is driven by a fake recorder whose
+``capture`` leaves memory as it found it (as a CUDA recording does: it runs nothing) and whose
+``replay`` writes into the static outputs. The CuPy and torch recorders are checked against
+stand-ins of the library calls they make; running them for real needs a GPU (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import backend
+from nnxp.callbacks import Callback
+from nnxp.layers import BatchNorm1d, Dense, Dropout, Tanh
+from nnxp.optim.base import Hyperparameters, Optimizer, hyperparameter
+from nnxp.validation import check_nonneg
+
+N, F, C = 23, 4, 3  # batches of 5: four of 5 and a last one of 3 (two shapes)
+
+
+def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return rng.normal(size=(N, F)), rng.integers(0, C, size=N), rng.uniform(0.5, 2, size=N)
+
+
+def _weights(model: nnxp.Sequential) -> np.ndarray:
+    return np.concatenate([np.ravel(nnxp.to_numpy(p)) for layer in model.layers
+                           for p in list(layer.params.values())
+                           + list(getattr(layer, "buffers", {}).values())])
+
+
+def _fit(model: nnxp.Sequential, optimizer: Any, **kwargs: Any) -> nnxp.History:
+    X, y, w = _data()
+    return model.fit(X, y, optimizer=optimizer, epochs=2, batch_size=5, sample_weight=w,
+                     verbose=0, metrics=["accuracy"], **kwargs)
+
+
+def _full_model() -> nnxp.Sequential:
+    return nnxp.Sequential([Dense(F, 6), BatchNorm1d(6), Tanh(), Dropout(0.2), Dense(6, C)],
+                           seed=3)
+
+
+def test_no_backend_here_records(bk: Any) -> None:
+    assert backend.graph_capture(bk.xp, bk.device) is None
+
+
+def test_static_buffers_give_bit_identical_results(bk: Any) -> None:
+    if not backend.supports_inplace(bk.xp):
+        with pytest.raises(ValueError, match="capture=True copies every batch into static "
+                                             "input buffers, which needs a backend whose "
+                                             "arrays can be written in place"):
+            _fit(_full_model(), nnxp.optim.Adam(lr=0.01), capture=True)
+        return
+    runs = []
+    for capture in (False, True):
+        model = _full_model()
+        history = _fit(model, nnxp.optim.Adam(lr=0.01, clip_norm=1.0), capture=capture)
+        runs.append((_weights(model), history.history["loss"], history.history["accuracy"],
+                     history.capture))
+    (w0, loss0, acc0, report0), (w1, loss1, acc1, report1) = runs
+    assert np.array_equal(w0, w1)
+    assert loss0 == loss1 and acc0 == acc1
+    assert report0 is None
+    assert report1 == {"recorder": None, "graphs": 0, "replays": 0, "static_steps": 10,
+                       "not_recorded": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# The recording protocol, with a fake recorder
+# ----------------------------------------------------------------------------------------------
+
+
+def _arrays(model: nnxp.Sequential) -> list[np.ndarray]:
+    """Every array that outlives a step: parameters, buffers, optimizer state."""
+    found: list[np.ndarray] = [a for layer in model.layers
+                               for store in (layer.params, getattr(layer, "buffers", {}))
+                               for a in store.values()]
+    for state in getattr(model.optimizer, "state", {}).values():
+        found += [v for v in vars(state).values() if isinstance(v, np.ndarray)]
+    return found
+
+
+class FakeRecorder(backend.GraphRecorder):
+    """Records on numpy the way a GPU does: ``capture`` leaves every array as it found it (a CUDA
+    recording runs nothing) and returns static outputs; ``replay`` runs the step and writes its
+    results into those outputs, as a graph's kernels write into the same memory every time."""
+
+    kind = "fake"
+
+    def __init__(self, model: nnxp.Sequential) -> None:
+        self.model = model
+        self.graphs: list[backend.CapturedGraph] = []
+
+    def capture(self, fn: Any) -> tuple[backend.CapturedGraph, Any]:
+        saved = [(a, a.copy()) for a in _arrays(self.model)]
+        outputs = [np.array(o, copy=True) for o in fn()]
+        for a, copy in saved:
+            a[...] = copy
+
+        def launch() -> None:
+            for static, fresh in zip(outputs, fn()):
+                static[...] = fresh
+
+        graph = backend.CapturedGraph(launch)
+        self.graphs.append(graph)
+        return graph, outputs
+
+
+def _update(param: Any, grad: Any, state: Any, *, lr: float, xp: Any,
+            inplace: bool) -> tuple[Any, Any]:
+    if inplace:
+        param -= lr * grad
+        return param, state
+    return param - lr * grad, state
+
+
+class InPlaceSGD(Optimizer):
+    """Plain SGD that keeps nothing on the host between steps: what a recorded step needs."""
+
+    @dataclass(frozen=True)
+    class Hyperparameters(Hyperparameters):
+        lr: float = hyperparameter(0.1, check_nonneg)
+
+    @dataclass
+    class State:
+        pass
+
+    init_state = staticmethod(lambda param, *, xp: InPlaceSGD.State())
+    update = staticmethod(_update)
+
+
+def _recording(monkeypatch: Any, model: nnxp.Sequential) -> FakeRecorder:
+    recorder = FakeRecorder(model)
+    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: recorder)
+    return recorder
+
+
+def _mlp() -> nnxp.Sequential:
+    return nnxp.Sequential([Dense(F, 6), Tanh(), Dense(6, C)], seed=3)
+
+
+class HalveLr(Callback):
+    def on_epoch_begin(self, epoch: int, logs: Any) -> None:
+        if epoch > 1:
+            for group in self.model.optimizer.param_groups:
+                group["lr"] = group["lr"] * 0.5
+
+
+def test_a_recorded_step_replays_the_ordinary_step(monkeypatch: Any) -> None:
+    with nnxp.use_backend("numpy"):
+        plain = _mlp()
+        h0 = _fit(plain, InPlaceSGD(lr=0.2), callbacks=[HalveLr()])
+        model = _mlp()
+        recorder = _recording(monkeypatch, model)
+        h1 = _fit(model, InPlaceSGD(lr=0.2), capture=True, callbacks=[HalveLr()])
+    assert np.array_equal(_weights(plain), _weights(model))
+    assert h0.history["loss"] == h1.history["loss"]
+    assert h0.history["accuracy"] == h1.history["accuracy"]
+    # epoch 1: shape (5, 4) checked at step 1, recorded at step 2, replayed at 2-4; the last
+    # batch (3, 4) is checked (its only step). Epoch 2: the halved lr records both again.
+    assert h1.capture == {"recorder": "fake", "graphs": 3, "replays": 8, "static_steps": 2,
+                          "not_recorded": None}
+    assert [g.replays for g in recorder.graphs] == [3, 4, 1]
+    assert model.optimizer.iterations == plain.optimizer.iterations == 10
+
+
+@pytest.mark.parametrize("make, optimizer, reason", [
+    (_mlp, lambda: nnxp.optim.Adam(), r"Adam state\[0\]\.step is a host value that changed "
+                                      r"from 1 to 2"),
+    (_mlp, lambda: nnxp.optim.SGD(lr=0.1), r"SGD state\[0\]\.step is a host value"),
+    (lambda: nnxp.Sequential([Dense(F, 6), BatchNorm1d(6), Dense(6, C)], seed=3),
+     lambda: InPlaceSGD(), r"layers\[1\] \(BatchNorm1d\)\.buffers\['running_mean'\] was "
+                           r"replaced by a new array"),
+])
+def test_what_a_replay_would_get_wrong_is_found_and_not_recorded(
+        monkeypatch: Any, make: Any, optimizer: Any, reason: str) -> None:
+    with nnxp.use_backend("numpy"):
+        plain = make()
+        _fit(plain, optimizer())
+        model = make()
+        _recording(monkeypatch, model)
+        with pytest.warns(RuntimeWarning, match="the step cannot be recorded: " + reason):
+            history = _fit(model, optimizer(), capture=True)
+    assert np.array_equal(_weights(plain), _weights(model))  # ran unrecorded, correctly
+    assert history.capture is not None
+    assert history.capture["graphs"] == 0 and history.capture["static_steps"] == 10
+
+
+def test_random_layers_are_refused_before_any_step(monkeypatch: Any) -> None:
+    with nnxp.use_backend("numpy"):
+        model = _full_model()
+        before = _weights(model)
+        _recording(monkeypatch, model)
+        with pytest.raises(ValueError, match=r"capture=True: layers\[3\] \(Dropout\) draws "
+                                             "random numbers"):
+            _fit(model, InPlaceSGD(), capture=True)
+        assert np.array_equal(_weights(model), before)
+
+
+def test_capture_option_errors() -> None:
+    X, y, _ = _data()
+    with nnxp.use_backend("numpy"):
+        model = _mlp()
+        with pytest.raises(TypeError, match="capture must be True or False, got str 'yes'"):
+            model.fit(X, y, capture="yes", verbose=0)
+        with pytest.raises(ValueError, match="capture=True needs a first-order optimizer; LBFGS"):
+            model.fit(X, y, capture=True, optimizer=nnxp.optim.LBFGS(), verbose=0)
+        with pytest.raises(ValueError, match="capture=True together with distributed"):
+            model.fit(X, y, capture=True, distributed=True, verbose=0)
+        with pytest.raises(ValueError, match="capture=True together with accumulate=2"):
+            model.partial_fit(X, y, capture=True, accumulate=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GPU recorders against stand-ins of the library calls they make
+# ----------------------------------------------------------------------------------------------
+
+
+def test_torch_recorder_uses_cuda_graph(monkeypatch: Any) -> None:
+    torch = pytest.importorskip("torch")
+    calls: list[Any] = []
+
+    class Graph:
+        def replay(self) -> None:
+            calls.append("replay")
+
+    class Recording:
+        def __init__(self, graph: Any, **kwargs: Any) -> None:
+            calls.append(("record", type(graph).__name__, kwargs))
+
+        def __enter__(self) -> None:
+            calls.append("begin")
+
+        def __exit__(self, *exc: Any) -> None:
+            calls.append("end")
+
+    class OnDevice:
+        def __init__(self, device: Any) -> None:
+            calls.append(("device", str(device)))
+
+        def __enter__(self) -> None:
+            pass
+
+        def __exit__(self, *exc: Any) -> None:
+            calls.append("device restored")
+
+    class Stream:
+        def __init__(self, name: Any) -> None:
+            self.name = name if isinstance(name, str) else "side"
+
+        def wait_stream(self, other: Any) -> None:
+            calls.append(f"{self.name} waits for {other.name}")
+
+    class OnStream:
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def __enter__(self) -> None:
+            calls.append(f"on {self.stream.name}")
+
+        def __exit__(self, *exc: Any) -> None:
+            calls.append(f"off {self.stream.name}")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", Recording)
+    monkeypatch.setattr(torch.cuda, "device", OnDevice)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", OnStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream("current"))
+    recorder = backend.graph_capture(torch, torch.device("cuda", 1))
+    assert recorder is not None and recorder.kind == "torch.cuda.CUDAGraph"
+    assert recorder.warm_up(lambda: calls.append("warm-up") or 7) == 7
+    assert calls == ["side waits for current", "on side", "warm-up", "off side",
+                     "current waits for side"]
+    calls.clear()
+    graph, outputs = recorder.capture(lambda: calls.append("fn") or "outputs")
+    assert outputs == "outputs"
+    assert calls == [("device", "cuda:1"), ("record", "Graph", {}), "begin", "fn", "end",
+                     "device restored"]
+    graph.replay()
+    graph.replay()
+    assert calls[-2:] == ["replay", "replay"] and graph.replays == 2
+
+
+def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
+    calls: list[Any] = []
+
+    class Ctx:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __enter__(self) -> Any:
+            calls.append(f"enter {self.name}")
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            calls.append(f"exit {self.name}")
+
+    class Stream(Ctx):
+        def __init__(self, non_blocking: bool = False) -> None:
+            super().__init__("stream")
+            calls.append(("Stream", non_blocking))
+
+        def wait_event(self, event: Any) -> None:
+            calls.append(("wait", event))
+
+        def record(self) -> str:
+            return "event"
+
+        def begin_capture(self) -> None:
+            calls.append("begin_capture")
+
+        def end_capture(self) -> Any:
+            calls.append("end_capture")
+            return types.SimpleNamespace(launch=lambda stream: calls.append(("launch", stream)))
+
+    class Pool:
+        def malloc(self, size: int) -> None:  # pragma: no cover - never allocates here
+            raise AssertionError
+
+    current = Stream()
+    cuda = types.SimpleNamespace(
+        Device=lambda device: Ctx(f"device {device}"), MemoryPool=Pool, Stream=Stream,
+        get_current_stream=lambda: current,
+        using_allocator=lambda malloc: Ctx("private pool"))
+    fake = types.ModuleType("cupy")
+    fake.cuda = cuda  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_name_of_namespace", lambda xp: "cupy")
+    recorder = backend.graph_capture(object(), 0)
+    assert recorder is not None and recorder.kind == "cupy.cuda.Graph"
+    calls.clear()
+    graph, outputs = recorder.capture(lambda: calls.append("fn") or ("loss", "out"))
+    assert outputs == ("loss", "out")
+    assert calls == ["enter device 0", ("Stream", True), ("wait", "event"), "enter stream",
+                     "enter private pool", "begin_capture", "fn", "end_capture",
+                     "exit private pool", "exit stream", "exit device 0"]
+    graph.replay()
+    assert calls[-1] == ("launch", current) and graph.replays == 1
