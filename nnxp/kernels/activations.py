@@ -101,14 +101,16 @@ def sigmoid(x: Array, *, xp: Any) -> Array:
     """Logistic sigmoid ``y = 1 / (1 + e^(−x))``, evaluated so that it never overflows.
 
     With ``z = e^(−|x|) ∈ (0, 1]``: ``y = 1 / (1 + z)`` for x ≥ 0 and ``y = z / (1 + z)`` for
-    x < 0. The exponential only sees non-positive arguments, so there is no overflow for any
-    input; for large |x| it underflows quietly to 0, which gives exactly 1 and 0 in the limits
-    (``sigmoid(1e4) == 1``, ``sigmoid(-1e4) == 0``), and small outputs keep full relative
-    precision (no ``1 − (something close to 1)``).
+    x < 0, written without a selection as ``y = max(z, 1[x ≥ 0]) / (1 + z)`` (the numerator is
+    1 for x ≥ 0 because z ≤ 1, and z for x < 0): one exponential and no ``where``, which on
+    NumPy costs more than the exponential itself. The exponential only sees non-positive
+    arguments, so there is no overflow for any input; for large |x| it underflows quietly to 0,
+    which gives exactly 1 and 0 in the limits (``sigmoid(1e4) == 1``, ``sigmoid(-1e4) == 0``),
+    and small outputs keep full relative precision (no ``1 − (something close to 1)``). NaN
+    propagates (``maximum`` propagates it).
     """
     z = xp.exp(-xp.abs(x))
-    p = 1.0 / (1.0 + z)
-    return xp.where(x >= 0, p, z * p)
+    return xp.maximum(z, _mask(x >= 0, x, xp)) / (1.0 + z)
 
 
 def sigmoid_backward(dy: Array, y: Array, *, xp: Any) -> Array:
@@ -153,9 +155,27 @@ def relu_backward(dy: Array, y: Array, *, xp: Any) -> Array:
 def leaky_relu(x: Array, negative_slope: float | Array = 0.01, *, xp: Any) -> Array:
     """Leaky ReLU: ``y = x`` for x > 0, ``negative_slope · x`` otherwise.
 
-    Written as ``max(x, 0) + a · min(x, 0)``, which needs no selection. ``negative_slope`` may be
-    a float or an array broadcasting against ``x`` (PReLU and RReLU reuse this kernel).
+    ``negative_slope`` may be a float or an array broadcasting against ``x`` (PReLU and RReLU
+    reuse this kernel). Which form is used depends on the slope ``a``, never on the data:
+
+    * a float ``0 < a ≤ 1``: ``max(x, a · x)`` (two passes): for x > 0, ``a·x ≤ x``; for x < 0,
+      ``a·x ≥ x``; so the larger one is the right branch, value for value the same as the
+      two-branch definition (``a · x`` is the same rounded product either way);
+    * a float ``a > 1``: ``min(x, a · x)``, by the same argument;
+    * ``a == 0``: ReLU, ``max(x, 0)`` (``0 · x`` would be NaN for x = ±inf);
+    * a negative float or an array (learned or random slopes, whose range is not known without
+      reading them back from the device): ``max(x, 0) + a · min(x, 0)``, no selection either.
+
+    NaN propagates in every form; ``−0.0`` maps to ``−0.0`` in the ``max``/``min`` forms.
     """
+    if isinstance(negative_slope, (int, float)):
+        a = float(negative_slope)
+        if a == 0.0:
+            return relu(x, xp=xp)
+        if 0.0 < a <= 1.0:
+            return xp.maximum(x, a * x)
+        if a > 1.0:
+            return xp.minimum(x, a * x)
     zero = constant(0.0, x, xp=xp)
     return xp.maximum(x, zero) + negative_slope * xp.minimum(x, zero)
 
@@ -165,10 +185,15 @@ def leaky_relu_backward(
 ) -> Array:
     """``dx = dy · (1 if x > 0 else negative_slope)`` from the input ``x``.
 
+    For a float slope ``0 ≤ a ≤ 1`` the factor is ``max(1[x > 0], a)`` (one pass after the
+    mask); otherwise ``p + a · (1 − p)`` with ``p = 1[x > 0]``. Both are exactly 1 or exactly
+    ``a`` (``a + (1 − a) · p`` would not be: ``a + (1 − a)`` need not round to 1).
     The output cannot stand in for ``x`` here: for a negative slope ``y`` and ``x`` have opposite
     signs, and for a zero slope (ReLU) ``y`` loses which side of 0 ``x`` was on.
     """
     pos = _mask(x > 0, dy, xp)
+    if isinstance(negative_slope, (int, float)) and 0.0 <= negative_slope <= 1.0:
+        return dy * xp.maximum(pos, constant(float(negative_slope), dy, xp=xp))
     return dy * (pos + negative_slope * (1.0 - pos))
 
 
@@ -217,19 +242,30 @@ def rrelu_backward(dy: Array, x: Array, slopes: float | Array, *, xp: Any) -> Ar
 def elu(x: Array, alpha: float = 1.0, *, xp: Any) -> Array:
     """ELU (Clevert et al., 2016): ``y = x`` for x > 0, ``α (e^x − 1)`` for x ≤ 0.
 
-    Written as ``max(x, 0) + α · expm1(min(x, 0))``: the exponential never sees a positive
-    argument (no overflow) and ``expm1`` keeps precision near 0.
+    The exponential sees ``min(x, 0)`` only (no overflow) and ``expm1`` keeps precision near 0.
+    For ``0 < α ≤ 1`` (the default α = 1 included) it is ``max(x, α · expm1(min(x, 0)))``:
+    for x > 0 the second operand is 0, for x ≤ 0 it is ≥ x (``α (e^x − 1) − x`` is 0 at 0 and
+    decreasing), so the larger one is the right branch. For α > 1 (SELU's) that inequality fails
+    near 0 and the kernel adds the two halves, ``max(x, 0) + α · expm1(min(x, 0))``.
     """
     zero = constant(0.0, x, xp=xp)
-    return xp.maximum(x, zero) + alpha * xp.expm1(xp.minimum(x, zero))
+    neg = xp.expm1(xp.minimum(x, zero))
+    if alpha == 1.0:
+        return xp.maximum(x, neg)
+    if 0.0 < alpha < 1.0:
+        return xp.maximum(x, alpha * neg)
+    return xp.maximum(x, zero) + alpha * neg
 
 
 def elu_backward(dy: Array, y: Array, alpha: float = 1.0, *, xp: Any) -> Array:
     """``dx = dy · (1 if x > 0 else α e^x)`` from the output ``y``.
 
     For x ≤ 0, ``α e^x = y + α``; and ``y > 0`` exactly when ``x > 0`` (for α > 0), so ``y``
-    alone suffices.
+    alone suffices. For α = 1 the factor is ``min(y, 0) + 1`` (1 for y > 0, ``y + 1 = e^x``
+    otherwise): no mask at all. Otherwise ``p + (1 − p)(y + α)`` with ``p = 1[y > 0]``.
     """
+    if alpha == 1.0:
+        return dy * (xp.minimum(y, constant(0.0, y, xp=xp)) + 1.0)
     pos = _mask(y > 0, dy, xp)
     return dy * (pos + (1.0 - pos) * (y + alpha))
 
@@ -264,6 +300,17 @@ def softplus_backward(dy: Array, x: Array, beta: float = 1.0, *, xp: Any) -> Arr
     return dy * sigmoid(x * beta if beta != 1.0 else x, xp=xp)
 
 
+def softplus_backward_from_output(dy: Array, y: Array, beta: float = 1.0, *, xp: Any) -> Array:
+    """``dx = dy · sigmoid(βx)`` from the output ``y = softplus(x)``: two passes fewer.
+
+    ``e^(−βy) = 1 / (1 + e^(βx)) = 1 − sigmoid(βx)``, so ``sigmoid(βx) = −expm1(−βy)``. It
+    keeps full relative precision where the sigmoid is tiny (``y ≈ e^(βx)/β`` there and
+    ``−expm1(−βy) ≈ βy``), is exactly 1 where ``βy`` is large, and exactly 0 where ``y``
+    underflowed to 0. What :class:`~nnxp.layers.Softplus` uses.
+    """
+    return dy * -xp.expm1(y * -beta)
+
+
 # ----------------------------------------------------------------------------------------------
 # erf, GELU, SiLU
 # ----------------------------------------------------------------------------------------------
@@ -283,6 +330,26 @@ _ERF_SPLIT = 2.0
 _ERFC_CF_DEPTH = 50
 _ERFC_CAP = 30.0
 
+# Below float64, erf is computed as ``erf(t) = tanh(t · R(t²))`` on |t| ≤ 4, t clamped there.
+# ``atanh(erf(t)) / t`` is a smooth even function (1.128 at 0, 2.34 at t = 4), so a polynomial
+# R of degree 8 in t² fits it: the coefficients below are a weighted least-squares fit (Lawson
+# iterations towards minimax) of that function computed from ``math.erfc`` in float64, weighted
+# by how much an error in R moves erf in float32 ulps (``(1 − erf²) t / ulp(erf)``); the fit
+# itself is within 0.5 ulp of erf on [0, 4]. Evaluated in float32 (Horner's rule, then tanh),
+# the max error against ``math.erf`` is below 3 ulp (relative 2.2e-7) over a dense grid
+# (tests/test_activations.py::test_erf_float32_max_error_in_ulps). At |t| = 4 the tanh rounds to
+# exactly ±1 in float32 (erf(4) = 1 − 1.5e-8), so the clamp changes no value, keeps t² from
+# overflowing and keeps the polynomial inside the range it was fitted on.
+_ERF_TANH_COEFFS = (
+    1.1283792000610753, 0.1027712198995469, -0.00020153773045315478, -0.0006046458407863837,
+    7.712004914197778e-05, -2.0625499823245873e-06, -4.822285690677299e-07,
+    5.131590714630407e-08, -1.5623561726813925e-09,
+)
+_ERF_TANH_CLAMP = 4.0
+# the same polynomial for Φ(x) = ½ (1 + erf(x/√2)): t = x/√2 folded into the coefficients
+_CDF_TANH_COEFFS = tuple(c / (math.sqrt(2.0) * 2.0**k) for k, c in enumerate(_ERF_TANH_COEFFS))
+_CDF_TANH_CLAMP = _ERF_TANH_CLAMP * math.sqrt(2.0)
+
 
 def _erf_series(x: Array) -> Array:
     """erf by its Maclaurin series; accurate for |x| ≤ 2."""
@@ -301,15 +368,35 @@ def _erfc_fraction(x: Array, xp: Any) -> Array:
     return xp.exp(-(x * x)) / (math.sqrt(math.pi) * t)
 
 
+def _is_float64(x: Array, xp: Any) -> bool:
+    return bool(x.dtype == xp.float64)
+
+
+def _tanh_poly(x: Array, coeffs: tuple[float, ...], bound: float, xp: Any) -> Array:
+    """``tanh(c · R(c²))`` with ``c = clamp(x, ±bound)`` and R the polynomial ``coeffs``."""
+    c = clamp(x, -bound, bound, xp=xp)
+    z = c * c
+    acc = z * coeffs[-1] + coeffs[-2]
+    for k in reversed(coeffs[:-2]):
+        acc = acc * z + k
+    return xp.tanh(c * acc)
+
+
 def erf(x: Array, *, xp: Any) -> Array:
     """The error function ``erf(x) = (2/√π) ∫₀ˣ e^(−t²) dt`` (the standard has none).
 
-    The Maclaurin series for |x| < 2 and ``1 − erfc(|x|)`` from Laplace's continued fraction
-    beyond; both branches are evaluated on arguments clamped to their own range (so neither
-    divides by 0 or overflows) and the right one is selected. The relative error is below 1e-13
-    in float64 over the whole real line (tests compare with ``math.erf`` and ``torch.erf``).
-    Derivative: ``erf'(x) = (2/√π) e^(−x²)``.
+    float64: the Maclaurin series for |x| < 2 and ``1 − erfc(|x|)`` from Laplace's continued
+    fraction beyond; both branches are evaluated on arguments clamped to their own range (so
+    neither divides by 0 or overflows) and the right one is selected. The relative error is
+    below 1e-13 over the whole real line (tests compare with ``math.erf`` and ``torch.erf``).
+
+    Other dtypes (float32, and the half-precision types): ``tanh(x · R(x²))`` with x clamped to
+    ±4 and R a degree-8 polynomial in x² — 21 elementwise passes instead of ~250; within 3 ulp of
+    the correctly rounded float32 erf (see ``_ERF_TANH_COEFFS``). Which branch runs depends on
+    the dtype only, never on the data. Derivative: ``erf'(x) = (2/√π) e^(−x²)``.
     """
+    if not _is_float64(x, xp):
+        return _tanh_poly(x, _ERF_TANH_COEFFS, _ERF_TANH_CLAMP, xp)
     a = xp.abs(x)
     small = _erf_series(clamp(x, -_ERF_SPLIT, _ERF_SPLIT, xp=xp))
     tail = 1.0 - _erfc_fraction(clamp(a, _ERF_SPLIT, _ERFC_CAP, xp=xp), xp)
@@ -333,7 +420,17 @@ def erfc(x: Array, *, xp: Any) -> Array:
 
 
 def normal_cdf(x: Array, *, xp: Any) -> Array:
-    """Standard normal CDF ``Φ(x) = ½ erfc(−x/√2)`` (accurate in the far left tail too)."""
+    """Standard normal CDF ``Φ(x)``.
+
+    float64: ``½ erfc(−x/√2)``, accurate in the far left tail too (full relative precision).
+    Other dtypes: ``½ + ½ tanh(x · R'(x²))``, the fast erf of :func:`erf` with the ``1/√2``
+    folded into its coefficients — an absolute error of a few 1e-8 (in the left tail, below
+    x ≈ −4, that is not a small *relative* error: Φ(−5) ≈ 2.9e-7 comes out with an error of
+    ~10%, as it does in torch's float32 GELU, ``½ x (1 + erf(x/√2))``); exactly 0 and 1 beyond
+    x = ∓4√2.
+    """
+    if not _is_float64(x, xp):
+        return 0.5 + 0.5 * _tanh_poly(x, _CDF_TANH_COEFFS, _CDF_TANH_CLAMP, xp)
     return 0.5 * erfc(-_INV_SQRT_2 * x, xp=xp)
 
 
@@ -356,31 +453,50 @@ def _gelu_tanh_inner(x: Array, xp: Any) -> tuple[Array, Array]:
 def gelu(x: Array, approximate: str = "none", *, xp: Any) -> Array:
     """GELU (Hendrycks & Gimpel, 2016): ``y = x Φ(x)``, Φ the standard normal CDF.
 
-    ``approximate="none"`` (the default, as in ``torch.nn.functional.gelu``) uses
-    ``Φ(x) = ½ erfc(−x/√2)`` from :func:`erfc`; ``approximate="tanh"`` uses
+    ``approximate="none"`` (the default, as in ``torch.nn.functional.gelu``) uses Φ from
+    :func:`normal_cdf` (float64: through :func:`erfc`; other dtypes: the fast erf of
+    :func:`erf`); ``approximate="tanh"`` uses
     ``Φ(x) ≈ ½ (1 + tanh(√(2/π) (x + 0.044715 x³)))``, which is within 5e-4 of the exact GELU.
+    """
+    return gelu_forward(x, approximate, xp=xp)[0]
+
+
+def gelu_forward(x: Array, approximate: str = "none", *, xp: Any) -> tuple[Array, Array]:
+    """:func:`gelu` and what :func:`gelu_backward_cached` needs: ``(y, aux)``.
+
+    ``aux`` is ``Φ(x)`` (exact) or ``u = tanh(√(2/π)(x + 0.044715 x³))`` (tanh), so the backward
+    pass does not evaluate the CDF a second time.
     """
     if approximate == "tanh":
         u, _ = _gelu_tanh_inner(x, xp)
-        return 0.5 * x * (1.0 + u)
+        return 0.5 * x * (1.0 + u), u
     if approximate == "none":
-        return x * normal_cdf(x, xp=xp)
+        cdf = normal_cdf(x, xp=xp)
+        return x * cdf, cdf
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 def gelu_backward(dy: Array, x: Array, approximate: str = "none", *, xp: Any) -> Array:
-    """GELU's derivative, from the input ``x``.
+    """GELU's derivative, from the input ``x`` (recomputes Φ; see :func:`gelu_backward_cached`).
 
     * exact: ``dx = dy · (Φ(x) + x φ(x))``, φ the standard normal density;
     * tanh:  with ``u = tanh(k (x + 0.044715 x³))``, ``k = √(2/π)``:
       ``dx = dy · (½ (1 + u) + ½ x (1 − u²) k (1 + 3 · 0.044715 x²))``.
     """
+    _, aux = gelu_forward(x, approximate, xp=xp)
+    return gelu_backward_cached(dy, x, aux, approximate, xp=xp)
+
+
+def gelu_backward_cached(
+    dy: Array, x: Array, aux: Array, approximate: str = "none", *, xp: Any
+) -> Array:
+    """GELU's derivative from the input ``x`` and the ``aux`` of :func:`gelu_forward`."""
     if approximate == "tanh":
-        u, c = _gelu_tanh_inner(x, xp)
+        c = clamp(x, -20.0, 20.0, xp=xp)
         inner = _SQRT_2_OVER_PI * (1.0 + (3.0 * _GELU_CUBIC) * (c * c))
-        return dy * (0.5 * (1.0 + u) + 0.5 * x * (1.0 - u * u) * inner)
+        return dy * (0.5 * (1.0 + aux) + 0.5 * x * (1.0 - aux * aux) * inner)
     if approximate == "none":
-        return dy * (normal_cdf(x, xp=xp) + x * normal_pdf(x, xp=xp))
+        return dy * (aux + x * normal_pdf(x, xp=xp))
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
@@ -389,10 +505,25 @@ def silu(x: Array, *, xp: Any) -> Array:
     return x * sigmoid(x, xp=xp)
 
 
+def silu_forward(x: Array, *, xp: Any) -> tuple[Array, Array]:
+    """:func:`silu` and the sigmoid it used: ``(y, s)`` for :func:`silu_backward_cached`."""
+    s = sigmoid(x, xp=xp)
+    return x * s, s
+
+
 def silu_backward(dy: Array, x: Array, *, xp: Any) -> Array:
     """``dx = dy · σ(x) (1 + x (1 − σ(x)))`` from the input ``x``, σ the sigmoid."""
-    s = sigmoid(x, xp=xp)
-    return dy * (s * (1.0 + x * (1.0 - s)))
+    y, s = silu_forward(x, xp=xp)
+    return silu_backward_cached(dy, y, s, xp=xp)
+
+
+def silu_backward_cached(dy: Array, y: Array, s: Array, *, xp: Any) -> Array:
+    """SiLU's derivative from the output ``y`` and the sigmoid ``s = σ(x)``: four passes.
+
+    ``σ (1 + x (1 − σ)) = σ + y (1 − σ)`` with ``y = x σ``. Where ``x = −inf`` the output is
+    NaN (``−inf · 0``), as ``x · sigmoid(x)`` is in every library that computes it so.
+    """
+    return dy * (s + y * (1.0 - s))
 
 
 # ----------------------------------------------------------------------------------------------
