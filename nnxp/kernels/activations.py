@@ -261,13 +261,18 @@ def elu_backward(dy: Array, y: Array, alpha: float = 1.0, *, xp: Any) -> Array:
     """``dx = dy · (1 if x > 0 else α e^x)`` from the output ``y``.
 
     For x ≤ 0, ``α e^x = y + α``; and ``y > 0`` exactly when ``x > 0`` (for α > 0), so ``y``
-    alone suffices. For α = 1 the factor is ``min(y, 0) + 1`` (1 for y > 0, ``y + 1 = e^x``
-    otherwise): no mask at all. Otherwise ``p + (1 − p)(y + α)`` with ``p = 1[y > 0]``.
+    alone suffices. With ``m = min(y, 0) + α`` (``α e^x`` for x ≤ 0, α for x > 0): for α = 1
+    the factor is ``m`` itself, no mask at all; for α < 1 it is ``max(1[y > 0], m)``; otherwise
+    ``p + (1 − p) m`` with ``p = 1[y > 0]``. Using ``min(y, 0)`` rather than ``y`` keeps
+    ``(1 − p) · (y + α)`` from being ``0 · inf = NaN`` at x = +inf.
     """
+    m = xp.minimum(y, constant(0.0, y, xp=xp)) + alpha
     if alpha == 1.0:
-        return dy * (xp.minimum(y, constant(0.0, y, xp=xp)) + 1.0)
+        return dy * m
     pos = _mask(y > 0, dy, xp)
-    return dy * (pos + (1.0 - pos) * (y + alpha))
+    if 0.0 < alpha < 1.0:
+        return dy * xp.maximum(pos, m)
+    return dy * (pos + (1.0 - pos) * m)
 
 
 def selu(x: Array, *, xp: Any) -> Array:
@@ -279,9 +284,13 @@ def selu(x: Array, *, xp: Any) -> Array:
 
 
 def selu_backward(dy: Array, y: Array, *, xp: Any) -> Array:
-    """``dx = dy · (λ if x > 0 else λ α e^x)``; from the output: ``λ α e^x = y + λ α``."""
+    """``dx = dy · (λ if x > 0 else λ α e^x)``; from the output: ``λ α e^x = y + λ α``.
+
+    ``min(y, 0)`` stands in for ``y`` in the second term, so that x = +inf gives λ, not NaN.
+    """
     pos = _mask(y > 0, dy, xp)
-    return dy * (SELU_SCALE * pos + (1.0 - pos) * (y + SELU_SCALE * SELU_ALPHA))
+    m = xp.minimum(y, constant(0.0, y, xp=xp)) + SELU_SCALE * SELU_ALPHA
+    return dy * (SELU_SCALE * pos + (1.0 - pos) * m)
 
 
 def softplus(x: Array, beta: float = 1.0, *, xp: Any) -> Array:
@@ -330,22 +339,25 @@ _ERF_SPLIT = 2.0
 _ERFC_CF_DEPTH = 50
 _ERFC_CAP = 30.0
 
-# Below float64, erf is computed as ``erf(t) = tanh(t · R(t²))`` on |t| ≤ 4, t clamped there.
-# ``atanh(erf(t)) / t`` is a smooth even function (1.128 at 0, 2.34 at t = 4), so a polynomial
-# R of degree 8 in t² fits it: the coefficients below are a weighted least-squares fit (Lawson
-# iterations towards minimax) of that function computed from ``math.erfc`` in float64, weighted
-# by how much an error in R moves erf in float32 ulps (``(1 − erf²) t / ulp(erf)``); the fit
-# itself is within 0.5 ulp of erf on [0, 4]. Evaluated in float32 (Horner's rule, then tanh),
-# the max error against ``math.erf`` is below 3 ulp (relative 2.2e-7) over a dense grid
-# (tests/test_activations.py::test_erf_float32_max_error_in_ulps). At |t| = 4 the tanh rounds to
-# exactly ±1 in float32 (erf(4) = 1 − 1.5e-8), so the clamp changes no value, keeps t² from
-# overflowing and keeps the polynomial inside the range it was fitted on.
+# Below float64, erf is computed as ``erf(t) = tanh(t · R(t²))`` with t clamped to ±4.3.
+# ``atanh(erf(t)) / t`` is a smooth even function (1.128 at 0, 2.5 at t = 4.3), so a polynomial
+# R of degree 9 in t² fits it: the coefficients below are a weighted least-squares fit (Lawson
+# iterations towards minimax) of that function computed from ``math.erfc`` in float64 on
+# [0, 4.3], weighted by how much an error in R moves erf in float32 ulps,
+# ``(1 − erf²) t / ulp(erf)`` (floored at 10, which keeps the polynomial increasing up to the
+# clamp); the fit itself is within 0.3 ulp of erf. Evaluated in float32 (Horner's rule, then
+# tanh) the max error against ``math.erf`` is below 3 ulp (relative 2.2e-7) over a dense grid
+# (tests/test_activations.py::test_erf_float32_max_error_in_ulps): the rounding of the last
+# steps and of the library's tanh, not the fit, sets it. At the clamp the argument of the tanh
+# is 10.7, where every float32 tanh (NumPy's returns 1 − ulp up to 10) gives exactly ±1, so
+# erf and Φ saturate exactly (erf(4.3) = 1 − 1.6e-9), t² cannot overflow, and the polynomial is
+# never evaluated outside the range it was fitted on.
 _ERF_TANH_COEFFS = (
-    1.1283792000610753, 0.1027712198995469, -0.00020153773045315478, -0.0006046458407863837,
-    7.712004914197778e-05, -2.0625499823245873e-06, -4.822285690677299e-07,
-    5.131590714630407e-08, -1.5623561726813925e-09,
+    1.1283791874403588, 0.10277172465729476, -0.00020422263935591006, -0.0005997609447075977,
+    7.303796920060078e-05, -2.8470359031627003e-07, -9.07105736302239e-07,
+    1.068871589245136e-07, -5.260403130832355e-09, 9.718563228974899e-11,
 )
-_ERF_TANH_CLAMP = 4.0
+_ERF_TANH_CLAMP = 4.3
 # the same polynomial for Φ(x) = ½ (1 + erf(x/√2)): t = x/√2 folded into the coefficients
 _CDF_TANH_COEFFS = tuple(c / (math.sqrt(2.0) * 2.0**k) for k, c in enumerate(_ERF_TANH_COEFFS))
 _CDF_TANH_CLAMP = _ERF_TANH_CLAMP * math.sqrt(2.0)
@@ -391,7 +403,7 @@ def erf(x: Array, *, xp: Any) -> Array:
     below 1e-13 over the whole real line (tests compare with ``math.erf`` and ``torch.erf``).
 
     Other dtypes (float32, and the half-precision types): ``tanh(x · R(x²))`` with x clamped to
-    ±4 and R a degree-8 polynomial in x² — 21 elementwise passes instead of ~250; within 3 ulp of
+    ±4.3 and R a degree-9 polynomial in x² — 23 elementwise passes instead of ~250; within 3 ulp of
     the correctly rounded float32 erf (see ``_ERF_TANH_COEFFS``). Which branch runs depends on
     the dtype only, never on the data. Derivative: ``erf'(x) = (2/√π) e^(−x²)``.
     """
