@@ -153,13 +153,14 @@ def kernel_rows(old_pkg: Any, names: list[str], batch: int, width: int, seconds:
                     if who in res:
                         row[f"{who}/torch {stat}"] = res[who][stat] / res["torch"][stat]
         rows.append(row)
-        t_new = row.get("new torch-backend/torch median", float("nan"))
-        t_old = row.get("old torch-backend/torch median", float("nan"))
-        print(f"{name:11s} old {res['old']['median'] * 1e3:7.3f} ms  new "
-              f"{res['new']['median'] * 1e3:7.3f} ms  new/old {row['new/old median']:.3f}  "
-              f"numpy/torch old {row.get('old/torch median', float('nan')):.2f} new "
-              f"{row.get('new/torch median', float('nan')):.2f}  torch-backend/torch old "
-              f"{t_old:.2f} new {t_new:.2f}  (A/A {row['A/A median']:.3f})", flush=True)
+        for stat in ("median", "min"):
+            t_new = row.get(f"new torch-backend/torch {stat}", float("nan"))
+            t_old = row.get(f"old torch-backend/torch {stat}", float("nan"))
+            print(f"{name:11s} {stat:6s} old {res['old'][stat] * 1e3:7.3f} ms  new "
+                  f"{res['new'][stat] * 1e3:7.3f} ms  new/old {row[f'new/old {stat}']:.3f}  "
+                  f"numpy/torch old {row.get(f'old/torch {stat}', float('nan')):.2f} new "
+                  f"{row.get(f'new/torch {stat}', float('nan')):.2f}  torch-backend/torch old "
+                  f"{t_old:.2f} new {t_new:.2f}  (A/A {row[f'A/A {stat}']:.3f})", flush=True)
     return rows
 
 
@@ -279,19 +280,21 @@ def kernel_markdown(result: dict[str, Any]) -> str:
              "on the CPU, same rounds; `numpy` and `torch-backend` are nnxp on the numpy and on "
              "the torch CPU backend. `A/A`: a second instance of the new numpy case against the "
              "first (the resolution of the run).", "",
-             "| kernel | size | old ms | new ms | torch ms | new/old | numpy/torch old | "
+             "| kernel | size | stat | old ms | new ms | torch ms | new/old | numpy/torch old | "
              "numpy/torch new | torch-backend/torch old | torch-backend/torch new | A/A | "
              "rounds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        torch_ms = f"{r['torch']['median'] * 1e3:.3f}" if "torch" in r else ""
-        lines.append(
-            f"| {r['model'].removeprefix('kernel ')} | {r['optimizer']} | "
-            f"{r['old']['median'] * 1e3:.3f} | {r['new']['median'] * 1e3:.3f} | {torch_ms} | "
-            f"{r['new/old median']:.3f} | {ratio(r, 'old/torch median')} | "
-            f"{ratio(r, 'new/torch median')} | {ratio(r, 'old torch-backend/torch median')} | "
-            f"{ratio(r, 'new torch-backend/torch median')} | {r['A/A median']:.3f} | "
-            f"{r['new']['rounds']} |")
+        for stat in ("median", "min"):
+            torch_ms = f"{r['torch'][stat] * 1e3:.3f}" if "torch" in r else ""
+            lines.append(
+                f"| {r['model'].removeprefix('kernel ')} | {r['optimizer']} | {stat} | "
+                f"{r['old'][stat] * 1e3:.3f} | {r['new'][stat] * 1e3:.3f} | {torch_ms} | "
+                f"{r[f'new/old {stat}']:.3f} | {ratio(r, f'old/torch {stat}')} | "
+                f"{ratio(r, f'new/torch {stat}')} | "
+                f"{ratio(r, f'old torch-backend/torch {stat}')} | "
+                f"{ratio(r, f'new torch-backend/torch {stat}')} | {r[f'A/A {stat}']:.3f} | "
+                f"{r['new']['rounds']} |")
     return "\n".join(lines) + "\n"
 
 
