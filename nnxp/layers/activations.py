@@ -406,7 +406,8 @@ class GELU(Layer):
     ----------
     approximate
         ``"none"`` (default, as ``torch.nn.GELU``): exact, through nnxp's own erf (the array
-        API standard has none; float64 to 1e-13, float32 within 3 ulp); ``"tanh"``: ``Φ(x) ≈ ½ (1 + tanh(√(2/π)(x + 0.044715 x³)))``.
+        API standard has none; float64 to 1e-13, float32 within 3 ulp); ``"tanh"``:
+        ``Φ(x) ≈ ½ (1 + tanh(√(2/π)(x + 0.044715 x³)))``.
 
     Derivative ``Φ(x) + x φ(x)`` (exact) or that of the tanh form; see
     :func:`nnxp.kernels.activations.gelu_backward`.
