@@ -124,8 +124,8 @@ KERNELS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "sof
 """The kernel cases of ``--kernels``: the activations of the course, GELU, SiLU, batch norm."""
 
 
-def kernel_rows(old_pkg: Any, names: list[str], batch: int, width: int, seconds: float
-                ) -> list[dict[str, Any]]:
+def kernel_rows(old_pkg: Any, names: list[str], batch: int, width: int, seconds: float,
+                clock: str = "wall") -> list[dict[str, Any]]:
     rows = []
     torch_backend = peers is not None and peers.HAS_TORCH
     for name in names:
@@ -142,7 +142,7 @@ def kernel_rows(old_pkg: Any, names: list[str], batch: int, width: int, seconds:
         peer = torch_kernel(name, batch, width)
         if peer is not None:
             cands["torch"] = peer
-        res = interleave(cands, seconds)
+        res = interleave(cands, seconds, clock=clock)
         row: dict[str, Any] = {"model": f"kernel {name}", "optimizer": f"{batch}x{width}",
                                "op": "fwd+bwd", **res}
         for stat in ("median", "min"):
@@ -164,18 +164,26 @@ def kernel_rows(old_pkg: Any, names: list[str], batch: int, width: int, seconds:
     return rows
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""``--clock``: wall-clock time, or the CPU time of this thread (single-threaded runs only: BLAS
+and torch are limited to one thread here). On a machine whose load exceeds its cores, wall
+time per round is dominated by preemption — a kernel of thirty short passes is interrupted far
+more often than one fused pass — while thread CPU time counts only the time the kernel ran."""
+
+
 def interleave(cands: dict[str, Callable[[], Any]], seconds: float,
-               min_batch: float = 0.005) -> dict[str, dict[str, float]]:
+               min_batch: float = 0.005, clock: str = "wall") -> dict[str, dict[str, float]]:
     """Per round, each candidate runs ``reps`` calls in a row (enough for ``min_batch``
     seconds, so that a 0.1 ms step is not timed one call at a time), in an order shuffled
     afresh every round (a fixed or alternating order favours some positions). Times are per
     call."""
+    now = CLOCKS[clock]
     reps = {}
     for name, fn in cands.items():  # warm-up, and the calls per timing
         fn()
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        reps[name] = max(1, int(min_batch / max(time.perf_counter() - t0, 1e-9)))
+        reps[name] = max(1, int(min_batch / max(now() - t0, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in cands}
     order = list(cands.items())
     shuffler = random.Random(0)
@@ -184,10 +192,10 @@ def interleave(cands: dict[str, Callable[[], Any]], seconds: float,
         shuffler.shuffle(order)
         for name, fn in order:
             n = reps[name]
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(n):
                 fn()
-            times[name].append((time.perf_counter() - t0) / n)
+            times[name].append((now() - t0) / n)
         rounds += 1
     return {name: {"median": statistics.median(ts), "min": min(ts), "rounds": len(ts)}
             for name, ts in times.items()}
@@ -205,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare the kernel cases (forward + backward) instead of the "
                              "training steps; --only filters them by kernel name")
     parser.add_argument("--size", default="256x1024", help="batch x width of --kernels")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time per call by the wall clock or by this thread's CPU time")
     args = parser.parse_args(argv)
     cases = [(m, o, op) for m in ("small", "big") for o in ("sgd", "adam")
              for op in ("step", "epoch") if args.only in f"{m} {o} {op}"]
@@ -214,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.kernels:
             batch, width = (int(v) for v in args.size.split("x"))
             names = [k for k in KERNELS if args.only in k]
-            rows = kernel_rows(old_pkg, names, batch, width, args.seconds / max(len(names), 1))
+            rows = kernel_rows(old_pkg, names, batch, width, args.seconds / max(len(names), 1),
+                               clock=args.clock)
             cases = []
         for model, opt, op in cases:
             # "new again" is a second, independent instance of this tree's case: how far apart
@@ -224,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             peer = torch_case(model, opt, op)
             if peer is not None:
                 cands["torch"] = peer
-            res = interleave(cands, args.seconds / len(cases))
+            res = interleave(cands, args.seconds / len(cases), clock=args.clock)
             row: dict[str, Any] = {"model": model, "optimizer": opt, "op": op, **res}
             for stat in ("median", "min"):
                 row[f"new/old {stat}"] = res["new"][stat] / res["old"][stat]
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['new/old median']:.3f} min {row['new/old min']:.3f}  (A/A median "
                   f"{row['A/A median']:.3f} min {row['A/A min']:.3f})", flush=True)
     machine = bench.machine_info()
-    result = {"revision": args.rev, "machine": machine, "rows": rows,
+    result = {"revision": args.rev, "machine": machine, "rows": rows, "clock": args.clock,
               "kind": "kernels" if args.kernels else "models"}
     if args.out:
         Path(args.out + ".json").write_text(json.dumps(result, indent=1))
@@ -275,7 +286,8 @@ def kernel_markdown(result: dict[str, Any]) -> str:
 
     lines = [f"# nnxp kernels against revision `{result['revision']}`, one process, "
              "interleaved rounds", "",
-             "Forward (training) + backward of one layer, float32, one thread. Times per call in "
+             f"Forward (training) + backward of one layer, float32, one thread, clock "
+             f"`{result.get('clock', 'wall')}` (`cpu`: this thread's CPU time). Times per call in "
              "milliseconds (median over the rounds). `X/torch`: nnxp time over torch.nn's module "
              "on the CPU, same rounds; `numpy` and `torch-backend` are nnxp on the numpy and on "
              "the torch CPU backend. `A/A`: a second instance of the new numpy case against the "

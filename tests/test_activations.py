@@ -631,14 +631,14 @@ def _ulp_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 
 def test_erf_float32_max_error_in_ulps(bk) -> None:
-    """The float32 erf, tanh(x R(x²)), against math.erf over a dense grid: at most 3 ulp."""
+    """The float32 erf, tanh(x R(x²)), against math.erf over a dense grid: at most 3.5 ulp."""
     v = np.concatenate([np.linspace(-6.0, 6.0, 60001), np.logspace(-30, 0.7, 2000),
                         -np.logspace(-30, 0.7, 2000), [0.0, 4.3, -4.3, 1e4, -1e4]])
     v = v.astype(np.float32)
     got = bk.to_numpy(K.erf(bk.asarray(v, "float32"), xp=bk.xp))
     assert got.dtype == np.float32
     want = np.array([math.erf(float(t)) for t in v])
-    assert np.max(_ulp_errors(got, want)) <= 3.0
+    assert np.max(_ulp_errors(got, want)) <= 3.5
     assert np.all(np.abs(got[np.abs(v) >= 4.3]) == 1.0)  # saturates exactly
 
 
