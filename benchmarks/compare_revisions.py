@@ -14,6 +14,11 @@ Cases (numpy, float32, one BLAS thread): the training step (forward, loss, backw
 one ``fit`` epoch of the small MLP (64-128-10, batch 32) and of the big one (784-1024-1024-10,
 batch 256), each with SGD and Adam. Reported per case: the median and minimum time per call of
 each candidate, ``new / old`` and ``nnxp / torch`` for both revisions, all from the same rounds.
+
+With ``--kernels`` the cases are instead the kernel benchmarks of ``nnxp.bench.kernel_cases``
+(activations, batch norm, ...) as forward + backward of one layer at ``--size`` (256x1024 by
+default), against ``torch.nn``'s module (``peers.kernel_peer_cases``), for nnxp on the numpy
+backend and, as further candidates in the same rounds, on the torch CPU backend.
 """
 
 from __future__ import annotations
@@ -85,18 +90,100 @@ def torch_case(model: str, opt: str, op: str) -> Callable[[], Any] | None:
     return None
 
 
+def kernel_fwd_bwd(pkg: Any, spec: str, name: str, batch: int, width: int
+                   ) -> Callable[[], Any] | None:
+    """Forward (training) + backward of ``pkg``'s kernel benchmark ``name`` on ``spec``.
+
+    The backward case's setup is the training forward, so setup-then-run is one full pass."""
+    with pkg.backend.use_backend(spec):
+        case = next((c for c in pkg.bench.kernel_cases(spec, batch, width)
+                     if c.workload == name and c.op == "backward" and c.impl == "nnxp"), None)
+        if case is None:
+            return None
+        setup, run = case.build()
+
+    def call() -> Any:
+        with pkg.backend.use_backend(spec):
+            return run(setup())
+
+    return call
+
+
+def torch_kernel(name: str, batch: int, width: int) -> Callable[[], Any] | None:
+    if peers is None or not peers.HAS_TORCH:
+        return None
+    for case in peers.kernel_peer_cases("cpu", batch, width):
+        if case.workload == name and case.op == "backward":
+            setup, run = case.build()
+            return lambda: run(setup())
+    return None
+
+
+KERNELS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "softplus",
+           "softmax", "gelu", "gelu_tanh", "silu", "batchnorm")
+"""The kernel cases of ``--kernels``: the activations of the course, GELU, SiLU, batch norm."""
+
+
+def kernel_rows(old_pkg: Any, names: list[str], batch: int, width: int, seconds: float,
+                clock: str = "wall") -> list[dict[str, Any]]:
+    rows = []
+    torch_backend = peers is not None and peers.HAS_TORCH
+    for name in names:
+        cands: dict[str, Callable[[], Any]] = {}
+        for label, pkg, spec in (("old", old_pkg, "numpy"), ("new", nnxp, "numpy"),
+                                 ("new again", nnxp, "numpy"),
+                                 ("old torch-backend", old_pkg, "torch:cpu"),
+                                 ("new torch-backend", nnxp, "torch:cpu")):
+            if spec.startswith("torch") and not torch_backend:
+                continue
+            fn = kernel_fwd_bwd(pkg, spec, name, batch, width)
+            if fn is not None:
+                cands[label] = fn
+        peer = torch_kernel(name, batch, width)
+        if peer is not None:
+            cands["torch"] = peer
+        res = interleave(cands, seconds, clock=clock)
+        row: dict[str, Any] = {"model": f"kernel {name}", "optimizer": f"{batch}x{width}",
+                               "op": "fwd+bwd", **res}
+        for stat in ("median", "min"):
+            row[f"new/old {stat}"] = res["new"][stat] / res["old"][stat]
+            row[f"A/A {stat}"] = res["new again"][stat] / res["new"][stat]
+            if "torch" in res:
+                for who in ("old", "new", "old torch-backend", "new torch-backend"):
+                    if who in res:
+                        row[f"{who}/torch {stat}"] = res[who][stat] / res["torch"][stat]
+        rows.append(row)
+        for stat in ("median", "min"):
+            t_new = row.get(f"new torch-backend/torch {stat}", float("nan"))
+            t_old = row.get(f"old torch-backend/torch {stat}", float("nan"))
+            print(f"{name:11s} {stat:6s} old {res['old'][stat] * 1e3:7.3f} ms  new "
+                  f"{res['new'][stat] * 1e3:7.3f} ms  new/old {row[f'new/old {stat}']:.3f}  "
+                  f"numpy/torch old {row.get(f'old/torch {stat}', float('nan')):.2f} new "
+                  f"{row.get(f'new/torch {stat}', float('nan')):.2f}  torch-backend/torch old "
+                  f"{t_old:.2f} new {t_new:.2f}  (A/A {row[f'A/A {stat}']:.3f})", flush=True)
+    return rows
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""``--clock``: wall-clock time, or the CPU time of this thread (single-threaded runs only: BLAS
+and torch are limited to one thread here). On a machine whose load exceeds its cores, wall
+time per round is dominated by preemption — a kernel of thirty short passes is interrupted far
+more often than one fused pass — while thread CPU time counts only the time the kernel ran."""
+
+
 def interleave(cands: dict[str, Callable[[], Any]], seconds: float,
-               min_batch: float = 0.005) -> dict[str, dict[str, float]]:
+               min_batch: float = 0.005, clock: str = "wall") -> dict[str, dict[str, float]]:
     """Per round, each candidate runs ``reps`` calls in a row (enough for ``min_batch``
     seconds, so that a 0.1 ms step is not timed one call at a time), in an order shuffled
     afresh every round (a fixed or alternating order favours some positions). Times are per
     call."""
+    now = CLOCKS[clock]
     reps = {}
     for name, fn in cands.items():  # warm-up, and the calls per timing
         fn()
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        reps[name] = max(1, int(min_batch / max(time.perf_counter() - t0, 1e-9)))
+        reps[name] = max(1, int(min_batch / max(now() - t0, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in cands}
     order = list(cands.items())
     shuffler = random.Random(0)
@@ -105,10 +192,10 @@ def interleave(cands: dict[str, Callable[[], Any]], seconds: float,
         shuffler.shuffle(order)
         for name, fn in order:
             n = reps[name]
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(n):
                 fn()
-            times[name].append((time.perf_counter() - t0) / n)
+            times[name].append((now() - t0) / n)
         rounds += 1
     return {name: {"median": statistics.median(ts), "min": min(ts), "rounds": len(ts)}
             for name, ts in times.items()}
@@ -122,12 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--only", default="",
                         help="run only the cases whose name ('big sgd epoch') contains this")
+    parser.add_argument("--kernels", action="store_true",
+                        help="compare the kernel cases (forward + backward) instead of the "
+                             "training steps; --only filters them by kernel name")
+    parser.add_argument("--size", default="256x1024", help="batch x width of --kernels")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time per call by the wall clock or by this thread's CPU time")
     args = parser.parse_args(argv)
     cases = [(m, o, op) for m in ("small", "big") for o in ("sgd", "adam")
              for op in ("step", "epoch") if args.only in f"{m} {o} {op}"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         old_pkg = unpack_revision(args.rev, Path(tmp))
+        if args.kernels:
+            batch, width = (int(v) for v in args.size.split("x"))
+            names = [k for k in KERNELS if args.only in k]
+            rows = kernel_rows(old_pkg, names, batch, width, args.seconds / max(len(names), 1),
+                               clock=args.clock)
+            cases = []
         for model, opt, op in cases:
             # "new again" is a second, independent instance of this tree's case: how far apart
             # two identical candidates land (new again / new) is the resolution of the run
@@ -136,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             peer = torch_case(model, opt, op)
             if peer is not None:
                 cands["torch"] = peer
-            res = interleave(cands, args.seconds / len(cases))
+            res = interleave(cands, args.seconds / len(cases), clock=args.clock)
             row: dict[str, Any] = {"model": model, "optimizer": opt, "op": op, **res}
             for stat in ("median", "min"):
                 row[f"new/old {stat}"] = res["new"][stat] / res["old"][stat]
@@ -150,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['new/old median']:.3f} min {row['new/old min']:.3f}  (A/A median "
                   f"{row['A/A median']:.3f} min {row['A/A min']:.3f})", flush=True)
     machine = bench.machine_info()
-    result = {"revision": args.rev, "machine": machine, "rows": rows}
+    result = {"revision": args.rev, "machine": machine, "rows": rows, "clock": args.clock,
+              "kind": "kernels" if args.kernels else "models"}
     if args.out:
         Path(args.out + ".json").write_text(json.dumps(result, indent=1))
         Path(args.out + ".md").write_text(markdown(result))
@@ -158,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    if result.get("kind") == "kernels":
+        return kernel_markdown(result)
     lines = [f"# nnxp against revision `{result['revision']}`, one process, interleaved rounds",
              "", "numpy backend, float32, one BLAS thread. Times per call in milliseconds "
              "(median over the rounds). `new/old` < 1: this tree is faster. `A/A` is a second "
@@ -174,6 +276,37 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['new/old min']:.3f} | {r['A/A median']:.3f} | {r['A/A min']:.3f} | "
             f"{r.get('old/torch median', float('nan')):.2f} | "
             f"{r.get('new/torch median', float('nan')):.2f} | {r['new']['rounds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def kernel_markdown(result: dict[str, Any]) -> str:
+    def ratio(r: dict[str, Any], key: str) -> str:
+        v = r.get(key)
+        return "" if v is None else f"{v:.2f}"
+
+    lines = [f"# nnxp kernels against revision `{result['revision']}`, one process, "
+             "interleaved rounds", "",
+             f"Forward (training) + backward of one layer, float32, one thread, clock "
+             f"`{result.get('clock', 'wall')}` (`cpu`: this thread's CPU time). Times per call in "
+             "milliseconds (median over the rounds). `X/torch`: nnxp time over torch.nn's module "
+             "on the CPU, same rounds; `numpy` and `torch-backend` are nnxp on the numpy and on "
+             "the torch CPU backend. `A/A`: a second instance of the new numpy case against the "
+             "first (the resolution of the run).", "",
+             "| kernel | size | stat | old ms | new ms | torch ms | new/old | numpy/torch old | "
+             "numpy/torch new | torch-backend/torch old | torch-backend/torch new | A/A | "
+             "rounds |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        for stat in ("median", "min"):
+            torch_ms = f"{r['torch'][stat] * 1e3:.3f}" if "torch" in r else ""
+            lines.append(
+                f"| {r['model'].removeprefix('kernel ')} | {r['optimizer']} | {stat} | "
+                f"{r['old'][stat] * 1e3:.3f} | {r['new'][stat] * 1e3:.3f} | {torch_ms} | "
+                f"{r[f'new/old {stat}']:.3f} | {ratio(r, f'old/torch {stat}')} | "
+                f"{ratio(r, f'new/torch {stat}')} | "
+                f"{ratio(r, f'old torch-backend/torch {stat}')} | "
+                f"{ratio(r, f'new torch-backend/torch {stat}')} | {r[f'A/A {stat}']:.3f} | "
+                f"{r['new']['rounds']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -613,3 +613,107 @@ def test_dense_activation_accepts_an_instance_and_rejects_unknown_names() -> Non
     assert Dense(2, 3).activation is None
     with pytest.raises(ValueError, match="activation='nope' is not a known activation"):
         Dense(2, 3, activation="nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# The lean forms (issue 13): equal to the textbook definitions where they claim to be, and the
+# float32 erf within its documented ulp bound
+# ----------------------------------------------------------------------------------------------
+
+SPECIALS = [-np.inf, -1e30, -1e4, -3.5, -1.0, -1e-30, -1e-42, -0.0, 0.0, 1e-42, 1e-30, 0.75,
+            1.0, 3.5, 1e4, 1e30, np.inf]
+
+
+def _ulp_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """|got − want| in units of the float32 spacing at ``want``."""
+    spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / spacing
+
+
+def test_erf_float32_max_error_in_ulps(bk) -> None:
+    """The float32 erf, tanh(x R(x²)), against math.erf over a dense grid: at most 3.5 ulp."""
+    v = np.concatenate([np.linspace(-6.0, 6.0, 60001), np.logspace(-30, 0.7, 2000),
+                        -np.logspace(-30, 0.7, 2000), [0.0, 4.3, -4.3, 1e4, -1e4]])
+    v = v.astype(np.float32)
+    got = bk.to_numpy(K.erf(bk.asarray(v, "float32"), xp=bk.xp))
+    assert got.dtype == np.float32
+    want = np.array([math.erf(float(t)) for t in v])
+    assert np.max(_ulp_errors(got, want)) <= 3.5
+    assert np.all(np.abs(got[np.abs(v) >= 4.3]) == 1.0)  # saturates exactly
+
+
+def test_normal_cdf_float32_absolute_error(bk) -> None:
+    v = np.linspace(-10.0, 10.0, 40001).astype(np.float32)
+    got = bk.to_numpy(K.normal_cdf(bk.asarray(v, "float32"), xp=bk.xp)).astype(np.float64)
+    want = np.array([0.5 * math.erfc(-float(t) / math.sqrt(2.0)) for t in v])
+    assert np.max(np.abs(got - want)) < 1.5e-7
+    assert got[0] == 0.0 and got[-1] == 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.5, 1.0, 2.0, -0.5])
+def test_leaky_relu_forms_equal_the_two_branch_definition(bk, dtype, slope) -> None:
+    """max(x, a·x) (0 < a ≤ 1), min(x, a·x) (a > 1) and ReLU (a = 0) give exactly the values
+    of ``x if x > 0 else a·x``, infinities and subnormals included; NaN stays NaN."""
+    x = np.array([*SPECIALS, np.nan], dtype=dtype)
+    got = bk.to_numpy(K.leaky_relu(bk.asarray(x, dtype), slope, xp=bk.xp))
+    want = np.where(x > 0, x, np.zeros_like(x) if slope == 0.0 else slope * x)
+    np.testing.assert_array_equal(got[:-1], want[:-1])
+    assert np.isnan(got[-1])
+    dx = bk.to_numpy(K.leaky_relu_backward(bk.asarray(np.ones_like(x), dtype),
+                                           bk.asarray(x, dtype), slope, xp=bk.xp))
+    np.testing.assert_array_equal(dx, np.where(x > 0, 1.0, slope).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [1.0, 0.4, 1.7])
+def test_elu_forms_match_the_definition_at_the_extremes(bk, dtype, alpha) -> None:
+    x = np.array([*SPECIALS, np.nan], dtype=dtype)
+    y = K.elu(bk.asarray(x, dtype), alpha, xp=bk.xp)
+    got = bk.to_numpy(y)
+    want = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=2e-7 if dtype == "float32" else 1e-15,
+                               atol=0)
+    assert np.isnan(got[-1])
+    dx = bk.to_numpy(K.elu_backward(bk.asarray(np.ones_like(x), dtype), y, alpha, xp=bk.xp))
+    want_dx = np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0)))
+    np.testing.assert_allclose(dx[:-1], want_dx[:-1], rtol=2e-6 if dtype == "float32" else 1e-14,
+                               atol=1e-7 if dtype == "float32" else 1e-16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_without_selection_at_the_extremes(bk, dtype) -> None:
+    x = np.array([*SPECIALS, np.nan], dtype=dtype)
+    got = bk.to_numpy(K.sigmoid(bk.asarray(x, dtype), xp=bk.xp))
+    with np.errstate(over="ignore"):
+        want = np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))),
+                        np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-6 if dtype == "float32" else 1e-15,
+                               atol=0)
+    assert got[0] == 0.0 and got[-2] == 1.0 and got[7] == 0.5 and np.isnan(got[-1])
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5, 3.0])
+def test_softplus_backward_from_output_equals_from_input(bk, rng, beta) -> None:
+    x = np.concatenate([rng.uniform(-40, 40, 200), [-1e4, -745.0, -30.0, 0.0, 30.0, 1e4]])
+    dy = rng.standard_normal(x.shape)
+    xa, dya = bk.asarray(x, "float64"), bk.asarray(dy, "float64")
+    y = K.softplus(xa, beta, xp=bk.xp)
+    got = bk.to_numpy(K.softplus_backward_from_output(dya, y, beta, xp=bk.xp))
+    want = bk.to_numpy(K.softplus_backward(dya, xa, beta, xp=bk.xp))
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-300)
+
+
+def test_cached_backwards_equal_the_input_forms(bk, rng) -> None:
+    x = bk.asarray(np.concatenate([rng.uniform(-8, 8, 300), [-1e4, 0.0, 1e4]]), "float64")
+    dy = bk.asarray(rng.standard_normal(303), "float64")
+    y, s = K.silu_forward(x, xp=bk.xp)
+    np.testing.assert_allclose(bk.to_numpy(K.silu_backward_cached(dy, y, s, xp=bk.xp)),
+                               bk.to_numpy(K.silu_backward(dy, x, xp=bk.xp)), rtol=1e-14)
+    for approximate in ("none", "tanh"):
+        y, aux = K.gelu_forward(x, approximate, xp=bk.xp)
+        np.testing.assert_array_equal(bk.to_numpy(y), bk.to_numpy(K.gelu(x, approximate,
+                                                                           xp=bk.xp)))
+        np.testing.assert_array_equal(
+            bk.to_numpy(K.gelu_backward_cached(dy, x, aux, approximate, xp=bk.xp)),
+            bk.to_numpy(K.gelu_backward(dy, x, approximate, xp=bk.xp)))

@@ -33,6 +33,20 @@ class NormCache(NamedTuple):
     gamma: Array | None  # (features,) or None without an affine map
 
 
+class BatchNormCache(NamedTuple):
+    """What :func:`batch_norm_backward` needs: the *centred* input and the inverse std.
+
+    Batch norm keeps ``x − μ`` rather than ``x̂``: the forward pass then writes ``y`` in two
+    passes from it (``(x − μ) · (γ invstd) + β``, the per-feature product taken once on a
+    (C,) vector) instead of three, and never forms ``x̂`` at all; the backward pass folds
+    ``invstd`` into per-feature factors in the same way (see :func:`batch_norm_backward`).
+    """
+
+    centred: Array  # (N, C): x − μ
+    invstd: Array  # (C,)
+    gamma: Array | None  # (C,) or None without an affine map
+
+
 def moments(x: Array, *, axis: int, xp: Any) -> tuple[Array, Array]:
     """Shifted two-pass mean and biased variance of ``x`` along ``axis`` (kept as size 1).
 
@@ -73,7 +87,7 @@ def _affine(xhat: Array, gamma: Array | None, beta: Array | None) -> Array:
 
 def batch_norm_forward_train(
     x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
-) -> tuple[Array, NormCache, Array, Array]:
+) -> tuple[Array, BatchNormCache, Array, Array]:
     """Batch norm in training mode: normalise with the statistics of this batch.
 
     ``μ_j = (1/N) Σ_i x_ij``, ``σ²_j = (1/N) Σ_i (x_ij − μ_j)²``,
@@ -87,14 +101,16 @@ def batch_norm_forward_train(
 
     Returns
     -------
-    y : (N, C); cache : :class:`NormCache`; mean : (C,); var : (C,) the *biased* batch variance
+    y : (N, C); cache : :class:`BatchNormCache`; mean : (C,); var : (C,) the *biased* batch variance
     (the caller turns it into the unbiased running estimate with :func:`update_running_stats`).
     """
     mean, var, centred = _moments_centred(x, axis=0, xp=xp)
-    invstd = 1.0 / xp.sqrt(var + eps)
-    xhat = centred * invstd
-    y = _affine(xhat, gamma, beta)
-    return y, NormCache(xhat, invstd[0, ...], gamma), mean[0, ...], var[0, ...]
+    invstd = 1.0 / xp.sqrt(var[0, ...] + eps)  # (C,)
+    # γ · invstd on the (C,) vector, then one pass over (N, C): x̂ itself is never formed
+    y = centred * (invstd if gamma is None else gamma * invstd)
+    if beta is not None:
+        y = y + beta
+    return y, BatchNormCache(centred, invstd, gamma), mean[0, ...], var[0, ...]
 
 
 def batch_norm_forward_eval(
@@ -127,11 +143,11 @@ def update_running_stats(
 
 
 def batch_norm_backward(
-    dy: Array, cache: NormCache, *, xp: Any
+    dy: Array, cache: BatchNormCache, *, xp: Any
 ) -> tuple[Array, Array | None, Array]:
     """Gradients of batch norm in training mode, the batch statistics included.
 
-    With ``g = γ · dy`` (per feature) and every sum over the batch axis:
+    With every sum over the batch axis and ``x̂ = (x − μ) · invstd``:
 
     * ``dβ = Σ_i dy_ij``                                             (C,)
     * ``dγ = Σ_i dy_ij · x̂_ij``                                       (C,)
@@ -141,16 +157,24 @@ def batch_norm_backward(
     ``−Σ dy`` and ``−x̂ Σ dy·x̂`` remove the components of ``dy`` along the constant and along
     ``x̂``, the two directions that the normalisation is invariant to.
 
+    From the cached centred input ``c = x − μ`` every per-feature factor is folded into (C,)
+    vectors first: ``S = Σ_i dy · c`` (so ``dγ = invstd · S``), ``a = γ invstd``,
+    ``b = −a · dβ / N``, ``k = −a · invstd² · S / N``, and ``dx = a · dy + (k · c + b)``:
+    four passes over (N, C) for ``dx`` and three for the two sums.
+
     Returns
     -------
     dx : (N, C); dgamma : (C,) or None without ``gamma``; dbeta : (C,)
     """
-    xhat, invstd, gamma = cache
+    centred, invstd, gamma = cache
     n = dy.shape[0]
     dbeta = xp.sum(dy, axis=0)
-    dgamma = xp.sum(dy * xhat, axis=0)
-    scale = invstd / n if gamma is None else gamma * invstd / n
-    dx = scale * (n * dy - dbeta - xhat * dgamma)
+    s_dyc = xp.sum(dy * centred, axis=0)
+    dgamma = s_dyc * invstd
+    a = invstd if gamma is None else gamma * invstd
+    b = a * dbeta * (-1.0 / n)
+    k = a * dgamma * invstd * (-1.0 / n)
+    dx = a * dy + (k * centred + b)
     return dx, (None if gamma is None else dgamma), dbeta
 
 

@@ -380,11 +380,12 @@ class Softplus(Layer):
         self.beta = check_finite(beta, argument="beta", what=_REAL, positive=True)
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        self._cache = x if training else None
-        return act.softplus(x, self.beta, xp=self.xp)
+        y = act.softplus(x, self.beta, xp=self.xp)
+        self._cache = y if training else None  # sigmoid(βx) = −expm1(−βy): cheaper than from x
+        return y
 
     def backward(self, dy: Array) -> Array:
-        return act.softplus_backward(dy, self._take_cache(), self.beta, xp=self.xp)
+        return act.softplus_backward_from_output(dy, self._take_cache(), self.beta, xp=self.xp)
 
     def get_config(self) -> dict[str, Any]:
         return {"beta": self.beta}
@@ -404,8 +405,9 @@ class GELU(Layer):
     Parameters
     ----------
     approximate
-        ``"none"`` (default, as ``torch.nn.GELU``): exact, through nnxp's own ``erfc`` (the array
-        API standard has no erf); ``"tanh"``: ``Φ(x) ≈ ½ (1 + tanh(√(2/π)(x + 0.044715 x³)))``.
+        ``"none"`` (default, as ``torch.nn.GELU``): exact, through nnxp's own erf (the array
+        API standard has none; float64 to 1e-13, float32 within 3 ulp); ``"tanh"``:
+        ``Φ(x) ≈ ½ (1 + tanh(√(2/π)(x + 0.044715 x³)))``.
 
     Derivative ``Φ(x) + x φ(x)`` (exact) or that of the tanh form; see
     :func:`nnxp.kernels.activations.gelu_backward`.
@@ -416,11 +418,13 @@ class GELU(Layer):
         self.approximate = check_choice(approximate, ("none", "tanh"), argument="approximate")
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        self._cache = x if training else None
-        return act.gelu(x, self.approximate, xp=self.xp)
+        y, aux = act.gelu_forward(x, self.approximate, xp=self.xp)
+        self._cache = (x, aux) if training else None  # Φ(x) (or the tanh): not computed twice
+        return y
 
     def backward(self, dy: Array) -> Array:
-        return act.gelu_backward(dy, self._take_cache(), self.approximate, xp=self.xp)
+        x, aux = self._take_cache()
+        return act.gelu_backward_cached(dy, x, aux, self.approximate, xp=self.xp)
 
     def get_config(self) -> dict[str, Any]:
         return {"approximate": self.approximate}
@@ -433,11 +437,13 @@ class SiLU(Layer):
     """SiLU / swish ``y = x · sigmoid(x)``; derivative ``σ(x) (1 + x (1 − σ(x)))``."""
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        self._cache = x if training else None
-        return act.silu(x, xp=self.xp)
+        y, s = act.silu_forward(x, xp=self.xp)
+        self._cache = (y, s) if training else None  # dx = dy (s + y (1 − s)): four passes
+        return y
 
     def backward(self, dy: Array) -> Array:
-        return act.silu_backward(dy, self._take_cache(), xp=self.xp)
+        y, s = self._take_cache()
+        return act.silu_backward_cached(dy, y, s, xp=self.xp)
 
 
 # ----------------------------------------------------------------------------------------------
