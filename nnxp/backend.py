@@ -866,6 +866,14 @@ def host_array(x: Any, dtype: Any = None) -> np.ndarray:
     return out if dtype is None else out.astype(dtype_name(dtype), copy=False)
 
 
+def host_from_bytes(data: bytes | bytearray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A host array of ``shape`` read from raw bytes in the NumPy dtype ``dtype`` (``">i4"``,
+    ``"u1"``, ...), converted to the machine's byte order; ``data`` must hold exactly
+    ``prod(shape)`` elements (the caller checks and says which file)."""
+    flat = np.frombuffer(data, dtype=np.dtype(dtype))
+    return flat.astype(flat.dtype.newbyteorder("="), copy=False).reshape(shape)
+
+
 # --- NCCL (nnxp.distributed) ------------------------------------------------------------------
 # The gradient all-reduce of nnxp.distributed on cupy models, through CuPy's NCCL bindings
 # (``cupy.cuda.nccl``). Imported lazily: nothing here runs unless a cupy model trains under

@@ -413,7 +413,7 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
         own = (widths[i + 1] if kept[i + 1] and owner[i + 1] == i + 1 else 0)
         per_sample.append(own + extras[i][0])
         rows[i]["activation_bytes"] = ((own + extras[i][0]) * batch_size + extras[i][1]) * low
-    input_ps = widths[0] if kept[0] else 0
+    input_ps = widths[0]  # the batch: the loop holds it through the step
     loss_ps = 2 * n_out  # the loss cache: two arrays of the outputs' shape, in float32 for AMP
     loss_bytes_ps = loss_ps * (master if mixed else low)
     act_ps = None
