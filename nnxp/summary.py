@@ -73,7 +73,7 @@ from .layers import (
 )
 from .validation import check_choice, check_count
 
-__all__ = ["PRECISIONS", "UPDATE_TEMPORARIES", "MemoryPlan", "format_bytes", "itemsize",
+__all__ = ["LAYER_TEMPORARIES", "PRECISIONS", "UPDATE_TEMPORARIES", "MemoryPlan", "format_bytes", "itemsize",
            "memory_plan", "summary", "summary_rows"]
 
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -98,6 +98,20 @@ _KEEPS_OUTPUT = (ReLU, Sigmoid, Tanh, ELU, SELU, Softmax)
 _KEEPS_INPUT = (LeakyReLU, GELU, SiLU, Softplus, PReLU, PiecewiseLinear)
 _KEEPS_NOTHING = (Identity, Step, Sign, Standardize)
 _PROBE = 4  # elements of the optimizer probe parameter
+
+LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
+    "Dense": (0, 0), "ReLU": (0, 1), "Sigmoid": (3, 1), "Tanh": (0, 1), "LeakyReLU": (2, 2),
+    "ELU": (2, 3), "SELU": (2, 4), "GELU": (7, 7), "GELU(tanh)": (4, 6), "SiLU": (3, 3),
+    "Softplus": (2, 3), "Softmax": (1, 1), "PReLU": (2, 2), "RReLU": (3, 2),
+    "BatchNorm1d": (2, 2), "LayerNorm": (2, 3), "Dropout": (1, 0), "Identity": (0, 0),
+    "Standardize": (1, 0), "PiecewiseLinear": (1, 1), "Step": (2, 0), "Sign": (2, 0),
+    "Maxout": (3.5, 2),
+}
+"""Temporaries (arrays of the layer's output shape) that a layer's forward and backward
+allocate beyond its output, cache, input gradient and weight gradients, at their worst
+moment: ``(forward, backward)``, measured with :mod:`tracemalloc` on NumPy by
+``tests/test_memory_plan.py`` (which fails when a kernel changes). Unknown layers count
+``(3, 3)``."""
 
 
 def itemsize(dtype: Any) -> int:
@@ -162,6 +176,21 @@ def _keeps(layer: Any, n_in: int, n_out: int) -> _Keeps:
     if isinstance(layer, Dropout):
         return _Keeps(per_sample=n_out if layer.p > 0 else 0)  # the scaled mask
     return _Keeps(input=True, output=True, guessed=True)
+
+
+def _temporaries_of(layer: Any) -> tuple[float, float]:
+    if isinstance(layer, Dense):
+        act = getattr(layer, "activation", None)
+        if act is None:
+            return LAYER_TEMPORARIES["Dense"]
+        fwd, bwd = _temporaries_of(act)
+        return fwd + 1, bwd  # + the pre-activation, unless the activation keeps it
+    if isinstance(layer, GELU) and layer.approximate == "tanh":
+        return LAYER_TEMPORARIES["GELU(tanh)"]
+    for cls in type(layer).__mro__:
+        if cls.__name__ in LAYER_TEMPORARIES and cls.__module__.startswith("nnxp."):
+            return LAYER_TEMPORARIES[cls.__name__]
+    return (3, 3)
 
 
 def _aliases_input(layer: Any) -> bool:
@@ -284,30 +313,54 @@ class MemoryPlan:
         return fixed + max(self.backward_peak(batch_size), self.update_temporaries)
 
     def backward_peak(self, batch_size: int) -> int:
-        """The most bytes of activations and gradients alive at once during the backward pass.
+        """The most bytes of activations, gradients and temporaries alive at once in the
+        forward and backward passes of one step.
 
-        A replay of the backward pass over the layers' caches (``steps``): at the start every
-        kept array is alive, plus the loss cache and ``∂L/∂outputs``; each layer then allocates
-        its input gradient and new parameter gradients while its output gradient is alive, and
-        afterwards releases the cached arrays no layer below it still holds.
+        A replay of the step over the layers' caches (``steps``). Forward: each layer's output,
+        cache and temporaries (:data:`LAYER_TEMPORARIES`) appear beside the arrays kept by the
+        layers before it; an output nobody keeps is dropped after the next layer. Backward:
+        every kept array, the loss cache and ``∂L/∂outputs`` are alive; each layer allocates
+        its input gradient, temporaries and new weight gradients while its output gradient is
+        alive, and afterwards releases the cached arrays no layer below it still holds.
         """
         n = batch_size
+        steps = self.steps
+        if not steps:
+            return 0
+        pinned = steps[0]["pinned"]
+        widths = {0: steps[0]["in_width"]}
+        for step in steps:
+            widths[step["output"]] = step["out_width"]
+        kept = {t for step in steps for t in step["holds"]} | pinned
+        # forward
+        alive = widths[0] * n
+        peak = alive
+        current = 0
+        for step in steps:
+            out = step["output"]
+            new = 0 if out == step["input"] else widths[out] * n
+            cache = step["extra_ps"] * n + step["extra_fixed"]
+            peak = max(peak, alive + new + cache + step["fwd_temp"] * n)
+            alive += new + cache
+            if current not in kept and current != out:
+                alive -= widths[current] * n
+            current = out
+        # backward
         alive = self.activation_fixed + (self.activation_per_sample or 0) * n
         holders: dict[int, set[int]] = {}
-        for step in self.steps:
+        for step in steps:
             for t in step["holds"]:
                 holders.setdefault(t, set()).add(step["index"])
-        widths = {t: w for step in self.steps for t, w in step["tensors"].items()}
-        dy = self.steps[-1]["grad_out"] * n if self.steps else 0
-        peak = alive + dy
-        for step in reversed(self.steps):
+        dy = steps[-1]["out_width"] * n
+        peak = max(peak, alive + dy)
+        for step in reversed(steps):
             if step["skip"]:
                 break
             dx = step["grad_in"] * n
-            peak = max(peak, alive + dy + dx + step["grad_bytes"])
+            peak = max(peak, alive + dy + dx + step["bwd_temp"] * n + step["grad_bytes"])
             for t in step["holds"]:
                 holders[t].discard(step["index"])
-                if not holders[t] and t not in self.steps[0]["pinned"]:
+                if not holders[t] and t not in pinned:
                     alive -= widths[t] * n
             alive -= step["extra_ps"] * n + step["extra_fixed"]
             dy = dx
@@ -449,6 +502,10 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
         n_params = sum(math.prod(p.shape) for p in layer.params.values())
         steps.append({"index": i, "holds": holds, "pinned": pinned,
                       "tensors": {t: widths[t] * low for t in holds},
+                      "input": owner[i], "output": owner[i + 1],
+                      "in_width": widths[i] * low, "out_width": widths[i + 1] * low,
+                      "fwd_temp": int(_temporaries_of(layer)[0] * widths[i + 1] * low),
+                      "bwd_temp": int(_temporaries_of(layer)[1] * widths[i + 1] * low),
                       "extra_ps": extras[i][0] * low, "extra_fixed": extras[i][1] * low,
                       "grad_out": widths[i + 1] * low,
                       "grad_in": 0 if i <= first else widths[i] * low,
