@@ -18,7 +18,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 from . import backend
 
@@ -48,14 +48,14 @@ class IDXError(ValueError):
     """A file that is not a valid IDX file; the message names the file and what was wrong."""
 
 
-def _read_exact(f: BinaryIO, n: int, path: str, what: str) -> bytearray:
+def _read_exact(f: Any, n: int, path: str, what: str) -> bytearray:
     """Exactly ``n`` bytes from ``f``, read in chunks into one buffer, or IDXError."""
     out = bytearray(n)
     view = memoryview(out)
     done = 0
     try:
         while done < n:
-            got = f.readinto(view[done:done + _CHUNK])  # type: ignore[attr-defined]
+            got = f.readinto(view[done:done + _CHUNK])
             if not got:
                 break
             done += got
@@ -108,7 +108,7 @@ def load_idx(path: str | os.PathLike[str], *, max_bytes: int = MAX_IDX_BYTES) ->
         return _read_idx(raw, name, max_bytes, size)
 
 
-def _read_idx(f: BinaryIO, path: str, max_bytes: int, file_size: int | None) -> Any:
+def _read_idx(f: Any, path: str, max_bytes: int, file_size: int | None) -> Any:
     try:
         magic = f.read(4)
     except (EOFError, OSError, zlib.error) as exc:

@@ -73,8 +73,8 @@ from .layers import (
 )
 from .validation import check_choice, check_count
 
-__all__ = ["LAYER_TEMPORARIES", "PRECISIONS", "UPDATE_TEMPORARIES", "MemoryPlan", "format_bytes", "itemsize",
-           "memory_plan", "summary", "summary_rows"]
+__all__ = ["LAYER_TEMPORARIES", "PRECISIONS", "UPDATE_TEMPORARIES", "MemoryPlan",
+           "format_bytes", "itemsize", "memory_plan", "summary", "summary_rows"]
 
 PRECISIONS = ("float32", "float16", "bfloat16")
 """The ``precision`` values of :func:`memory_plan`: ``"float32"`` is no mixed precision (every
@@ -582,7 +582,8 @@ def summary(model: Any, batch_size: int = 32, *, precision: str | None = None,
     lines += [fmt.format(*row) for row in body]
     lines.append(rule)
     mem = plan.memory
-    lines.append(f"parameters: {plan.params:,} ({format_bytes(plan.params * itemsize(model.dtype))})")
+    n_bytes = plan.params * itemsize(model.dtype)
+    lines.append(f"parameters: {plan.params:,} ({format_bytes(n_bytes)})")
     lines.append(f"memory plan for a training step with batch_size={batch_size}, optimizer "
                  f"{plan.optimizer}:")
     for key, label in (("parameters", "parameters"), ("gradients", "gradients"),
