@@ -341,12 +341,13 @@ def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
     advice = (f"the largest batch size that fits is {fits}" if fits else
               "no batch size fits: the parameters, gradients and optimizer state alone need "
               "more; use a smaller model")
-    guard_note = (f" plus {format_bytes(guard)} for the divergence guard's copy of the "
-                  "weights (keep_finite_weights=False saves it)" if guard else "")
+    parts = (f": {format_bytes(total)} for the step plus {format_bytes(guard)} for the "
+             "divergence guard's copy of the weights, which keep_finite_weights=False saves"
+             if guard else "")
     raise MemoryPlanError(
         f"memory_budget: a training step with batch_size={batch_size} needs "
-        f"{total + guard:,} bytes ({format_bytes(total + guard)}: {format_bytes(total)} for "
-        f"the step{guard_note}), but {limit.nbytes:,} bytes "
+        f"{total + guard:,} bytes ({format_bytes(total + guard)}{parts}), but "
+        f"{limit.nbytes:,} bytes "
         f"({format_bytes(limit.nbytes)}) are available ({limit.source}); {advice}. "
         "See model.summary(batch_size=...) for the plan per layer")
 
