@@ -834,13 +834,6 @@ def doctor(args: argparse.Namespace) -> int:
         return 1 if unmet else 0
     print(f"nnxp {__version__}, Python {sys.version.split()[0]} on {sys.platform}")
     print(f"NVIDIA driver: {found.driver}")
-    tf32 = _tf32_report()
-    print(f"TF32 matmul: {'requested' if tf32['requested'] else 'off'} "
-          f"(nnxp.set_tf32 / NNXP_TF32; applies to cupy and torch CUDA only)")
-    budget = backend.get_memory_budget()
-    print("memory budget: " + ("none (GPU backends check their free memory)" if budget is None
-                               else f"{budget:,} bytes (nnxp.set_memory_budget / "
-                                    "NNXP_MEMORY_BUDGET)"))
     rows = [(p.spec, p.device or "-", p.status,
              ", ".join(f"{name} {version}" for name, version in p.versions) or "-")
             for p in found.probes]
@@ -850,6 +843,13 @@ def doctor(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
         if probe is not None and probe.detail:
             print(f"    {probe.detail}")
+    tf32 = _tf32_report()
+    print(f"TF32 matmul: {'requested' if tf32['requested'] else 'off'} "
+          f"(nnxp.set_tf32 / NNXP_TF32; applies to cupy and torch CUDA only)")
+    budget = backend.get_memory_budget()
+    print("memory budget: " + ("none (GPU backends check their free memory)" if budget is None
+                               else f"{budget:,} bytes (nnxp.set_memory_budget / "
+                                    "NNXP_MEMORY_BUDGET)"))
     if required:
         for name in required:
             why = dict(unmet).get(name)
