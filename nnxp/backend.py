@@ -1658,15 +1658,13 @@ def tf32(enabled: bool = True) -> Iterator[None]:
     """``with nnxp.tf32():`` — :func:`set_tf32` for a block, restoring the previous mode after.
 
     The libraries' flags are process-wide, so this is not thread-local."""
+    global _tf32
     previous = set_tf32(enabled)
     try:
         yield
     finally:
-        if previous is None:
-            set_tf32(False)  # the libraries' default
-            globals()["_tf32"] = None
-        else:
-            set_tf32(previous)
+        set_tf32(bool(previous))  # never configured before: back to the libraries' default, off
+        _tf32 = previous
 
 
 def tf32_status() -> dict[str, Any]:
