@@ -34,7 +34,7 @@ def _normed(width: int) -> nnxp.Sequential:
 CASES = [
     ("mlp", 256, 64, lambda: optim.SGD(lr=0.01)),
     ("mlp", 256, 64, lambda: optim.Adam()),
-    ("mlp", 128, 512, lambda: optim.SGD(lr=0.01, momentum=0.9)),
+    ("mlp", 128, 256, lambda: optim.SGD(lr=0.01, momentum=0.9)),
     ("normed", 192, 256, lambda: optim.RMSprop(centered=True, momentum=0.9)),
     ("normed", 192, 128, lambda: optim.Adagrad()),
 ]
