@@ -339,8 +339,8 @@ def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
         return plan
     fits = plan.largest_batch_size(limit.nbytes, extra=guard)
     advice = (f"the largest batch size that fits is {fits}" if fits else
-              "no batch size fits: the parameters, gradients and optimizer state alone need "
-              "more; use a smaller model")
+              "no batch size fits: the parameters, gradients, optimizer state and the "
+              "update's temporaries alone need more; use a smaller model")
     parts = (f": {format_bytes(total)} for the step plus {format_bytes(guard)} for the "
              "divergence guard's copy of the weights, which keep_finite_weights=False saves"
              if guard else "")
