@@ -214,6 +214,9 @@ def part_environment(check: Check, cap: float) -> dict[str, Any]:
                                "numpy", "torch", "cupy-cuda13x", "cupy-cuda12x",
                                "array-api-compat", "array-api-strict", "pytest",
                                "pytest-benchmark", "hypothesis")}}
+    import nnxp
+
+    env["tf32"] = nnxp.get_tf32()  # float32 matmul mode: nnxp.set_tf32 / NNXP_TF32
     try:
         import torch
 
@@ -622,7 +625,9 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{env.get('cupy_cuda_runtime', env.get('cupy', ''))}, driver API "
                   f"{env.get('cupy_cuda_driver', '')} |",
                   "| versions | " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + " |",
-                  f"| Python | {env.get('python')} on {env.get('platform')} |", ""]
+                  f"| Python | {env.get('python')} on {env.get('platform')} |",
+                  "| TF32 matmuls | " + {True: "on", False: "off"}.get(
+                      env.get("tf32"), "not recorded") + " (NNXP_TF32) |", ""]
     if res.get("install"):
         inst = res["install"]
         lines += [f"Carried wheels: {inst['status']}"

@@ -99,6 +99,8 @@ def machine_section(data: dict[str, Any]) -> list[str]:
         f"- Load average at the start: {nn.get('loadavg', '?')} (a shared machine: ratios within "
         "one run are meaningful, absolute times less so)",
         f"- Python {nn.get('python', '?')}; {versions}",
+        "- TF32 matmuls (cupy, torch CUDA): "
+        + {True: "on", False: "off"}.get(nn.get("tf32"), "not recorded (before TF32 support)"),
         f"- Backends: {', '.join(nn.get('bench_backends', []))}; kernel sizes (batch×width): "
         f"{', '.join(nn.get('bench_sizes', []))}",
     ]

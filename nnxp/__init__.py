@@ -4,7 +4,19 @@ The same source runs on NumPy (CPU), CuPy (NVIDIA GPUs), PyTorch and array-api-s
 with :func:`set_backend`, :func:`use_backend` or the ``NNXP_BACKEND`` environment variable.
 """
 
-from . import callbacks, diagnostics, init, io, kernels, layers, losses, metrics, optim, schedules
+from . import (
+    callbacks,
+    datasets,
+    diagnostics,
+    init,
+    io,
+    kernels,
+    layers,
+    losses,
+    metrics,
+    optim,
+    schedules,
+)
 from ._version import __version__
 from .backend import (
     BACKENDS,
@@ -12,7 +24,12 @@ from .backend import (
     BackendInfo,
     asarray,
     get_backend,
+    get_memory_budget,
+    get_tf32,
     set_backend,
+    set_memory_budget,
+    set_tf32,
+    tf32,
     to_numpy,
     use_backend,
 )
@@ -22,7 +39,7 @@ from .io import FormatError, load
 from .layers import BackwardError
 from .model import Sequential
 from .perceptron import Perceptron
-from .training import History, TrainingDivergedError
+from .training import History, MemoryPlanError, TrainingDivergedError
 
 __all__ = [
     "BACKENDS",
@@ -33,6 +50,7 @@ __all__ = [
     "GradcheckError",
     "GradcheckResult",
     "History",
+    "MemoryPlanError",
     "Perceptron",
     "Sequential",
     "SymmetryWarning",
@@ -40,8 +58,11 @@ __all__ = [
     "__version__",
     "asarray",
     "callbacks",
+    "datasets",
     "diagnostics",
     "get_backend",
+    "get_memory_budget",
+    "get_tf32",
     "gradcheck",
     "init",
     "io",
@@ -53,6 +74,9 @@ __all__ = [
     "optim",
     "schedules",
     "set_backend",
+    "set_memory_budget",
+    "set_tf32",
+    "tf32",
     "to_numpy",
     "use_backend",
 ]

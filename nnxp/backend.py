@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,10 @@ import numpy as np
 from .typing import Array
 
 """Alias for "an array of the active backend" in annotations (the standard has no base class)."""
+
+_tf32: bool | None = None
+"""The TF32 matmul mode (:func:`set_tf32`); None: never configured, the libraries' defaults
+(off) stay untouched. Set from ``NNXP_TF32`` further down, before the first backend is made."""
 
 BACKENDS: tuple[str, ...] = ("numpy", "cupy", "torch", "array_api_strict")
 """Names accepted by :func:`set_backend`."""
@@ -269,6 +274,8 @@ def _make(name_or_namespace: str | Any, device: Any = None) -> BackendInfo:
                 f"unknown backend {name_or_namespace!r}; valid names are {', '.join(BACKENDS)}"
             )
         xp = _namespace_for(name)
+        if name in ("torch", "cupy") and _tf32 is not None:  # nnxp.set_tf32 / NNXP_TF32
+            _apply_tf32(_tf32, name)
         return BackendInfo(name, xp, _resolve_device(name, xp, device))
     ns = name_or_namespace
     known = _name_of_namespace(ns)
@@ -857,6 +864,14 @@ def host_array(x: Any, dtype: Any = None) -> np.ndarray:
     """``x`` (nested lists, scalars, any backend's array) as a host NumPy array of ``dtype``."""
     out = to_numpy(x)
     return out if dtype is None else out.astype(dtype_name(dtype), copy=False)
+
+
+def host_from_bytes(data: bytes | bytearray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A host array of ``shape`` read from raw bytes in the NumPy dtype ``dtype`` (``">i4"``,
+    ``"u1"``, ...), converted to the machine's byte order; ``data`` must hold exactly
+    ``prod(shape)`` elements (the caller checks and says which file)."""
+    flat = np.frombuffer(data, dtype=np.dtype(dtype))
+    return flat.astype(flat.dtype.newbyteorder("="), copy=False).reshape(shape)
 
 
 # --- NCCL (nnxp.distributed) ------------------------------------------------------------------
@@ -1550,3 +1565,244 @@ def graph_capture(xp: Any, device: Any) -> GraphRecorder | None:
     if name == "torch" and getattr(device, "type", str(device)) == "cuda":
         return _TorchGraphRecorder(device)
     return None
+# Device memory: free memory and a configured budget (the memory plan of nnxp.summary, the
+# refusal at the start of fit, and any other "does this fit?" question ask here)
+# ----------------------------------------------------------------------------------------------
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+               "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024,
+               "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: Any, *, argument: str = "memory_budget") -> int:
+    """A byte count from an int (``8_000_000_000``) or a string with a unit (``"8GB"``,
+    ``"7.5 GiB"``, ``"512MiB"``; k/M/G/T are powers of 1000, KiB/MiB/GiB/TiB of 1024).
+
+    Raises ValueError naming ``argument`` for anything else, or for a count below one byte.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{argument} must be a number of bytes or a string such as '8GiB', "
+                        f"got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        n = int(value)
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        n = int(value)
+    elif isinstance(value, str):
+        m = _BYTES.match(value)
+        unit = m.group(2).lower() if m else ""
+        if m is None or unit not in _BYTE_UNITS:
+            raise ValueError(f"{argument} must be a number of bytes or a string such as "
+                             f"'8GiB', '512MB' or '2e9', got {value!r}")
+        n = int(float(m.group(1)) * _BYTE_UNITS[unit])
+    else:
+        raise TypeError(f"{argument} must be a number of bytes or a string such as '8GiB', "
+                        f"got {type(value).__name__} {value!r}")
+    if n < 1:
+        raise ValueError(f"{argument} must be at least 1 byte, got {value!r}")
+    return n
+
+
+def _budget_from_environment() -> int | None:
+    spec = os.environ.get("NNXP_MEMORY_BUDGET", "").strip()
+    return parse_bytes(spec, argument="NNXP_MEMORY_BUDGET") if spec else None
+
+
+_memory_budget: int | None = _budget_from_environment()
+
+
+def set_memory_budget(budget: int | str | None) -> int | None:
+    """Set the process-wide device memory budget in bytes (``None`` removes it); returns the
+    previous one.
+
+    ``budget`` is an int or a string with a unit (``"6GiB"``, see :func:`parse_bytes`). The
+    ``NNXP_MEMORY_BUDGET`` environment variable, read once at import, sets the first value.
+    ``fit(memory_budget=...)`` overrides it for one call. See :func:`available_memory`.
+    """
+    global _memory_budget
+    previous = _memory_budget
+    _memory_budget = None if budget is None else parse_bytes(budget)
+    return previous
+
+
+def get_memory_budget() -> int | None:
+    """The configured device memory budget in bytes (:func:`set_memory_budget`), or None."""
+    return _memory_budget
+
+
+def free_device_memory(xp: Any = None, device: Any = None) -> int | None:
+    """Bytes the active backend's device (or ``xp``/``device``) can still allocate, where the
+    library tells; ``None`` on CPU backends (numpy, torch CPU, array-api-strict).
+
+    * torch CUDA: ``torch.cuda.mem_get_info`` (free on the GPU) plus what torch's caching
+      allocator has reserved but not handed out (``memory_reserved − memory_allocated``), since
+      that is reusable without asking the driver.
+    * cupy: ``cupy.cuda.runtime.memGetInfo`` plus the free blocks held by CuPy's default
+      memory pool (``pool.free_bytes()``), on the model's GPU.
+    """
+    info = get_backend()
+    name = info.name if xp is None else (_name_of_namespace(xp) or "")
+    dev = info.device if device is None else device
+    if name == "cupy":
+        import cupy  # noqa: PLC0415
+
+        with cupy.cuda.Device(dev):
+            free, _total = cupy.cuda.runtime.memGetInfo()
+            return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+    if name == "torch" and getattr(dev, "type", str(dev)).startswith("cuda"):
+        import torch  # noqa: PLC0415
+
+        free, _total = torch.cuda.mem_get_info(dev)
+        cached = int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev))
+        return int(free) + max(cached, 0)
+    return None
+
+
+class MemoryLimit(NamedTuple):
+    """What :func:`available_memory` found: the usable bytes (``None``: no limit known) and a
+    phrase saying where the number comes from, for messages."""
+
+    nbytes: int | None
+    source: str
+
+
+def available_memory(budget: int | str | None = None, *, xp: Any = None,
+                     device: Any = None) -> MemoryLimit:
+    """The memory a plan must fit in: the smaller of the budget and the device's free memory.
+
+    ``budget`` (bytes or a string such as ``"6GiB"``) overrides the configured one
+    (:func:`set_memory_budget`, ``NNXP_MEMORY_BUDGET``). On a GPU backend the free memory of
+    :func:`free_device_memory` always counts too; on CPU backends only a budget limits, and
+    without one the result is ``MemoryLimit(None, ...)`` (nothing is refused).
+    """
+    chosen = _memory_budget if budget is None else parse_bytes(budget)
+    free = free_device_memory(xp, device)
+    if chosen is not None and (free is None or chosen <= free):
+        where = "the memory_budget argument" if budget is not None else "the configured budget"
+        extra = "" if free is None else f" (the device has {free:,} bytes free)"
+        return MemoryLimit(chosen, f"{where}{extra}")
+    if free is not None:
+        return MemoryLimit(free, "free device memory")
+    return MemoryLimit(None, "no limit (a CPU backend and no memory budget)")
+
+
+# ----------------------------------------------------------------------------------------------
+# TF32 matrix multiplication (Ampere and later NVIDIA GPUs): off unless asked for
+# ----------------------------------------------------------------------------------------------
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _tf32_from_environment() -> bool | None:
+    spec = os.environ.get("NNXP_TF32")
+    if spec is None:
+        return None
+    value = spec.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"NNXP_TF32 must be 1/0 (or true/false, yes/no, on/off), got {spec!r}")
+    return value in _TRUE
+
+
+_tf32 = _tf32_from_environment()
+
+
+def _apply_tf32(enabled: bool, name: str | None) -> str:
+    """Set the float32 matmul mode of the library ``name`` (torch, cupy); a note for the rest."""
+    if name == "torch":
+        import torch  # noqa: PLC0415
+
+        torch.backends.cuda.matmul.allow_tf32 = enabled  # CUDA matmuls only; CPU unaffected
+        return f"torch.backends.cuda.matmul.allow_tf32 = {enabled}"
+    if name == "cupy":
+        linalg = importlib.import_module("cupy._core._routines_linalg")
+        import cupy  # noqa: PLC0415
+
+        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+        linalg.set_compute_type(cupy.float32, mode)
+        os.environ["CUPY_TF32"] = "1" if enabled else "0"  # for CuPy code read later
+        return f"CuPy float32 compute type {'TF32' if enabled else 'default'}"
+    return f"no effect on {name or 'this backend'} (TF32 exists only on NVIDIA GPUs)"
+
+
+def set_tf32(enabled: bool) -> bool | None:
+    """Allow (``True``) or forbid (``False``) TF32 tensor cores for float32 matrix products on
+    cupy and torch CUDA; returns the previous setting (``None``: never set).
+
+    Off by default, as in torch: TF32 keeps float32's range but rounds the inputs of each
+    product to a 10-bit mantissa (about 3 decimal digits), which speeds up large matmuls several
+    times on Ampere and later GPUs. It sets ``torch.backends.cuda.matmul.allow_tf32`` and
+    CuPy's float32 compute type (``cupy._core._routines_linalg.set_compute_type``, what
+    ``CUPY_TF32=1`` selects) for the libraries already imported, and for torch/cupy when a
+    backend is selected later. The ``NNXP_TF32`` environment variable (``1``/``0``) gives the
+    first value. On CPU backends it changes nothing (see :func:`tf32_status`); not an error.
+    """
+    global _tf32
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_tf32 expects True or False, got {type(enabled).__name__} "
+                        f"{enabled!r}")
+    previous, _tf32 = _tf32, enabled
+    _apply_tf32_to_loaded(enabled)
+    return previous
+
+
+def _apply_tf32_to_loaded(enabled: bool) -> None:
+    active = get_backend().name
+    for name in sorted(_loaded_gpu_libraries()):
+        if name == active:
+            _apply_tf32(enabled, name)  # the backend in use: a failure is the caller's to see
+            continue
+        try:  # a library imported but not in use (maybe without a GPU): best effort
+            _apply_tf32(enabled, name)
+        except Exception:  # noqa: BLE001  # pragma: no cover - needs a broken GPU library
+            pass
+
+
+def _loaded_gpu_libraries() -> set[str]:
+    """The GPU-capable libraries this process has imported (never imports one)."""
+    return {name for name in ("torch", "cupy") if name in sys.modules}
+
+
+def get_tf32() -> bool:
+    """Whether TF32 matmuls are requested (:func:`set_tf32`, ``NNXP_TF32``); False by default."""
+    return bool(_tf32)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool = True) -> Iterator[None]:
+    """``with nnxp.tf32():`` — :func:`set_tf32` for a block, restoring the previous mode after.
+
+    The libraries' flags are process-wide, so this is not thread-local."""
+    global _tf32
+    previous = set_tf32(enabled)
+    try:
+        yield
+    finally:
+        set_tf32(bool(previous))  # never configured before: back to the libraries' default, off
+        _tf32 = previous
+
+
+def tf32_status() -> dict[str, Any]:
+    """The TF32 setting for reports (``nnxp doctor``, benchmark records).
+
+    ``{"requested": bool, "configured": bool, "backend": name, "effective": bool, "note": str}``
+    — ``effective`` is True only when TF32 is requested and the active backend is a GPU one
+    (cupy, torch CUDA) whose library flag is set; ``note`` says why not otherwise.
+    """
+    info = get_backend()
+    on_gpu = info.name == "cupy" or (
+        info.name == "torch" and getattr(info.device, "type", str(info.device)) == "cuda")
+    requested = bool(_tf32)
+    if not on_gpu:
+        note = (f"TF32 {'requested but ' if requested else ''}not applicable: {info.name} on "
+                f"{info.device} is a CPU backend (float32 matmuls stay IEEE float32)")
+    elif requested:
+        note = "TF32 on for float32 matmuls (10-bit mantissa inputs, float32 accumulation)"
+    else:
+        note = "TF32 off (IEEE float32 matmuls); nnxp.set_tf32(True) or NNXP_TF32=1 enables it"
+    return {"requested": requested, "configured": _tf32 is not None, "backend": info.name,
+            "effective": requested and on_gpu, "note": note}
+
+
+if _tf32 is not None:  # NNXP_TF32 given: the backend made at import gets it too
+    _apply_tf32_to_loaded(_tf32)

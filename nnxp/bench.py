@@ -765,6 +765,8 @@ def machine_info() -> dict[str, Any]:
                      if _version(d) is not None},
         "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                    "OPENBLAS_NUM_THREADS") if k in os.environ},
+        # float32 matmul mode on GPUs (nnxp.set_tf32 / NNXP_TF32): off unless requested
+        "tf32": backend.get_tf32(),
     }
     try:
         from threadpoolctl import threadpool_info  # noqa: PLC0415 - optional

@@ -1,7 +1,8 @@
 """The ``nnxp`` command line.
 
 * ``nnxp train`` trains an MLP — on scikit-learn's bundled handwritten digits by default, or on
-  your own table with ``--data FILE.csv|FILE.npz --target COLUMN [--task classify|regress]`` —
+  your own table with ``--data FILE.csv|FILE.npz --target COLUMN [--task classify|regress]``,
+  or on a folder of MNIST-style IDX files with ``--data DIR`` (:mod:`nnxp.datasets`) —
   and can ``--save`` it and ``--plot`` its learning curves;
 * ``nnxp predict --model M --data FILE [--output out.csv]`` writes predictions as CSV;
 * ``nnxp evaluate --model M --data FILE [--target COLUMN]`` prints the loss and metrics;
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import backend, bench, distributed
+from . import backend, bench, datasets, distributed
 from . import io as nio
 from ._version import __version__
 from .backend import BACKENDS, BackendError
@@ -88,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an MLP (default data: scikit-learn's digits)")
     data = train.add_argument_group("your own data (default: the bundled digits)")
-    data.add_argument("--data", default=None, metavar="FILE",
-                      help="a CSV file with a header row, or an NPZ archive (an 'X' matrix "
-                           "plus the target array, or one 1-D array per column)")
+    data.add_argument("--data", default=None, metavar="FILE|DIR",
+                      help="a CSV file with a header row, an NPZ archive (an 'X' matrix "
+                           "plus the target array, or one 1-D array per column), or a folder "
+                           "of IDX files named as MNIST's (train-images-idx3-ubyte[.gz], "
+                           "train-labels-idx1-ubyte[.gz], t10k-* as the test set)")
     data.add_argument("--target", default=None, metavar="COLUMN",
                       help="name of the target column (required with --data)")
     data.add_argument("--task", choices=("classify", "regress"), default=None,
@@ -151,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="architecture, parameter count and memory of a model")
     info.add_argument("model", metavar="MODEL.npz")
     info.add_argument("--batch-size", type=_positive_int, default=32,
-                      help="batch size of the memory estimate (default 32)")
+                      help="batch size of the memory plan (default 32)")
+    info.add_argument("--precision", choices=("float32", "float16", "bfloat16"),
+                      default="float32", help="plan for mixed precision (default float32)")
 
     bench.add_arguments(sub.add_parser(
         "bench", help="time kernels and training steps on the available backends"))
@@ -348,6 +353,49 @@ def load_digits() -> tuple[Any, Any]:
     return data.data, data.target
 
 
+def _split_validation(n: int, val_size: float, seed: int) -> tuple[Any, Any]:
+    """Training and validation indices (host) when the test set comes separately."""
+    order = Generator(seed).host_permutation(n)
+    if val_size <= 0:
+        return order, None
+    if not 0.0 < val_size < 1.0:
+        raise UsageError(f"--val-size must lie in [0, 1), got {val_size}")
+    n_val = max(1, round(n * val_size))
+    if n - n_val < 1:
+        raise UsageError(f"{n} training samples are too few for a validation fraction of "
+                         f"{val_size}")
+    return order[n_val:], order[:n_val]
+
+
+def _prepare_idx_folder(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``--data DIR``: the IDX files of an MNIST-style folder (:func:`nnxp.datasets.
+    load_idx_folder`): training features and labels, the test pair or None, the metadata."""
+    for option in ("target", "task", "features"):
+        if getattr(args, option):
+            raise UsageError(f"--{option} does not apply to a folder of IDX files (--data "
+                             f"{args.data}): the labels files hold the classes")
+    try:
+        found = datasets.load_idx_folder(args.data)
+    except datasets.IDXError as exc:
+        raise UsageError(str(exc)) from None
+    test = None if found.X_test is None else (found.X_test, found.y_test)
+    xp = backend.host_namespace()
+    n_classes = int(backend.host_scalar(xp.max(found.y_train))) + 1
+    if test is not None and found.y_test.shape[0]:
+        n_classes = max(n_classes, int(backend.host_scalar(xp.max(found.y_test))) + 1)
+    n_features = found.X_train.shape[1]
+    if not args.quiet:
+        print(f"data: {', '.join(os.path.basename(p) for p in found.files.values())} "
+              f"({found.X_train.shape[0]} training"
+              + (f", {found.X_test.shape[0]} test" if test is not None else
+                 ", no test files: --test-size holds out part of the training set")
+              + f" samples of {n_features} values, {n_classes} classes)", file=sys.stderr)
+    meta = {"task": "classify", "target": "label", "data": f"IDX folder {args.data}",
+            "feature_names": [f"pixel_{i}" for i in range(n_features)],
+            "classes": [str(k) for k in range(max(n_classes, 2))]}
+    return found.X_train, found.y_train, test, meta
+
+
 def split(n: int, test_size: float, seed: int, val_size: float = 0.0) -> tuple[Any, ...]:
     """Shuffled train/test (and validation) index arrays (host), reproducible from ``seed``.
 
@@ -495,6 +543,7 @@ def train(args: argparse.Namespace) -> int:
         raise UsageError(f"--optimizer {args.optimizer!r} is not supported; valid names are "
                          f"{', '.join(n for n in OPTIMIZERS if n != 'lbfgs')}")
     info = backend.get_backend()
+    test: tuple[Any, Any] | None = None
     if args.data is None:
         if args.target or args.task or args.features:
             raise UsageError("--target, --task and --features need --data FILE")
@@ -503,21 +552,29 @@ def train(args: argparse.Namespace) -> int:
         meta: dict[str, Any] = {"task": task, "target": "digit", "data": "sklearn digits",
                                 "feature_names": [f"pixel_{i}" for i in range(X.shape[1])],
                                 "classes": [str(k) for k in range(int(y.max()) + 1)]}
+    elif os.path.isdir(args.data):  # a folder of IDX files (MNIST's layout)
+        X, y, test, meta = _prepare_idx_folder(args)
+        task = "classify"
     else:
         X, y, meta = _prepare_own_data(args)
         task = meta["task"]
     val_size = args.val_size if args.val_size or not args.plot else 0.1
-    parts = split(X.shape[0], args.test_size, args.seed, val_size)
-    tr, te = parts[0], parts[-1]
-    va = parts[1] if len(parts) == 3 else None
+    if test is None:
+        parts = split(X.shape[0], args.test_size, args.seed, val_size)
+        tr, te = parts[0], parts[-1]
+        va = parts[1] if len(parts) == 3 else None
+        X_te, y_te = X[te], y[te]
+    else:  # the folder's own test set; a validation part (if asked for) comes from training
+        X_te, y_te = test
+        tr, va = _split_validation(X.shape[0], val_size, args.seed)
     n_out = len(meta["classes"]) if task == "classify" else 1
     standardize = Standardize(X.shape[1])
     if args.data is None:  # pixel intensities 0..16 → [0, 1]
         standardize.buffers["scale"] = standardize.xp.full(
             (X.shape[1],), 16.0, dtype=standardize.dtype, device=standardize.device)
-    elif not args.no_standardize:
+    elif not args.no_standardize and test is None:
         standardize.fit(X[tr])
-    meta["standardized"] = args.data is not None and not args.no_standardize
+    meta["standardized"] = args.data is not None and not args.no_standardize and test is None
     model = _build_model(X.shape[1], n_out, args, standardize)
     model.metadata = meta
     widths = [X.shape[1], *args.hidden, n_out]
@@ -527,7 +584,7 @@ def train(args: argparse.Namespace) -> int:
     n_val = 0 if va is None else len(va)
     log(f"nnxp: backend={info.name} device={info.device} MLP {'-'.join(map(str, widths))} "
         f"({model.count_params():,} parameters), {len(tr)} train / "
-        + (f"{n_val} validation / " if n_val else "") + f"{len(te)} test samples")
+        + (f"{n_val} validation / " if n_val else "") + f"{X_te.shape[0]} test samples")
     loss = "softmax_cross_entropy" if task == "classify" else "mse"
     metrics = None if task == "classify" else ["mae", "r2"]
     start = time.perf_counter()
@@ -539,7 +596,7 @@ def train(args: argparse.Namespace) -> int:
     if not root:
         return 0
     seconds = time.perf_counter() - start
-    result = model.evaluate(X[te], y[te])
+    result = model.evaluate(X_te, y_te)
     where = f"({args.epochs} epochs in {seconds:.1f} s on {info.name})"
     if task == "classify":
         print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}  "
@@ -742,13 +799,18 @@ def info(args: argparse.Namespace) -> int:
               f"features ({len(features)}): {shown}")
         if meta.get("classes"):
             print(f"classes ({len(meta['classes'])}): {', '.join(map(str, meta['classes']))}")
-    print(nio.summary(model, args.batch_size))
+    print(nio.summary(model, args.batch_size, precision=args.precision))
     return 0
 
 
 # ----------------------------------------------------------------------------------------------
 # doctor
 # ----------------------------------------------------------------------------------------------
+
+
+def _tf32_report() -> dict[str, Any]:
+    status = backend.tf32_status()
+    return {"requested": status["requested"], "configured": status["configured"]}
 
 
 def doctor(args: argparse.Namespace) -> int:
@@ -767,7 +829,8 @@ def doctor(args: argparse.Namespace) -> int:
             "backends": [{"spec": p.spec, "device": p.device, "status": p.status,
                           "detail": p.detail, "versions": dict(p.versions)}
                          for p in found.probes],
-            "required": required, "unmet": dict(unmet)}, indent=2))
+            "required": required, "unmet": dict(unmet), "tf32": _tf32_report(),
+            "memory_budget": backend.get_memory_budget()}, indent=2))
         return 1 if unmet else 0
     print(f"nnxp {__version__}, Python {sys.version.split()[0]} on {sys.platform}")
     print(f"NVIDIA driver: {found.driver}")
@@ -780,6 +843,13 @@ def doctor(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
         if probe is not None and probe.detail:
             print(f"    {probe.detail}")
+    tf32 = _tf32_report()
+    print(f"TF32 matmul: {'requested' if tf32['requested'] else 'off'} "
+          f"(nnxp.set_tf32 / NNXP_TF32; applies to cupy and torch CUDA only)")
+    budget = backend.get_memory_budget()
+    print("memory budget: " + ("none (GPU backends check their free memory)" if budget is None
+                               else f"{budget:,} bytes (nnxp.set_memory_budget / "
+                                    "NNXP_MEMORY_BUDGET)"))
     if required:
         for name in required:
             why = dict(unmet).get(name)

@@ -282,6 +282,7 @@ class Sequential:
         distributed: Any = False,
         accumulate: int = 1,
         capture: bool = False,
+        memory_budget: int | str | None = None,
     ) -> History:
         """Train by backpropagation: full-batch, mini-batch or stochastic gradient descent.
 
@@ -348,12 +349,20 @@ class Sequential:
             sizes. Batch norm normalises each micro-batch by its own statistics and updates its
             running statistics once per micro-batch; dropout draws a mask per micro-batch.
             Callbacks' ``on_batch_end``, the progress bar and ``check_finite_every`` count
-            optimizer steps. Not with L-BFGS or ``distributed``; see ``docs/training.md``
+            optimizer steps. Not with L-BFGS; with ``distributed``, gradients are all-reduced once
+            per step; see ``docs/training.md``
         capture : run every step from static input buffers and, on a GPU backend that can
             record device work (CuPy, torch CUDA), record the step once per batch shape as a
             CUDA graph and replay it (off by default: not yet verified on a GPU); elsewhere
             the static-buffer path runs without recording and gives bit-identical results.
             See ``docs/training.md`` for what a recorded step may contain
+        memory_budget : bytes (or a string such as ``"6GiB"``) a training step may use; by
+            default the budget of :func:`nnxp.set_memory_budget` / ``NNXP_MEMORY_BUDGET``. Before
+            the first step, ``fit`` compares the memory plan of :meth:`summary` (plus the
+            divergence guard's weight copy) with the smaller of this budget and the device's
+            free memory (cupy, torch CUDA) and raises :class:`~nnxp.training.MemoryPlanError`
+            (a ``MemoryError``) naming both numbers and the largest batch size that fits. CPU
+            backends without a budget are not checked. See ``docs/training.md``
 
         Returns
         -------
@@ -388,7 +397,8 @@ class Sequential:
                 metrics=metrics, callbacks=callbacks, diagnostics=diagnostics,
                 check_finite_every=check_finite_every, keep_finite_weights=keep_finite_weights,
                 resume_from=resume_from, sample_weight=sample_weight,
-                distributed=distributed, accumulate=accumulate, capture=capture)
+                distributed=distributed, accumulate=accumulate, capture=capture,
+                memory_budget=memory_budget)
 
     def partial_fit(
         self,
@@ -606,11 +616,17 @@ class Sequential:
         """
         return _devices.move(self, backend, device)
 
-    def summary(self, batch_size: int = 32, *, print_summary: bool = True) -> str:
-        """The layers, their output shapes and parameter counts, and a memory estimate for a
-        training step with ``batch_size`` samples; printed unless ``print_summary=False``, and
-        returned as a string. See :func:`nnxp.summary.summary`."""
-        text = _summary.summary(self, batch_size)
+    def summary(self, batch_size: int = 32, *, precision: str | None = None,
+                optimizer: Any = None, print_summary: bool = True) -> str:
+        """The layers, their output shapes and parameter counts, and the memory plan of a
+        training step with ``batch_size`` samples: per layer the bytes of parameters,
+        gradients, optimizer state and cached activations, then the totals.
+
+        ``precision`` (``"float32"``, ``"float16"``, ``"bfloat16"``) plans for mixed precision;
+        ``optimizer`` plans for that optimizer (by default the model's, or ``fit``'s default
+        SGD). Printed unless ``print_summary=False``, and returned as a string. The numbers:
+        :func:`nnxp.summary.memory_plan`."""
+        text = _summary.summary(self, batch_size, precision=precision, optimizer=optimizer)
         if print_summary:
             print(text)
         return text

@@ -36,6 +36,7 @@ from .losses import Loss, get_loss
 from .metrics import get_metrics
 from .optim import SGD, Optimizer
 from .progress import EpochProgress
+from .summary import format_bytes, memory_plan
 from .typing import Array
 from .validation import check_features, check_flag, check_positive, check_sample_weight
 
@@ -180,6 +181,7 @@ def fit(
     distributed: Any = False,
     accumulate: int = 1,
     capture: bool = False,
+    memory_budget: Any = None,
 ) -> History:
     """Train ``model``: the one code path of :meth:`Sequential.fit` and ``partial_fit``.
 
@@ -230,6 +232,9 @@ def fit(
     opt = _use_optimizer(model, optimizer)
     _check_step_options(model, accumulate=accumulate, capture=capture, optimizer=opt,
                         distributed=distributed)  # again: a checkpoint may name the optimizer
+    check_memory_plan(model, opt, batch_size=X.shape[0] if batch_size is None else
+                      min(batch_size, X.shape[0]), memory_budget=memory_budget,
+                      keep_finite_weights=keep_finite_weights, accumulate=accumulate)
     if incremental:
         first_epoch = last_epoch = model.epochs_trained + 1
     else:
@@ -338,6 +343,54 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
 # ----------------------------------------------------------------------------------------------
 # Set-up: options, data, optimizer
 # ----------------------------------------------------------------------------------------------
+
+
+class MemoryPlanError(MemoryError):
+    """``fit`` refused to start: the memory plan of a training step exceeds the memory
+    available (the device's free memory, or the configured budget)."""
+
+
+def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
+                      memory_budget: Any = None, keep_finite_weights: bool = False,
+                      precision: str | None = None, accumulate: int = 1) -> Any:
+    """Refuse, before any step, a training step that will not fit (:mod:`nnxp.summary`).
+
+    Compares the plan's total (plus the divergence guard's copy of the parameters and buffers
+    when ``keep_finite_weights``, and the gradient-sized sum of ``accumulate > 1``, whose
+    micro-batches have ``batch_size`` samples) with :func:`nnxp.backend.available_memory`: the
+    device's free memory on GPU backends, the ``memory_budget`` argument or the configured budget
+    (``nnxp.set_memory_budget``, ``NNXP_MEMORY_BUDGET``) — whichever is smaller. Without a
+    limit (a CPU backend and no budget) nothing is planned. Returns the plan, or None.
+    """
+    limit = backend.available_memory(memory_budget, xp=model.xp, device=model.device)
+    if limit.nbytes is None:
+        return None
+    plan = memory_plan(model, batch_size, precision=precision, optimizer=optimizer)
+    total = plan.memory["total"] or 0
+    mem = plan.memory
+    extras = []  # (bytes, what) beyond the step itself
+    if keep_finite_weights:
+        extras.append((int(mem["parameters"] or 0) + int(mem["buffers"] or 0),
+                       "the divergence guard's copy of the weights (keep_finite_weights=False "
+                       "saves it)"))
+    if accumulate > 1:  # nnxp.accumulation.GradientSum: one more set of gradients
+        extras.append((int(mem["gradients"] or 0), f"the gradient sum of accumulate={accumulate}"))
+    guard = sum(n for n, _ in extras)
+    if total + guard <= limit.nbytes:
+        return plan
+    fits = plan.largest_batch_size(limit.nbytes, extra=guard)
+    advice = (f"the largest batch size that fits is {fits}" if fits else
+              "no batch size fits: the parameters, gradients, optimizer state and the "
+              "update's temporaries alone need more; use a smaller model")
+    parts = (f": {format_bytes(total)} for the step plus "
+             + " plus ".join(f"{format_bytes(n)} for {what}" for n, what in extras)
+             if extras else "")
+    raise MemoryPlanError(
+        f"memory_budget: a training step with batch_size={batch_size} needs "
+        f"{total + guard:,} bytes ({format_bytes(total + guard)}{parts}), but "
+        f"{limit.nbytes:,} bytes "
+        f"({format_bytes(limit.nbytes)}) are available ({limit.source}); {advice}. "
+        "See model.summary(batch_size=...) for the plan per layer")
 
 
 def _check_loop_options(*, shuffle: Any, diagnostics: Any, verbose: Any,

@@ -125,7 +125,7 @@ def test_evaluate_and_info(blobs, trained, capsys) -> None:
     out = capsys.readouterr().out
     assert "format version 1" in out and "classes (3): ant, bee, cat" in out
     assert f"parameters: {model.count_params():,}" in out
-    assert "Dense(3, 16)" in out and "(8, 16)" in out and "memory estimate" in out
+    assert "Dense(3, 16)" in out and "(8, 16)" in out and "memory plan" in out
     assert "batch_size=8" in out and "total" in out
 
 

@@ -451,7 +451,9 @@ def test_summary_counts_and_memory(capsys) -> None:
     assert info["params"] == n == 5 * 16 + 16 + 16 * 3 + 3
     mem = info["memory"]
     assert mem["parameters"] == mem["gradients"] == 4 * n
-    assert mem["activations"] == 4 * 10 * (5 + 16 + 16 + 3)  # input + every layer's output
+    # what backward keeps: the input, the activation's output (the next Dense's input), the
+    # outputs (kept for the metrics) and the loss cache (two arrays of the outputs' shape)
+    assert mem["activations"] == 4 * 10 * (5 + 16 + 3 + 2 * 3)
     assert [r["output_shape"] for r in info["rows"]] == [(10, 16), (10, 16), (10, 3)]
     assert model.summary(batch_size=1, print_summary=False) and not capsys.readouterr().out
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
