@@ -4,7 +4,7 @@ The same source runs on NumPy (CPU), CuPy (NVIDIA GPUs), PyTorch and array-api-s
 with :func:`set_backend`, :func:`use_backend` or the ``NNXP_BACKEND`` environment variable.
 """
 
-from . import callbacks, diagnostics, init, io, kernels, layers, losses, metrics, optim, schedules
+from . import callbacks, data, diagnostics, init, io, kernels, layers, losses, metrics, optim, schedules
 from ._version import __version__
 from .backend import (
     BACKENDS,
@@ -12,7 +12,9 @@ from .backend import (
     BackendInfo,
     asarray,
     get_backend,
+    get_device_memory_budget,
     set_backend,
+    set_device_memory_budget,
     to_numpy,
     use_backend,
 )
@@ -40,8 +42,10 @@ __all__ = [
     "__version__",
     "asarray",
     "callbacks",
+    "data",
     "diagnostics",
     "get_backend",
+    "get_device_memory_budget",
     "gradcheck",
     "init",
     "io",
@@ -53,6 +57,7 @@ __all__ = [
     "optim",
     "schedules",
     "set_backend",
+    "set_device_memory_budget",
     "to_numpy",
     "use_backend",
 ]

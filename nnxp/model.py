@@ -9,6 +9,7 @@ from typing import Any
 
 from . import archive as _archive
 from . import backend
+from . import data as _data
 from . import devices as _devices
 from . import summary as _summary
 from . import training as _training
@@ -431,9 +432,14 @@ class Sequential:
     # --- inference and evaluation ---------------------------------------------------------
 
     def _outputs(self, X: Any, batch_size: int) -> Array:
+        check_positive(batch_size, argument="batch_size", integer=True)
+        if _data.is_streamable(X):  # a memory map or Chunks: streamed when it does not fit
+            X, _, _ = _data.prepare(self, X, targets=False, batch_size=batch_size)
+            if isinstance(X, _data.Stream):
+                parts = [self.forward(xb, training=False) for xb, _, _ in X.batches(batch_size)]
+                return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
         X = check_features(X, n_features=self.n_features, dtype=self.dtype, xp=self.xp,
                            device=self.device)
-        check_positive(batch_size, argument="batch_size", integer=True)
         if X.shape[0] <= batch_size:
             return self.forward(X, training=False)
         n = X.shape[0]
@@ -467,7 +473,10 @@ class Sequential:
             return self._evaluate(X, y, batch_size, metrics)
 
     def _evaluate(self, X: Any, y: Any, batch_size: int, metrics: Any) -> dict[str, float]:
-        X, y = self.check_data(X, y)
+        if _data.is_streamable(X):  # a memory map or Chunks: streamed when it does not fit
+            X, y, _ = _data.prepare(self, X, y, batch_size=batch_size)
+        if not isinstance(X, _data.Stream):
+            X, y = self.check_data(X, y)
         if metrics is not None:
             chosen = get_metrics(metrics, is_classifier=self.loss.is_classifier, loss=self.loss)
         elif self.metrics is not None:
@@ -483,16 +492,19 @@ class Sequential:
         """Loss (penalties included) and metrics on checked arrays (:meth:`check_data`), as
         ``(names, 0-d float64 device arrays)``: no host transfer, so a caller can fetch them
         together with other numbers in one (what :meth:`evaluate` and the training loop do).
-        Evaluated in chunks of ``batch_size`` samples; names get ``prefix`` (``"val_"``)."""
+        Evaluated in chunks of ``batch_size`` samples; names get ``prefix`` (``"val_"``).
+        ``X`` may be an :class:`nnxp.data.Stream` (with ``y=None``: its targets travel with it),
+        evaluated chunk by chunk on the same batches."""
         xp, n = self.xp, X.shape[0]
         total: Array = None
         states: list[Any] = [None] * len(metrics)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            xb, yb = X[start:stop, ...], y[start:stop, ...]
+        batches = (X.batches(batch_size) if isinstance(X, _data.Stream) else
+                   ((X[i:min(i + batch_size, n), ...], y[i:min(i + batch_size, n), ...], None)
+                    for i in range(0, n, batch_size)))
+        for xb, yb, _ in batches:
             out = self.forward(xb, training=False)
             value, _ = self.loss.forward(out, yb, xp=xp)
-            part = xp.astype(value, xp.float64) * (stop - start)
+            part = xp.astype(value, xp.float64) * xb.shape[0]
             total = part if total is None else total + part
             for i, metric in enumerate(metrics):
                 states[i] = metric.update(states[i], out, yb, xp=xp)
