@@ -221,12 +221,13 @@ def is_streamable(X: Any) -> bool:
 
 def default_chunk_rows(row_bytes: int, available: int | None, batch_size: int | None) -> int:
     """Rows per chunk of a memory map: at most :data:`CHUNK_SHARE` of ``available`` bytes
-    (:data:`DEFAULT_CHUNK_ROWS` when unknown), at least one batch, and rounded down to a whole
-    number of batches, so that no batch runs across two chunks."""
+    (:data:`DEFAULT_CHUNK_ROWS` when unknown), rounded down to a whole number of batches when
+    it holds at least one, so that no batch runs across two chunks (a smaller chunk stays
+    smaller: batches then gather the rows of several chunks on the device)."""
     rows = DEFAULT_CHUNK_ROWS if available is None else max(1, int(available * CHUNK_SHARE)
                                                             // max(row_bytes, 1))
-    if batch_size is not None:
-        rows = max(batch_size, rows // batch_size * batch_size)
+    if batch_size is not None and rows >= batch_size:
+        rows = rows // batch_size * batch_size
     return rows
 
 
