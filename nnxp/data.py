@@ -138,7 +138,7 @@ class Chunks:
         if len(shapes[0][0]) == 0:  # type: ignore[index]
             raise ValueError("X must be 2-D (n_samples, n_features), got a 0-d array")
         n = shapes[0][0][0]  # type: ignore[index]
-        for a, name, info in zip(arrays[1:], ("y", "sample_weight"), shapes[1:]):
+        for name, info in zip(("y", "sample_weight"), shapes[1:]):
             if len(info[0]) == 0 or info[0][0] != n:  # type: ignore[index]
                 raise ValueError(f"{name} must have one row per sample of X: expected {n} rows, "
                                  f"got shape {info[0]}")  # type: ignore[index]

@@ -290,7 +290,10 @@ class Sequential:
 
         Parameters
         ----------
-        X : (n_samples, n_features) array-like
+        X : (n_samples, n_features) array-like, a memory-mapped ``.npy``
+            (``np.load(path, mmap_mode="r")``) or an :class:`nnxp.data.Chunks` (then
+            ``y=None``: the targets are in its parts); data that does not fit the device memory
+            budget is streamed chunk by chunk (see :mod:`nnxp.data` and ``docs/streaming.md``)
         y : targets; for classification losses, integer labels of shape (n_samples,)
         loss : a name from ``nnxp.losses.LOSSES`` or a loss object; ``None`` keeps the model's
             (set by the constructor or an earlier fit; softmax cross-entropy by default)
@@ -456,7 +459,10 @@ class Sequential:
             return self.loss.predict_proba(self._outputs(X, batch_size), xp=self.xp)
 
     def predict(self, X: Any, *, batch_size: int = 4096) -> Array:
-        """Class labels (int64) for classifiers; the raw outputs for regression losses."""
+        """Class labels (int64) for classifiers; the raw outputs for regression losses.
+
+        ``X`` may be a memory map or an :class:`nnxp.data.Chunks`, streamed when it does not
+        fit the device (the outputs, on the device, are gathered whole)."""
         with self.on_device():
             return self.loss.predict(self._outputs(X, batch_size), xp=self.xp)
 

@@ -191,7 +191,7 @@ def test_shuffled_epoch_visits_every_sample_once_chunk_by_chunk(bk: Any, files: 
     model = _model()
     stream, _, _ = data.prepare(model, _chunked(files, 40), None)
     assert isinstance(stream, data.Stream)
-    for epoch in range(2):
+    for _ in range(2):  # two epochs
         plan = stream.epoch_plan(model.data_rng)
         assert sorted(i for i, _ in plan) == list(range(6))
         ids = np.concatenate([nnxp.to_numpy(xb)[:, 0] for xb, _, _ in stream.batches(16, plan)])
@@ -276,7 +276,8 @@ def _save(d: Path, name: str, a: np.ndarray) -> np.ndarray:
      "same form"),
     (lambda f, d: (_save(d, "a.npy", np.where(np.arange(N)[:, None] == 150, np.nan, f["X"])),
                    f["ym"]), ValueError, r"X \(chunk 50 of 68\) contains 6 NaN"),
-    (lambda f, d: (f["Xm"], _save(d, "b.npy", np.full(N, C))), ValueError, r"y of X \(chunk 0 of 68\)"),
+    (lambda f, d: (f["Xm"], _save(d, "b.npy", np.full(N, C))), ValueError,
+     r"y of X \(chunk 0 of 68\)"),
     (lambda f, d: (data.Chunks([f["X"][:10]]), None), ValueError, "without targets"),
     (lambda f, d: (data.Chunks([(f["X"], f["y"])]), f["y"]), TypeError,
      "give the targets inside its parts"),
