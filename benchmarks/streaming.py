@@ -11,7 +11,10 @@ that much). The streamed fit's set-up (the one checking pass over the file: fini
 labels, chunk by chunk) is reported separately. The file is in the page cache after the first
 round: the figures are for warm reads (a cold read from disk adds the disk's time).
 
-    PYTHONPATH=. python benchmarks/streaming.py [--rounds 3] [--out PREFIX]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/streaming.py [--rounds 3] [--out PREFIX]
+
+(one BLAS thread: on a shared machine, multithreaded BLAS times swing by 2-3x between rounds;
+the thread setting is recorded in the results)
 
 writes PREFIX.json and PREFIX.md (default benchmarks/results/issue11-streaming).
 """
@@ -30,7 +33,7 @@ import numpy as np
 import nnxp
 from nnxp.layers import Dense
 
-N, F, HIDDEN, C = 65536, 256, 256, 10
+N, F, HIDDEN, C = 32768, 256, 256, 10
 BATCH = 256
 
 
@@ -82,7 +85,8 @@ def main() -> None:
     chunk_rows = nnxp.data.default_chunk_rows(F * 4 + 8, budget, BATCH)
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
-            "nnxp": nnxp.__version__, "rounds": args.rounds, "n": N, "features": F,
+            "nnxp": nnxp.__version__, "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "rounds": args.rounds, "n": N, "features": F,
             "hidden": HIDDEN, "classes": C, "batch_size": BATCH, "data_bytes": data_bytes,
             "budget_bytes": budget, "chunk_rows": chunk_rows, "n_chunks": -(-N // chunk_rows)}
     try:
@@ -100,8 +104,8 @@ def main() -> None:
         f"{chunk_rows} rows ({meta['n_chunks']} per epoch); MLP {F}-{HIDDEN}-{C} relu, SGD, "
         f"batch {BATCH}; fastest epoch of {args.rounds} rounds x 2 epochs. "
         "Produced by `benchmarks/streaming.py`.", "",
-        "machine " + ", ".join(f"{k} {meta[k]}" for k in ("machine", "cpus", "python", "numpy",
-                                                          "torch", "nnxp") if k in meta), "",
+        ", ".join(f"{k} {meta[k]}" for k in ("machine", "cpus", "python", "numpy", "torch",
+                                             "nnxp", "threads") if k in meta), "",
         "| backend | shuffle | in memory s/epoch | streamed s/epoch | streamed / in memory | "
         "streamed set-up s (one checking pass) |",
         "|---|---|---|---|---|---|",
@@ -109,7 +113,9 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['backend']} | {r['shuffle']} | {r['memory_s']:.3f} | "
                      f"{r['stream_s']:.3f} | {r['ratio']:.2f} | {r['stream_setup_s']:.3f} |")
-    lines += ["", "CPU backends only: the device is the host, so the copy is a host copy and "
+    lines += ["", "The machine is shared (other jobs ran meanwhile): ratios within about 0.3 of 1 "
+              "are within the round-to-round noise seen here.", "",
+              "CPU backends only: the device is the host, so the copy is a host copy and "
               "nothing overlaps. The GPU rows (cupy, torch CUDA: pinned buffers and a second "
               "stream, the copy of the next chunk overlapping with compute) need a GPU run: "
               "`PYTHONPATH=. python benchmarks/streaming.py --backends torch:cuda,cupy`."]

@@ -263,7 +263,7 @@ class Sequential:
     def fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         *,
         loss: str | Loss | None = None,
         optimizer: Optimizer | None = None,
@@ -294,7 +294,8 @@ class Sequential:
             (``np.load(path, mmap_mode="r")``) or an :class:`nnxp.data.Chunks` (then
             ``y=None``: the targets are in its parts); data that does not fit the device memory
             budget is streamed chunk by chunk (see :mod:`nnxp.data` and ``docs/streaming.md``)
-        y : targets; for classification losses, integer labels of shape (n_samples,)
+        y : targets; for classification losses, integer labels of shape (n_samples,); may be
+            a memory map beside a memory-mapped ``X``; omitted for an ``nnxp.data.Chunks``
         loss : a name from ``nnxp.losses.LOSSES`` or a loss object; ``None`` keeps the model's
             (set by the constructor or an earlier fit; softmax cross-entropy by default)
         optimizer : an ``nnxp.optim`` optimizer. ``None`` reuses the model's optimizer from an
@@ -381,7 +382,7 @@ class Sequential:
     def partial_fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         *,
         loss: str | Loss | None = None,
         optimizer: Optimizer | None = None,
@@ -466,7 +467,7 @@ class Sequential:
         with self.on_device():
             return self.loss.predict(self._outputs(X, batch_size), xp=self.xp)
 
-    def evaluate(self, X: Any, y: Any, *, batch_size: int = 4096,
+    def evaluate(self, X: Any, y: Any = None, *, batch_size: int = 4096,
                  metrics: Any = None) -> dict[str, float]:
         """Mean loss (weight penalties included) and metrics on ``(X, y)``, without training.
 

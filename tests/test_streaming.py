@@ -176,8 +176,9 @@ def test_chunks_of_npy_paths_and_partial_fit(files: Any, budget: Any) -> None:
     ref.partial_fit(files["X"], files["y"], batch_size=32, shuffle=False)
     budget(1000)
     model = _model()
-    model.partial_fit(chunks, None, batch_size=32, shuffle=False)
+    model.partial_fit(chunks, batch_size=32, shuffle=False)  # y omitted: inside the chunks
     _assert_same(ref, model)
+    assert model.evaluate(chunks) == ref.evaluate(files["X"], files["y"])
 
 
 # ----------------------------------------------------------------------------------------------
