@@ -512,3 +512,33 @@ def test_uploader_choice(bk: Any, monkeypatch: Any) -> None:
     assert up.overlaps == (bk.name == "cupy" or str(bk.device).startswith("cuda"))
     monkeypatch.setenv("NNXP_SYNC_UPLOADS", "1")
     assert not backend.chunk_uploader(bk.xp, bk.device).overlaps
+
+
+def test_next_chunk_is_copied_after_the_current_chunks_work_is_queued(
+        files: Any, budget: Any, monkeypatch: Any) -> None:
+    """The order that lets the copy overlap with compute: chunk k+1 is read and its copy started
+    only once the batches of chunk k have been handed out (their steps queued on a GPU), and
+    each chunk is finished (the compute stream made to wait) before its batches are used."""
+    log: list[str] = []
+
+    class Recording(backend.ChunkUploader):
+        def start(self, arrays: Any) -> Any:
+            log.append("start")
+            return super().start(arrays)
+
+        def finish(self, handle: Any) -> tuple[Any, ...]:
+            log.append("finish")
+            return super().finish(handle)
+
+        def close(self) -> None:
+            log.append("close")
+
+    monkeypatch.setattr(backend, "chunk_uploader", lambda xp, device: Recording(xp, device))
+    budget(1000)
+    model = _model()
+    stream, _, _ = data.prepare(model, _chunked(files, 64), None)  # 64, 64, 64, 11 rows
+    for _ in stream.batches(32):
+        log.append("batch")
+    assert log == (["start", "finish", "batch", "batch", "start"]
+                   + ["finish", "batch", "batch", "start"] * 2
+                   + ["finish", "close", "batch"])  # the 11-row tail after the last chunk
