@@ -6,6 +6,7 @@ with :func:`set_backend`, :func:`use_backend` or the ``NNXP_BACKEND`` environmen
 
 from . import (
     callbacks,
+    data,
     datasets,
     diagnostics,
     init,
@@ -58,6 +59,7 @@ __all__ = [
     "__version__",
     "asarray",
     "callbacks",
+    "data",
     "datasets",
     "diagnostics",
     "get_backend",

@@ -546,6 +546,8 @@ def _from_numpy(host: np.ndarray, xp: Any, device: Any) -> Array:
     if name == "torch":
         import torch  # noqa: PLC0415
 
+        if not host.flags.writeable:  # a read-only memory map: torch would share it unguarded
+            host = np.array(host)
         t = torch.from_numpy(np.ascontiguousarray(host))
         return t if str(device) == "cpu" else t.to(device)
     if name == "cupy":
@@ -1642,7 +1644,10 @@ def free_device_memory(xp: Any = None, device: Any = None) -> int | None:
     """
     info = get_backend()
     name = info.name if xp is None else (_name_of_namespace(xp) or "")
-    dev = info.device if device is None else device
+    if device is not None:
+        dev = device
+    else:
+        dev = info.device if xp is None else _default_device(xp)
     if name == "cupy":
         import cupy  # noqa: PLC0415
 
@@ -1806,3 +1811,224 @@ def tf32_status() -> dict[str, Any]:
 
 if _tf32 is not None:  # NNXP_TF32 given: the backend made at import gets it too
     _apply_tf32_to_loaded(_tf32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host data larger than the device: memory maps and chunk uploads
+# (nnxp.data streams through these; the library-specific calls live here only)
+# ----------------------------------------------------------------------------------------------
+
+def is_memory_map(x: Any) -> bool:
+    """Whether ``x`` is a NumPy memory map (``np.memmap``, ``np.load(..., mmap_mode="r")``)."""
+    return isinstance(x, np.memmap)
+
+
+def open_npy(path: Any) -> np.ndarray:
+    """The ``.npy`` file at ``path`` as a read-only memory map (nothing is read yet).
+
+    Raises ValueError naming the file for what is not a plain ``.npy`` array (an ``.npz``, a
+    pickled object array, a damaged header).
+    """
+    try:
+        out = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"cannot open {os.fspath(path)!r} as a .npy array: {exc}") from None
+    if not isinstance(out, np.ndarray):  # np.load of an .npz gives an NpzFile
+        raise ValueError(f"{os.fspath(path)!r} is not a .npy array (got {type(out).__name__}); "
+                         "save each array with numpy.save")
+    return out
+
+
+def host_info(x: Any) -> tuple[tuple[int, ...], str] | None:
+    """``(shape, dtype name)`` of host data without reading it (a memory map stays unread), or
+    None for what is not a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return tuple(int(s) for s in x.shape), x.dtype.name
+    return None
+
+
+def can_cast_safely(dtype_from: str, dtype_to: str) -> bool:
+    """Whether NumPy's ``same_kind`` casting allows ``dtype_from`` → ``dtype_to`` (float64 to
+    float32 yes; complex or strings to float no); integers and booleans to a float too."""
+    src = np.dtype(dtype_from)
+    if src.kind in "biu":
+        return np.dtype(dtype_to).kind in "fiu"
+    return bool(np.can_cast(src, np.dtype(dtype_to), casting="same_kind"))
+
+
+def read_rows(a: Any, start: int, stop: int, order: Any = None, dtype: Any = None) -> np.ndarray:
+    """Rows ``start:stop`` of host array ``a`` (a memory map reads only these pages) as a new
+    in-memory NumPy array, in the order ``order`` (indices relative to ``start``) when given,
+    cast to ``dtype`` when given. Peak host memory: about two copies of the rows."""
+    part = a[start:stop]
+    out = np.asarray(part)[np.asarray(order)] if order is not None else np.array(part)
+    if dtype is not None:
+        target = dtype_name(dtype)
+        if out.dtype != np.dtype(target):
+            with np.errstate(over="ignore"):
+                out = out.astype(target)
+    return np.ascontiguousarray(out)
+
+
+class ChunkUploader:
+    """Copies host chunks to the device; where the backend can, asynchronously, so that the copy
+    of the next chunk overlaps with the compute on the current one.
+
+    ``start(arrays)`` begins copying a tuple of host NumPy arrays and returns a handle;
+    ``finish(handle)`` returns the device arrays, ready to be used by work queued after it.
+    This synchronous version (numpy, torch CPU, array-api-strict, and every backend where no
+    second stream exists) copies in ``start``; :func:`chunk_uploader` picks the right one.
+    ``overlaps`` says which kind it is.
+    """
+
+    overlaps = False
+
+    def __init__(self, xp: Any, device: Any) -> None:
+        self.xp, self.device = xp, device
+
+    def start(self, arrays: Sequence[Any]) -> Any:
+        return tuple(None if a is None else asarray(a, xp=self.xp, device=self.device)
+                     for a in arrays)
+
+    def finish(self, handle: Any) -> tuple[Any, ...]:
+        return tuple(handle)
+
+    def close(self) -> None:
+        """Wait for copies in flight and release the host buffers."""
+
+
+class _CudaUploader(ChunkUploader):
+    """The overlapping uploader, common to cupy and torch CUDA.
+
+    Per chunk: each host array is copied into page-locked (pinned) host memory, a copy to the
+    device is queued on a second stream, and an event is recorded after it. ``finish`` makes the
+    compute stream wait for that event (a device-side wait: the host does not block). The pinned
+    buffers of a chunk are kept until its copy is known to be done: at most ``depth`` chunks are
+    in flight, and starting one more first waits, on the host, for the oldest copy's event —
+    the only host wait per chunk, normally on a copy that finished long ago.
+    """
+
+    overlaps = True
+    depth = 2
+
+    def __init__(self, xp: Any, device: Any) -> None:
+        super().__init__(xp, device)
+        self.copy_stream = self._new_stream()
+        self.in_flight: list[tuple[Any, list[Any]]] = []  # (event, pinned buffers)
+
+    def start(self, arrays: Sequence[Any]) -> Any:
+        while len(self.in_flight) >= self.depth:
+            event, _ = self.in_flight.pop(0)
+            event.synchronize()
+        pinned = [None if a is None else self._pin(np.ascontiguousarray(a)) for a in arrays]
+        out, event = self._copy(pinned)
+        self.in_flight.append((event, pinned))
+        return out, event
+
+    def finish(self, handle: Any) -> tuple[Any, ...]:
+        out, event = handle
+        self._wait(event, out)
+        return tuple(out)
+
+    def close(self) -> None:
+        for event, _ in self.in_flight:
+            event.synchronize()
+        self.in_flight.clear()
+
+    # the library-specific parts
+    def _new_stream(self) -> Any:
+        raise NotImplementedError
+
+    def _pin(self, host: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _copy(self, pinned: list[Any]) -> tuple[list[Any], Any]:
+        raise NotImplementedError
+
+    def _wait(self, event: Any, out: list[Any]) -> None:
+        raise NotImplementedError
+
+
+class TorchCudaUploader(_CudaUploader):
+    """torch CUDA: pinned tensors (``pin_memory=True``), ``Tensor.to(device, non_blocking=True)``
+    under ``torch.cuda.stream(copy_stream)``, then ``current_stream.wait_event`` and
+    ``record_stream`` (so the caching allocator does not reuse a chunk's memory while the
+    compute stream still reads it). ``torch`` may be a stand-in module (tests use a fake)."""
+
+    def __init__(self, xp: Any, device: Any, torch: Any = None) -> None:
+        self.torch = importlib.import_module("torch") if torch is None else torch
+        super().__init__(xp, device)
+
+    def _new_stream(self) -> Any:
+        return self.torch.cuda.Stream(device=self.device)
+
+    def _pin(self, host: np.ndarray) -> Any:
+        return self.torch.from_numpy(host).pin_memory()  # one copy, into page-locked memory
+
+    def _copy(self, pinned: list[Any]) -> tuple[list[Any], Any]:
+        torch = self.torch
+        with torch.cuda.stream(self.copy_stream):
+            out = [None if p is None else p.to(self.device, non_blocking=True) for p in pinned]
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        return out, event
+
+    def _wait(self, event: Any, out: list[Any]) -> None:
+        current = self.torch.cuda.current_stream(self.device)
+        current.wait_event(event)
+        for t in out:
+            if t is not None:
+                t.record_stream(current)
+
+
+class CupyUploader(_CudaUploader):
+    """cupy: ``cupyx.empty_pinned`` buffers, ``ndarray.set(pinned, stream=copy_stream)`` into
+    arrays allocated on the target GPU, an event recorded on the copy stream, and
+    ``get_current_stream().wait_event``. ``cupy``/``cupyx`` may be stand-ins (tests use fakes)."""
+
+    def __init__(self, xp: Any, device: Any, cupy: Any = None, cupyx: Any = None) -> None:
+        if cupy is None:
+            cupy, cupyx = importlib.import_module("cupy"), importlib.import_module("cupyx")
+        self.cupy, self.cupyx = cupy, cupyx
+        super().__init__(xp, device)
+
+    def _new_stream(self) -> Any:
+        with self.cupy.cuda.Device(self.device):
+            return self.cupy.cuda.Stream(non_blocking=True)
+
+    def _pin(self, host: np.ndarray) -> Any:
+        buffer = self.cupyx.empty_pinned(host.shape, dtype=host.dtype)
+        buffer[...] = host
+        return buffer
+
+    def _copy(self, pinned: list[Any]) -> tuple[list[Any], Any]:
+        cupy = self.cupy
+        out: list[Any] = []
+        with cupy.cuda.Device(self.device):
+            for p in pinned:
+                if p is None:
+                    out.append(None)
+                    continue
+                dev = cupy.empty(p.shape, dtype=p.dtype)
+                dev.set(p, stream=self.copy_stream)
+                out.append(dev)
+            event = self.copy_stream.record()
+        return out, event
+
+    def _wait(self, event: Any, out: list[Any]) -> None:
+        with self.cupy.cuda.Device(self.device):
+            self.cupy.cuda.get_current_stream().wait_event(event)
+
+
+def chunk_uploader(xp: Any, device: Any) -> ChunkUploader:
+    """The uploader for ``xp``/``device``: overlapping on cupy and torch CUDA, synchronous
+    elsewhere. ``NNXP_SYNC_UPLOADS=1`` forces the synchronous one (to rule it out when
+    debugging)."""
+    if os.environ.get("NNXP_SYNC_UPLOADS", "") not in ("", "0"):
+        return ChunkUploader(xp, device)
+    name = _name_of_namespace(xp)
+    if name == "cupy":
+        return CupyUploader(xp, device)
+    if name == "torch" and getattr(device, "type", str(device)) == "cuda":
+        return TorchCudaUploader(xp, device)
+    return ChunkUploader(xp, device)

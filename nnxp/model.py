@@ -9,6 +9,7 @@ from typing import Any
 
 from . import archive as _archive
 from . import backend
+from . import data as _data
 from . import devices as _devices
 from . import summary as _summary
 from . import training as _training
@@ -262,7 +263,7 @@ class Sequential:
     def fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         *,
         loss: str | Loss | None = None,
         optimizer: Optimizer | None = None,
@@ -292,8 +293,12 @@ class Sequential:
 
         Parameters
         ----------
-        X : (n_samples, n_features) array-like
-        y : targets; for classification losses, integer labels of shape (n_samples,)
+        X : (n_samples, n_features) array-like, a memory-mapped ``.npy``
+            (``np.load(path, mmap_mode="r")``) or an :class:`nnxp.data.Chunks` (then
+            ``y=None``: the targets are in its parts); data that does not fit the device memory
+            budget is streamed chunk by chunk (see :mod:`nnxp.data` and ``docs/streaming.md``)
+        y : targets; for classification losses, integer labels of shape (n_samples,); may be
+            a memory map beside a memory-mapped ``X``; omitted for an ``nnxp.data.Chunks``
         loss : a name from ``nnxp.losses.LOSSES`` or a loss object; ``None`` keeps the model's
             (set by the constructor or an earlier fit; softmax cross-entropy by default)
         optimizer : an ``nnxp.optim`` optimizer. ``None`` reuses the model's optimizer from an
@@ -403,7 +408,7 @@ class Sequential:
     def partial_fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         *,
         loss: str | Loss | None = None,
         optimizer: Optimizer | None = None,
@@ -465,9 +470,14 @@ class Sequential:
     # --- inference and evaluation ---------------------------------------------------------
 
     def _outputs(self, X: Any, batch_size: int) -> Array:
+        check_positive(batch_size, argument="batch_size", integer=True)
+        if _data.is_streamable(X):  # a memory map or Chunks: streamed when it does not fit
+            X, _, _ = _data.prepare(self, X, targets=False, batch_size=batch_size)
+            if isinstance(X, _data.Stream):
+                parts = [self.forward(xb, training=False) for xb, _, _ in X.batches(batch_size)]
+                return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
         X = check_features(X, n_features=self.n_features, dtype=self.dtype, xp=self.xp,
                            device=self.device)
-        check_positive(batch_size, argument="batch_size", integer=True)
         if X.shape[0] <= batch_size:
             return self.forward(X, training=False)
         n = X.shape[0]
@@ -484,11 +494,14 @@ class Sequential:
             return self.loss.predict_proba(self._outputs(X, batch_size), xp=self.xp)
 
     def predict(self, X: Any, *, batch_size: int = 4096) -> Array:
-        """Class labels (int64) for classifiers; the raw outputs for regression losses."""
+        """Class labels (int64) for classifiers; the raw outputs for regression losses.
+
+        ``X`` may be a memory map or an :class:`nnxp.data.Chunks`, streamed when it does not
+        fit the device (the outputs, on the device, are gathered whole)."""
         with self.on_device():
             return self.loss.predict(self._outputs(X, batch_size), xp=self.xp)
 
-    def evaluate(self, X: Any, y: Any, *, batch_size: int = 4096,
+    def evaluate(self, X: Any, y: Any = None, *, batch_size: int = 4096,
                  metrics: Any = None) -> dict[str, float]:
         """Mean loss (weight penalties included) and metrics on ``(X, y)``, without training.
 
@@ -501,7 +514,10 @@ class Sequential:
             return self._evaluate(X, y, batch_size, metrics)
 
     def _evaluate(self, X: Any, y: Any, batch_size: int, metrics: Any) -> dict[str, float]:
-        X, y = self.check_data(X, y)
+        if _data.is_streamable(X):  # a memory map or Chunks: streamed when it does not fit
+            X, y, _ = _data.prepare(self, X, y, batch_size=batch_size)
+        if not isinstance(X, _data.Stream):
+            X, y = self.check_data(X, y)
         if metrics is not None:
             chosen = get_metrics(metrics, is_classifier=self.loss.is_classifier, loss=self.loss)
         elif self.metrics is not None:
@@ -517,16 +533,19 @@ class Sequential:
         """Loss (penalties included) and metrics on checked arrays (:meth:`check_data`), as
         ``(names, 0-d float64 device arrays)``: no host transfer, so a caller can fetch them
         together with other numbers in one (what :meth:`evaluate` and the training loop do).
-        Evaluated in chunks of ``batch_size`` samples; names get ``prefix`` (``"val_"``)."""
+        Evaluated in chunks of ``batch_size`` samples; names get ``prefix`` (``"val_"``).
+        ``X`` may be an :class:`nnxp.data.Stream` (with ``y=None``: its targets travel with it),
+        evaluated chunk by chunk on the same batches."""
         xp, n = self.xp, X.shape[0]
         total: Array = None
         states: list[Any] = [None] * len(metrics)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            xb, yb = X[start:stop, ...], y[start:stop, ...]
+        batches = (X.batches(batch_size) if isinstance(X, _data.Stream) else
+                   ((X[i:min(i + batch_size, n), ...], y[i:min(i + batch_size, n), ...], None)
+                    for i in range(0, n, batch_size)))
+        for xb, yb, _ in batches:
             out = self.forward(xb, training=False)
             value, _ = self.loss.forward(out, yb, xp=xp)
-            part = xp.astype(value, xp.float64) * (stop - start)
+            part = xp.astype(value, xp.float64) * xb.shape[0]
             total = part if total is None else total + part
             for i, metric in enumerate(metrics):
                 states[i] = metric.update(states[i], out, yb, xp=xp)

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import archive, backend
+from . import archive, backend, data
 from . import diagnostics as diag
 from . import distributed as dist  # mpi4py itself is imported only when a run asks for it
 from .accumulation import GradientSum, part_bounds
@@ -219,8 +219,7 @@ def fit(
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     if loss is not None:
         model.loss = get_loss(loss)
-    X, y = model.check_data(X, y)
-    w = _sample_weight(model, sample_weight, X.shape[0])
+    X, y, w = _training_data(model, X, y, sample_weight, batch_size, memory_budget)
     X, y, val = _validation_sets(model, X, y, validation_split, validation_data)
     if w is not None and w.shape[0] != X.shape[0]:
         w = w[:X.shape[0]]  # validation_split held out the last samples
@@ -248,6 +247,10 @@ def fit(
     resumed = archive.checkpoint_callback_states(resume_from) if resume_from is not None \
         else None
     if distributed is not False and distributed is not None:  # data parallel: nnxp.distributed
+        if isinstance(X, data.Stream):
+            raise ValueError("distributed training does not stream: X does not fit the device "
+                             "memory budget; give each rank its own shard that fits (see "
+                             "docs/streaming.md)")
         return _fit_distributed(model, X, y, val, distributed, opt, cbs, dict(
             first_epoch=first_epoch, last_epoch=last_epoch, batch_size=batch_size,
             shuffle=shuffle, verbose=verbose, diagnostics=diagnostics,
@@ -440,6 +443,20 @@ def _check_step_options(model: Sequential, *, accumulate: Any, capture: Any, opt
                              f"(numpy, cupy, torch); got the namespace {model.xp.__name__}")
 
 
+def _training_data(model: Sequential, X: Any, y: Any, sample_weight: Any,
+                   batch_size: int | None, memory_budget: Any = None) -> tuple[Any, Any, Any]:
+    """``(X, y, sample_weight)`` checked and on the device, or ``(Stream, None, None)`` for a
+    memory map or :class:`nnxp.data.Chunks` that does not fit the device (see
+    :mod:`nnxp.data`); everything is checked here, before any step."""
+    if data.is_streamable(X):
+        X, y, sample_weight = data.prepare(model, X, y, sample_weight, batch_size=batch_size,
+                                           memory_budget=memory_budget)
+        if isinstance(X, data.Stream):
+            return X, None, None
+    X, y = model.check_data(X, y)
+    return X, y, _sample_weight(model, sample_weight, X.shape[0])
+
+
 def _sample_weight(model: Sequential, sample_weight: Any, n_samples: int) -> Array | None:
     """Checked per-sample weights in the model's dtype, or None."""
     if sample_weight is None:
@@ -474,6 +491,20 @@ def _validation_sets(model: Sequential, X: Array, y: Array, validation_split: fl
     if validation_data is not None and validation_split:
         raise ValueError("give validation_split or validation_data, not both (got "
                          f"validation_split={validation_split})")
+    if validation_split and isinstance(X, data.Stream):
+        raise ValueError(f"validation_split={validation_split} cannot be used with streamed "
+                         "data (a memory map or nnxp.data.Chunks larger than the device memory "
+                         "budget): hold out a validation set yourself and pass it as "
+                         "validation_data (which may be streamed too)")
+    if isinstance(validation_data, data.Chunks):
+        validation_data = (validation_data, None)
+    if validation_data is not None and isinstance(validation_data, (tuple, list)) \
+            and len(validation_data) == 2 and data.is_streamable(validation_data[0]):
+        Xv, yv, _ = data.prepare(model, validation_data[0], validation_data[1],
+                                 argument="validation_data[0]")
+        if isinstance(Xv, data.Stream):
+            return X, y, (Xv, None)
+        validation_data = (Xv, yv)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a pair (X_val, y_val), got "
@@ -530,12 +561,14 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     static = _StaticStep(model, optimizer) if capture else None
     if static is not None:
         step_fn = static
+    if isinstance(X, data.Stream):
+        batches = _stream_batches
     _check_batch_sizes(model, n, bs)
     metrics = model.metrics or []
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     quiet = any(getattr(cb, "handles_divergence", False) for cb in cbs)
     batch_hooks = cbs.has_batch_hooks
-    recorder = (diag.DiagnosticsRecorder(model, X[:min(n, diag.PROBE_SIZE), ...])
+    recorder = (diag.DiagnosticsRecorder(model, _first_rows(X, min(n, diag.PROBE_SIZE)))
                 if diagnostics else None)
     history = History()
     model.history = history
@@ -555,8 +588,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 lr = get_lr(optimizer)
                 started = time.perf_counter()
                 progress.start_epoch(epoch)
-                order = (model.data_rng.permutation(n, xp=xp, device=model.device)
-                         if shuffle else None)
+                order = _epoch_order(model, X, shuffle)
                 loss_sum = xp.zeros((), dtype=xp.float64, device=model.device)
                 states: list[Any] = [None] * len(metrics)
                 for batch, micro in enumerate(_step_groups(
@@ -770,6 +802,28 @@ def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array |
     optimizer.step()
     model.apply_constraints()
     return value, outs
+
+
+def _epoch_order(model: Sequential, X: Any, shuffle: bool) -> Any:
+    """The epoch's shuffle, drawn from ``model.data_rng``: a permutation of the samples moved
+    to the device (one copy per epoch), or for a stream its host-side plan (chunk order, then
+    the rows within each chunk; :meth:`nnxp.data.Stream.epoch_plan`). None without shuffle."""
+    if not shuffle:
+        return None
+    if isinstance(X, data.Stream):
+        return X.epoch_plan(model.data_rng)
+    return model.data_rng.permutation(X.shape[0], xp=model.xp, device=model.device)
+
+
+def _stream_batches(X: data.Stream, y: Any, batch_size: int, w: Any, order: Any, *,
+                    xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
+    """:func:`_batches` for streamed data: the targets and weights travel inside ``X``."""
+    return X.batches(batch_size, order)
+
+
+def _first_rows(X: Any, k: int) -> Array:
+    """The first ``k`` rows of the training features on the device (the diagnostics' probe)."""
+    return X.head(k) if isinstance(X, data.Stream) else X[:k, ...]
 
 
 def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,

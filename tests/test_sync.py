@@ -496,3 +496,46 @@ def test_fit_epoch_budget_catches_a_per_epoch_regression(monkeypatch) -> None:
     monkeypatch.setattr(training, "get_lr", get_lr_with_a_read)
     with pytest.raises(AssertionError, match="expected"):
         test_fit_transfers_once_per_epoch_each_way_beyond_its_set_up()
+
+
+STREAM_CHUNK_BUDGET = Counter({
+    ("host->device", "nnxp/data.py in device_chunks"): 2,  # per chunk: X and y, one copy each
+})
+"""Streamed data (:mod:`nnxp.data`), per chunk and epoch: one host-to-device copy of each of the
+chunk's arrays (X and y here), made where the chunk is read; the shuffle is drawn on the host
+and applied while reading, so no permutation is copied. Per epoch, the one transfer of the logs
+(:data:`EPOCH_BUDGET`'s second line) as in memory."""
+
+
+def test_streamed_fit_copies_each_chunk_once_per_epoch_and_nothing_per_step(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    X, y = _data()
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    ym = np.load(tmp_path / "y.npy", mmap_mode="r")
+    rows = 24  # 64 samples: chunks of 24, 24, 16, so batches of 16 run across chunk boundaries
+    counts = []
+    # The data (1.5 kB) must exceed the share of the budget that may hold it, while the budget
+    # still holds the model's memory plan (3.7 kB), or fit refuses up front.
+    monkeypatch.setattr(nnxp.data, "DATA_SHARE", 0.1)
+    old = nnxp.backend.set_memory_budget(5000)
+    try:
+        for epochs in (1, 3):
+            with nnxp.use_backend("torch"):
+                model = nnxp.Sequential(_mlp("relu")(), seed=0)
+                with SyncCounter() as counter:
+                    model.fit(nnxp.data.Chunks.from_arrays(Xm, ym, chunk_size=rows), None,
+                              epochs=epochs, batch_size=BATCH, verbose=0)
+            assert counter.steps == epochs * N // BATCH
+            assert_budget(counter.in_steps(), 0, "streamed training steps")
+            counts.append(_per_epoch(counter))
+    finally:
+        nnxp.backend.set_memory_budget(old)
+    extra = counts[1]
+    extra.subtract(counts[0])
+    extra = +extra
+    n_chunks = 3
+    want = Counter({k: 2 * n_chunks * n for k, n in STREAM_CHUNK_BUDGET.items()})
+    want[("device->host", "nnxp/training.py in _run_epochs")] = 2
+    assert extra == want, f"two more epochs cost {dict(extra)}, expected {dict(want)}"
