@@ -589,6 +589,8 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
     xp = model.xp
 
     def loss_and_backward() -> tuple[Array, Array]:
+        for layer in model.layers:
+            layer.grads.clear()
         out = model.forward(xb, training=True)
         if wb is None:
             value, cache = model.loss.forward(out, yb, xp=xp)
