@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..typing import Array
+from .accumulate import accumulator, upcast
 
 
 class NormCache(NamedTuple):
@@ -72,7 +73,8 @@ def _affine(xhat: Array, gamma: Array | None, beta: Array | None) -> Array:
 
 
 def batch_norm_forward_train(
-    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
+    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any,
+    accumulate_dtype: Any = None,
 ) -> tuple[Array, NormCache, Array, Array]:
     """Batch norm in training mode: normalise with the statistics of this batch.
 
@@ -89,11 +91,19 @@ def batch_norm_forward_train(
     -------
     y : (N, C); cache : :class:`NormCache`; mean : (C,); var : (C,) the *biased* batch variance
     (the caller turns it into the unbiased running estimate with :func:`update_running_stats`).
+
+    A float16/bfloat16 ``x`` is normalised in float32 (``accumulate_dtype``, see
+    :mod:`nnxp.kernels.accumulate`): the statistics come back in float32, ``y`` and the cached
+    ``x̂`` in ``x``'s dtype.
     """
-    mean, var, centred = _moments_centred(x, axis=0, xp=xp)
+    acc = accumulator(x.dtype, xp, accumulate_dtype)
+    xa = upcast(x, acc, xp)
+    mean, var, centred = _moments_centred(xa, axis=0, xp=xp)
     invstd = 1.0 / xp.sqrt(var + eps)
     xhat = centred * invstd
-    y = _affine(xhat, gamma, beta)
+    y = _affine(xhat, upcast(gamma, acc, xp), upcast(beta, acc, xp))
+    if acc is not None:
+        y, xhat = xp.astype(y, x.dtype), xp.astype(xhat, x.dtype)
     return y, NormCache(xhat, invstd[0, ...], gamma), mean[0, ...], var[0, ...]
 
 
@@ -127,7 +137,7 @@ def update_running_stats(
 
 
 def batch_norm_backward(
-    dy: Array, cache: NormCache, *, xp: Any
+    dy: Array, cache: NormCache, *, xp: Any, accumulate_dtype: Any = None
 ) -> tuple[Array, Array | None, Array]:
     """Gradients of batch norm in training mode, the batch statistics included.
 
@@ -144,13 +154,21 @@ def batch_norm_backward(
     Returns
     -------
     dx : (N, C); dgamma : (C,) or None without ``gamma``; dbeta : (C,)
+
+    A float16/bfloat16 ``dy`` is differentiated in float32 (``accumulate_dtype``): ``dx`` comes
+    back in ``dy``'s dtype, ``dgamma`` and ``dbeta`` in float32.
     """
     xhat, invstd, gamma = cache
+    acc = accumulator(dy.dtype, xp, accumulate_dtype)
+    dy_in = dy
+    dy, xhat, gamma = upcast(dy, acc, xp), upcast(xhat, acc, xp), upcast(gamma, acc, xp)
     n = dy.shape[0]
     dbeta = xp.sum(dy, axis=0)
     dgamma = xp.sum(dy * xhat, axis=0)
     scale = invstd / n if gamma is None else gamma * invstd / n
     dx = scale * (n * dy - dbeta - xhat * dgamma)
+    if acc is not None:
+        dx = xp.astype(dx, dy_in.dtype)
     return dx, (None if gamma is None else dgamma), dbeta
 
 
