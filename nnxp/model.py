@@ -89,7 +89,7 @@ class Sequential:
         self.dtype = self._param_dtype()
         self.loss: Loss = get_loss(loss)
         self.optimizer: Any = None  # an Optimizer, bound by fit/partial_fit/train_on_batch
-        self.loss_scaler: Any = None  # an nnxp.precision.LossScaler, made by fit(precision="float16")
+        self.loss_scaler: Any = None  # a LossScaler, made by fit(precision="float16")
         self.metrics: list[Metric] | None = None  # resolved by fit (None: the default)
         self.epochs_trained = 0  # epochs completed over every fit/partial_fit call
         self.stop_training = False  # a callback sets it to end fit after the current epoch

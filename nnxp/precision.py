@@ -1,4 +1,4 @@
-"""Mixed-precision training: the precision policy of ``fit(..., precision=...)`` and the loss scaler.
+"""Mixed-precision training: the precision policy of ``fit(precision=...)`` and the loss scaler.
 
 ``precision="float32"`` (the default) trains as nnxp always has: nothing here runs. With
 ``"float16"`` or ``"bfloat16"`` a step of :func:`nnxp.training._step` goes through

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import archive, backend
-from . import precision as prec
 from . import diagnostics as diag
 from . import distributed as dist  # mpi4py itself is imported only when a run asks for it
+from . import precision as prec
 from .callbacks import CallbackList, get_lr
 from .losses import Loss, get_loss
 from .metrics import get_metrics

@@ -318,8 +318,8 @@ class _AfterStep(Callback):
 
 @pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"lbfgs"}))
 def test_fit_with_a_nan_at_step_k_keeps_the_weights_and_state_of_step_k_minus_1(bk, name):
-    """A sample that overflows in batch 4 (of 6): the error names step 4, the model holds the weights
-    after step 3 and the optimizer counts 3 steps, on every backend, for every optimizer."""
+    """A sample that overflows in batch 4 (of 6): the error names step 4, the model holds the
+    weights after step 3 and the optimizer counts 3 steps, on every backend and optimizer."""
     rng = np.random.default_rng(4)
     X = rng.normal(size=(48, 4)).astype(np.float32)
     X[27, :] = 3e38  # in batch 4 (batch_size 8, no shuffling): the layers overflow to inf/NaN

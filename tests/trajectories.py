@@ -98,7 +98,8 @@ def run_case(nnxp: Any, spec: str, dtype: str, index: int, *, gate: bool = False
                 for group in opt.param_groups:
                     group["lr"] = group["lr"] * 0.5
             if gate:
-                opt.step(gate=info.xp.ones((), dtype=info.xp.bool, device=holder.params["W"].device))
+                device = holder.params["W"].device
+                opt.step(gate=info.xp.ones((), dtype=info.xp.bool, device=device))
             else:
                 opt.step()
             rows.append(np.concatenate([np.asarray(nnxp.to_numpy(holder.params[k]),
