@@ -200,7 +200,8 @@ class Policy:
     def loss_and_backward(self, model: Any, xb: Array, yb: Array,
                           wb: Array | None) -> tuple[Array, Array]:
         """Forward and backward in the compute dtype: returns the float32 0-d loss and the
-        model's output (compute dtype); ``layer.grads`` hold float32, unscaled gradients."""
+        model's output cast to float32 (what the metrics see); ``layer.grads`` hold float32,
+        unscaled gradients."""
         xp = self.xp
         scale = 1.0 if self.scaler is None else self.scaler.scale
         with self.compute_weights(model):
@@ -228,7 +229,7 @@ class Policy:
                     else:
                         g32 = g32 * inverse
                 layer.grads[key] = g32
-        return value, out
+        return value, out32
 
 
 @contextlib.contextmanager
