@@ -336,3 +336,21 @@ def test_fit_with_a_nan_at_step_k_keeps_the_weights_and_state_of_step_k_minus_1(
     assert all(s.step == 3 for s in model.optimizer.state.values())
     for b in model.layers[1].buffers.values():
         assert np.isfinite(nnxp.to_numpy(b)).all()
+
+
+def test_layer_norm_statistics_accumulate_in_float32(bk) -> None:
+    if "float16" not in _low_precisions(bk):
+        pytest.skip(f"{bk.spec} has no float16")
+    xp = bk.xp
+    rng = np.random.default_rng(5)
+    x64 = rng.normal(loc=300.0, scale=2.0, size=(4, 2048))
+    x16 = nnxp.asarray(x64, dtype="float16")
+    y, cache = norm_k.layer_norm_forward(x16, None, None, eps=1e-5, xp=xp)
+    assert nnxp.backend.dtype_name(y.dtype) == "float16"
+    xr = nnxp.to_numpy(x16).astype(np.float64)
+    want = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(nnxp.to_numpy(y).astype(np.float64), want, atol=4e-3)
+    dy = nnxp.asarray(rng.normal(size=(4, 2048)), dtype="float16")
+    dx, _, dbeta = norm_k.layer_norm_backward(dy, cache, xp=xp)
+    assert nnxp.backend.dtype_name(dx.dtype) == "float16"
+    assert nnxp.backend.dtype_name(dbeta.dtype) == "float32"

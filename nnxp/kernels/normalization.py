@@ -178,7 +178,8 @@ def batch_norm_backward(
 
 
 def layer_norm_forward(
-    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
+    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any,
+    accumulate_dtype: Any = None,
 ) -> tuple[Array, NormCache]:
     """Layer norm: normalise every sample over its features (the last axis).
 
@@ -194,15 +195,21 @@ def layer_norm_forward(
     Returns
     -------
     y : same shape as ``x``; cache : :class:`NormCache` with ``invstd`` of shape (N, 1).
+    A float16/bfloat16 ``x`` is normalised in float32 (``accumulate_dtype``), as in
+    :func:`batch_norm_forward_train`; ``y`` and the cached ``x̂`` come back in ``x``'s dtype.
     """
-    _, var, centred = _moments_centred(x, axis=-1, xp=xp)
+    acc = accumulator(x.dtype, xp, accumulate_dtype)
+    _, var, centred = _moments_centred(upcast(x, acc, xp), axis=-1, xp=xp)
     invstd = 1.0 / xp.sqrt(var + eps)
     xhat = centred * invstd
-    return _affine(xhat, gamma, beta), NormCache(xhat, invstd, gamma)
+    y = _affine(xhat, upcast(gamma, acc, xp), upcast(beta, acc, xp))
+    if acc is not None:
+        y, xhat = xp.astype(y, x.dtype), xp.astype(xhat, x.dtype)
+    return y, NormCache(xhat, invstd, gamma)
 
 
 def layer_norm_backward(
-    dy: Array, cache: NormCache, *, xp: Any
+    dy: Array, cache: NormCache, *, xp: Any, accumulate_dtype: Any = None
 ) -> tuple[Array, Array | None, Array]:
     """Gradients of layer norm.
 
@@ -215,9 +222,13 @@ def layer_norm_backward(
 
     Returns
     -------
-    dx : same shape as ``dy``; dgamma : (D,) or None; dbeta : (D,)
+    dx : same shape as ``dy``; dgamma : (D,) or None; dbeta : (D,). A float16/bfloat16
+    ``dy`` is differentiated in float32; ``dx`` comes back in its dtype, dgamma, dbeta float32.
     """
     xhat, invstd, gamma = cache
+    acc = accumulator(dy.dtype, xp, accumulate_dtype)
+    dy_dtype = dy.dtype
+    dy, xhat, gamma = upcast(dy, acc, xp), upcast(xhat, acc, xp), upcast(gamma, acc, xp)
     d = dy.shape[-1]
     g = dy if gamma is None else dy * gamma
     mean_g = xp.sum(g, axis=-1, keepdims=True) / d
@@ -227,4 +238,6 @@ def layer_norm_backward(
     flat_xhat = xp.reshape(xhat, (-1, d))
     dbeta = xp.sum(flat_dy, axis=0)
     dgamma = xp.sum(flat_dy * flat_xhat, axis=0)
+    if acc is not None:
+        dx = xp.astype(dx, dy_dtype)
     return dx, (None if gamma is None else dgamma), dbeta
