@@ -441,9 +441,12 @@ LOSS_SCALER_READS_PER_STEP = 1
 loss's finiteness, stacked: one transfer). Float32 ``fit`` has none."""
 
 
-@pytest.mark.parametrize("make", [_mlp("relu"), lambda: [Dense(F, 8), LAYERS["BatchNorm1d"](8),
-                                                          ACTIVATIONS["relu"](), Dense(8, C)]],
-                         ids=["mlp", "batchnorm"])
+@pytest.mark.parametrize("make", [
+    _mlp("relu"),
+    lambda: [Dense(F, 8), LAYERS["BatchNorm1d"](8), ACTIVATIONS["relu"](), Dense(8, C)],
+    lambda: [Dense(F, 8), LAYERS["LayerNorm"](8), ACTIVATIONS["relu"](), Dense(8, C)],
+    lambda: [Dense(F, 8, activation="softmax"), Dense(8, C)],
+], ids=["mlp", "batchnorm", "layernorm", "softmax"])
 def test_bfloat16_without_a_loss_scaler_steps_without_a_sync(make) -> None:
     check_steps(make, optimizer=OPTIMIZERS["adam"](), precision="bfloat16")
 

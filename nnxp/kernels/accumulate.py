@@ -18,9 +18,14 @@ from ..typing import Array
 
 def accumulator(dtype: Any, xp: Any, requested: Any = None) -> Any:
     """The dtype to accumulate reductions of ``dtype`` arrays in, or None when it is ``dtype``
-    itself (the kernels then take their usual path)."""
-    acc = requested if requested is not None else xp.result_type(dtype, xp.float32)
-    return None if acc == dtype else acc
+    itself (the kernels then take their usual path).
+
+    The rule reads ``finfo(dtype).bits`` rather than ``xp.result_type``, which on torch builds
+    tensors for pairs outside array-api-compat's table (bfloat16): a host-to-device copy per
+    call on a GPU (``tests/test_sync.py``)."""
+    if requested is None:
+        return None if xp.finfo(dtype).bits >= 32 else xp.float32
+    return None if requested == dtype else requested
 
 
 def upcast(x: Array | None, acc: Any, xp: Any) -> Array | None:
