@@ -512,3 +512,21 @@ def test_fit_epoch_budget_catches_a_per_epoch_regression(monkeypatch) -> None:
     monkeypatch.setattr(training, "get_lr", get_lr_with_a_read)
     with pytest.raises(AssertionError, match="expected"):
         test_fit_transfers_once_per_epoch_each_way_beyond_its_set_up()
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"lbfgs"}))
+def test_a_shut_gate_costs_no_sync_either(name: str) -> None:
+    """A batch that overflows (loss and gradients inf/NaN) shuts the divergence gate: that step
+    and the ones after it are no-ops, still without a host read; the divergence is found at the
+    end of the epoch, in its one transfer."""
+    X, y = _data()
+    X[20, :] = 3e38  # in the second batch of 16
+    with nnxp.use_backend("torch"):
+        model = nnxp.Sequential(_mlp("relu")(), seed=0)
+        with SyncCounter() as counter, pytest.raises(nnxp.TrainingDivergedError) as info:
+            model.fit(X, y, optimizer=OPTIMIZERS[name](), epochs=1, batch_size=BATCH,
+                      shuffle=False, verbose=0)
+    assert info.value.step == 2 and counter.steps == N // BATCH
+    for step in range(1, counter.steps + 1):
+        assert_budget([e for e in counter.events if e.step == step], 0, f"training step {step}")
+    assert model.optimizer.iterations == 1
