@@ -17,15 +17,16 @@ from ..typing import Array
 
 
 def accumulator(dtype: Any, xp: Any, requested: Any = None) -> Any:
-    """The dtype to accumulate reductions of ``dtype`` arrays in, or None when it is ``dtype``
-    itself (the kernels then take their usual path).
+    """The dtype to accumulate reductions of ``dtype`` arrays in, or None when that is no wider
+    than ``dtype`` itself (the kernels then take their usual path). ``requested`` (a kernel's
+    ``accumulate_dtype``) overrides the default of float32.
 
     The rule reads ``finfo(dtype).bits`` rather than ``xp.result_type``, which on torch builds
     tensors for pairs outside array-api-compat's table (bfloat16): a host-to-device copy per
     call on a GPU (``tests/test_sync.py``)."""
-    if requested is None:
-        return None if xp.finfo(dtype).bits >= 32 else xp.float32
-    return None if requested == dtype else requested
+    acc = xp.float32 if requested is None else requested
+    wide_enough = xp.finfo(dtype).bits >= xp.finfo(acc).bits  # host metadata: no device value
+    return None if wide_enough else acc
 
 
 def upcast(x: Array | None, acc: Any, xp: Any) -> Array | None:
