@@ -354,3 +354,26 @@ def test_layer_norm_statistics_accumulate_in_float32(bk) -> None:
     dx, _, dbeta = norm_k.layer_norm_backward(dy, cache, xp=xp)
     assert nnxp.backend.dtype_name(dx.dtype) == "float16"
     assert nnxp.backend.dtype_name(dbeta.dtype) == "float32"
+
+
+def test_partial_fit_and_train_on_batch_take_the_precision(bk) -> None:
+    if "float16" not in _low_precisions(bk):
+        pytest.skip(f"{bk.spec} has no float16")
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    model = Sequential([Dense(4, 8), ReLU(), Dense(8, 3)], seed=0)
+    model.partial_fit(X, y, optimizer=Adam(), precision="float16")
+    scaler = model.loss_scaler
+    model.partial_fit(X, y, precision="float16")  # the same scaler continues
+    assert model.loss_scaler is scaler and scaler.growth_tracker == 2  # one batch of 32 each
+    loss = model.train_on_batch(X, y, precision="float16")
+    assert np.isfinite(loss) and scaler.growth_tracker == 3
+    before = _weights(model)
+    X_bad = X.copy()
+    X_bad[0, :] = 3e38  # overflows in float16 (and float32) in the forward pass
+    with pytest.raises(nnxp.TrainingDivergedError, match="weights are unchanged"):
+        model.train_on_batch(X_bad, y, precision="float16")
+    for a, b in zip(_weights(model), before):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == 3
