@@ -51,6 +51,7 @@ from ._version import __version__
 from .layers import Layer
 from .layers.core import LAYERS, layer_class_name
 from .losses import LOSSES, Loss
+from .precision import LossScaler
 from .random import BackendGenerator, Generator
 from .validation import check_flag
 
@@ -477,6 +478,10 @@ def model_record(model: Any, *, include_optimizer: bool = True) -> tuple[dict[st
     callbacks = getattr(model, "active_callbacks", None) if include_optimizer else None
     if callbacks is not None:
         record["callbacks"] = _encode(callbacks.state_dicts(), arrays, "callbacks")
+    # issue 11 (mixed precision): the loss scale and its growth counter, JSON numbers
+    scaler = getattr(model, "loss_scaler", None) if include_optimizer else None
+    if scaler is not None:
+        record["loss_scaler"] = scaler.state_dict()
     json.dumps(record, allow_nan=False)  # fail before writing anything
     return record, arrays
 
@@ -688,7 +693,7 @@ def _check_record(record: dict[str, Any], target: str, lim: Limits) -> dict[str,
     epochs = record.get("epochs_trained", 0)
     if not _is_int(epochs) or epochs < 0:
         raise bad("'epochs_trained'", f"must be an integer >= 0, got {epochs!r}")
-    for key in ("metadata", "rng", "saved_from"):
+    for key in ("metadata", "rng", "saved_from", "loss_scaler"):
         if record.get(key) is not None and not isinstance(record[key], dict):
             raise bad(f"'{key}'", f"must be an object, got {type(record[key]).__name__}")
     opt = record.get("optimizer")
@@ -1072,6 +1077,14 @@ def _apply_training_state(model: Any, record: dict[str, Any], arrays: dict[str, 
         except (TypeError, ValueError, KeyError) as exc:
             raise FormatError(f"invalid generator state in the record: {exc}") from None
     model.epochs_trained = int(record.get("epochs_trained", 0))
+    stored = record.get("loss_scaler")  # absent in files written before issue 11: kept as is
+    if stored is not None:
+        scaler = LossScaler()
+        try:
+            scaler.load_state_dict(stored)
+        except ValueError as exc:
+            raise FormatError(f"invalid loss scaler state in the record: {exc}") from None
+        model.loss_scaler = scaler
 
 
 def checkpoint_optimizer(path: str | os.PathLike[str]) -> Any:

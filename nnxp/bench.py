@@ -635,14 +635,17 @@ def live_set(model: Sequential, opt: Any, x: Array, y: Array) -> dict[str, int]:
 
 
 def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
-                steps: int = 3, *, via: str = "step") -> dict[str, Any]:
+                steps: int = 3, *, via: str = "step", precision: str = "float32"
+                ) -> dict[str, Any]:
     """Peak memory of training MLP ``name`` for ``steps`` steps vs its live set.
 
     ``via="step"`` runs :func:`train_step` ``steps`` times on one batch; ``via="fit"`` runs
     ``model.fit(epochs=1)`` over ``steps`` batches instead, so the peak also holds what ``fit``
     keeps besides the step (the batch gathers, the divergence guard's weight snapshot, ...);
-    ``via="fit-lean"`` is ``fit(keep_finite_weights=False)``, without that snapshot. In all,
-    the input data made before the model (``data_bytes``) is not counted.
+    ``via="fit-lean"`` is ``fit(keep_finite_weights=False)``, without the divergence gate (the
+    snapshot before issue 11). ``precision`` is ``fit``'s (``via="fit"``/``"fit-lean"`` only;
+    the live set stays the float32 step's, so the ratio compares the two precisions on one
+    base). In all, the input data made before the model (``data_bytes``) is not counted.
 
     * numpy: :mod:`tracemalloc` (NumPy reports its data buffers to it). Tracing starts before
       the data is made; the peak is taken over ``steps`` steps after a warm-up step
@@ -675,7 +678,7 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
             counter.reset()
             if via != "step":
                 model.fit(X_all, y_all, optimizer=opt, epochs=1, batch_size=cfg["batch"],
-                          verbose=0, keep_finite_weights=via == "fit")
+                          verbose=0, keep_finite_weights=via == "fit", precision=precision)
             else:
                 for _ in range(steps):
                     train_step(model, opt, x, y)
@@ -686,7 +689,7 @@ def peak_memory(spec: str, name: str = "big", opt_name: str | None = None,
     live = sum(parts.values())
     peak_bytes = None if peak is None or base_data is None else peak - base_data
     return {"model": name, "optimizer": opt_name, "backend": spec, "method": counter.method,
-            "via": via,
+            "via": via, "precision": precision,
             **parts, "live_bytes": live, "peak_bytes": peak_bytes,
             "data_bytes": None if base is None or base_data is None else base_data - base,
             "ratio": None if peak_bytes is None else peak_bytes / live}

@@ -543,7 +543,7 @@ class TerminateOnNaN(Callback):
     """Stop training quietly, instead of raising, when the loss becomes NaN or infinite.
 
     Without this callback ``fit`` raises :class:`~nnxp.training.TrainingDivergedError` on
-    divergence. With it, ``fit`` restores the last finite weights (see the divergence policy in
+    divergence. With it, ``fit`` keeps the last finite weights (see the divergence policy in
     ``Sequential.fit``), records the event in ``history.diverged``, stops, calls
     ``on_train_end`` and returns the history. It also stops training when any loss in the epoch
     logs (e.g. ``val_loss``) is not finite.

@@ -90,6 +90,7 @@ class Sequential:
         self.dtype = self._param_dtype()
         self.loss: Loss = get_loss(loss)
         self.optimizer: Any = None  # an Optimizer, bound by fit/partial_fit/train_on_batch
+        self.loss_scaler: Any = None  # a LossScaler, made by fit(precision="float16")
         self.metrics: list[Metric] | None = None  # resolved by fit (None: the default)
         self.epochs_trained = 0  # epochs completed over every fit/partial_fit call
         self.stop_training = False  # a callback sets it to end fit after the current epoch
@@ -284,6 +285,8 @@ class Sequential:
         accumulate: int = 1,
         capture: bool = False,
         memory_budget: int | str | None = None,
+        precision: str = "float32",
+        loss_scale: Any = None,
     ) -> History:
         """Train by backpropagation: full-batch, mini-batch or stochastic gradient descent.
 
@@ -324,11 +327,10 @@ class Sequential:
             fractions every epoch in ``history.diagnostics`` (see :mod:`nnxp.diagnostics`)
         check_finite_every : the divergence check interval in optimizer steps; ``None`` (the
             default) checks once per epoch, at no extra cost (see below)
-        keep_finite_weights : keep a device copy of the weights at every passing check point,
-            so that divergence restores the last finite ones (the default). ``False`` saves
-            that copy — one set of parameters and buffers, the largest part of what ``fit``
-            holds beyond a bare training step — at the price of leaving a diverged model with
-            the weights of the failing step (the error still names it)
+        keep_finite_weights : never apply a step whose loss, gradients or replaced buffers are
+            not finite (the default; no copy of the weights, no host read: see the Notes).
+            ``False`` skips that gate (a few elementwise passes per step) and leaves a
+            diverged model with the weights of the failing step (the error still names it)
         resume_from : path of a checkpoint written by :meth:`save` (or
             :class:`~nnxp.callbacks.ModelCheckpoint`) during an earlier run of the same
             architecture: its weights, buffers, optimizer state, shuffling generator and epoch
@@ -362,12 +364,22 @@ class Sequential:
             the static-buffer path runs without recording and gives bit-identical results.
             See ``docs/training.md`` for what a recorded step may contain
         memory_budget : bytes (or a string such as ``"6GiB"``) a training step may use; by
-            default the budget of :func:`nnxp.set_memory_budget` / ``NNXP_MEMORY_BUDGET``. Before
-            the first step, ``fit`` compares the memory plan of :meth:`summary` (plus the
-            divergence guard's weight copy) with the smaller of this budget and the device's
-            free memory (cupy, torch CUDA) and raises :class:`~nnxp.training.MemoryPlanError`
-            (a ``MemoryError``) naming both numbers and the largest batch size that fits. CPU
-            backends without a budget are not checked. See ``docs/training.md``
+            default the budget of :func:`nnxp.set_memory_budget` / ``NNXP_MEMORY_BUDGET``.
+            Before the first step, ``fit`` compares the memory plan of :meth:`summary` (at
+            this ``precision``, plus the gradient sum of ``accumulate``) with the smaller of
+            this budget and the device's free memory (cupy, torch CUDA) and raises
+            :class:`~nnxp.training.MemoryPlanError` (a ``MemoryError``) naming both numbers
+            and the largest batch size that fits. CPU backends without a budget are not
+            checked. See ``docs/training.md``
+        precision : ``"float32"`` (the default, unchanged), ``"float16"`` or ``"bfloat16"``:
+            mixed precision — forward and backward passes in that dtype, float32 master
+            weights, optimizer state, loss and batch-norm statistics (a float32 model on a
+            backend that has the dtype; see :mod:`nnxp.precision` and ``docs/training.md``).
+            ``predict``/``evaluate`` and validation run in the model's dtype (float32)
+        loss_scale : dynamic loss scaling (``torch.amp.GradScaler``'s rules): ``None`` (on for
+            float16, off for bfloat16), ``True``/``False``, or an
+            :class:`nnxp.precision.LossScaler`. Its scale is saved in checkpoints. A step with
+            a loss scaler reads one flag back to the host (to skip an overflowed step)
 
         Returns
         -------
@@ -383,16 +395,20 @@ class Sequential:
 
         Notes
         -----
-        Divergence policy. Every batch loss stays on the device; at each check point (the end
-        of every epoch, or every ``check_finite_every`` steps) one flag — "every loss since the
-        last check point and every parameter is finite" — comes to the host (at the end of an
-        epoch inside the transfer that fetches the logs anyway). While it holds, a device copy
-        of the parameters and buffers is kept as the new snapshot. When it fails, the model
-        gets back the snapshot of the last check point that passed — finite weights, from the
-        end of the previous epoch by default — and the error names the epoch and the step
-        of the first non-finite loss. The optimizer's state is not rolled back: continue
-        with a fresh optimizer. Smaller ``check_finite_every`` loses fewer steps at the cost
-        of one synchronisation and one parameter copy per check.
+        Divergence policy. Every batch loss stays on the device. Every update is gated on the
+        device by a 0-d flag — "this step's loss, gradients and replaced buffers (BatchNorm's
+        running statistics), and those of every step since the last check point, are
+        finite" — that makes the optimizer step a no-op when it is false, without a host
+        read and without a copy of the weights. At each check point (the end of every epoch,
+        or every ``check_finite_every`` steps) one flag — that gate, every loss and every
+        parameter finite — comes to the host (at the end of an epoch inside the transfer that
+        fetches the logs anyway). When it fails, the error names the epoch and step of the
+        first non-finite loss or gradient, and the model holds **the weights, buffers and
+        optimizer state of the step before it** (the optimizer's step counts are rewound), so
+        training can continue with a smaller learning rate. The one case the gate cannot undo
+        is an update that overflows from finite gradients (e.g. a learning rate near 1e38);
+        the message then says so. Data-parallel ``fit`` still keeps a copy of the weights
+        at every passing check point and restores it.
         """
         with self.on_device():
             return _training.fit(
@@ -403,7 +419,7 @@ class Sequential:
                 check_finite_every=check_finite_every, keep_finite_weights=keep_finite_weights,
                 resume_from=resume_from, sample_weight=sample_weight,
                 distributed=distributed, accumulate=accumulate, capture=capture,
-                memory_budget=memory_budget)
+                memory_budget=memory_budget, precision=precision, loss_scale=loss_scale)
 
     def partial_fit(
         self,
@@ -424,6 +440,8 @@ class Sequential:
         sample_weight: Any = None,
         accumulate: int = 1,
         capture: bool = False,
+        precision: str = "float32",
+        loss_scale: Any = None,
     ) -> History:
         """One epoch over ``(X, y)``, continuing the model's optimizer and shuffling stream.
 
@@ -446,18 +464,22 @@ class Sequential:
                 validation_data=validation_data, metrics=metrics, callbacks=callbacks,
                 diagnostics=diagnostics, check_finite_every=check_finite_every,
                 keep_finite_weights=keep_finite_weights, sample_weight=sample_weight,
-                accumulate=accumulate, capture=capture)
+                accumulate=accumulate, capture=capture, precision=precision,
+                loss_scale=loss_scale)
 
     def train_on_batch(self, X: Any, y: Any, *, loss: str | Loss | None = None,
-                       optimizer: Optimizer | None = None, accumulate: int = 1) -> float:
+                       optimizer: Optimizer | None = None, accumulate: int = 1,
+                       precision: str = "float32", loss_scale: Any = None) -> float:
         """One optimizer step on the batch ``(X, y)``; returns its loss (before the update).
 
         ``loss`` and ``optimizer`` default to the ones in use, and the optimizer state carries
-        over between calls (it is bound once). The loss is read on the host (one
-        synchronisation per call) before the update is applied: when it is NaN or infinite
-        the update is skipped, the weights stay as they were, and
-        :class:`TrainingDivergedError` is raised. (A closure optimizer such as LBFGS steps
-        first; its update is then undone from a copy of the weights.)
+        over between calls (it is bound once). The update is gated on the device (loss,
+        gradients and buffers finite) and the loss and the gate are read on the host in one
+        transfer: when either is not finite the update was not applied, the weights, buffers
+        and optimizer state stay as they were, and :class:`TrainingDivergedError` is raised.
+        (A closure optimizer such as LBFGS steps first; its update is then undone from a copy
+        of the weights.) ``precision`` and ``loss_scale`` are those of :meth:`fit`; a step
+        whose gradients overflow under a loss scaler is skipped quietly (its scale backs off).
 
         ``accumulate=k`` computes the step's gradient from ``k`` contiguous micro-batches of
         ``(X, y)`` (sizes differing by at most one), one at a time, combined exactly as
@@ -465,7 +487,8 @@ class Sequential:
         """
         with self.on_device():
             return _training.train_on_batch(self, X, y, loss=loss, optimizer=optimizer,
-                                            accumulate=accumulate)
+                                            accumulate=accumulate, precision=precision,
+                                            loss_scale=loss_scale)
 
     # --- inference and evaluation ---------------------------------------------------------
 

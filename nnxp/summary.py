@@ -312,9 +312,11 @@ class MemoryPlan:
         if self.activation_per_sample is None:
             return None
         m = self.memory
-        fixed = sum(int(m[k] or 0) for k in ("parameters", "gradients", "buffers",
-                                                "optimizer_state"))
-        return fixed + max(self.backward_peak(batch_size), self.update_temporaries)
+        fixed = sum(int(m[k] or 0) for k in ("parameters", "buffers", "optimizer_state"))
+        # the step releases the last step's gradients first (training._step): they are built
+        # up during the backward pass (backward_peak) and all alive for the update
+        update = int(m["gradients"] or 0) + self.update_temporaries
+        return fixed + max(self.backward_peak(batch_size), update)
 
     def backward_peak(self, batch_size: int) -> int:
         """The most bytes of activations, gradients and temporaries alive at once in the
@@ -324,8 +326,10 @@ class MemoryPlan:
         cache and temporaries (:data:`LAYER_TEMPORARIES`) appear beside the arrays kept by the
         layers before it; an output nobody keeps is dropped after the next layer. Backward:
         every kept array, the loss cache and ``∂L/∂outputs`` are alive; each layer allocates
-        its input gradient, temporaries and new weight gradients while its output gradient is
-        alive, and afterwards releases the cached arrays no layer below it still holds.
+        its input gradient, temporaries and weight gradients while its output gradient and the
+        weight gradients of the layers above it are alive, and afterwards releases the cached
+        arrays no layer below it still holds. (A step starts by releasing the previous step's
+        gradients, so none exist in the forward pass.)
         """
         n = batch_size
         steps = self.steps
@@ -357,11 +361,13 @@ class MemoryPlan:
                 holders.setdefault(t, set()).add(step["index"])
         dy = steps[-1]["out_width"] * n
         peak = max(peak, alive + dy)
+        grads = 0  # the weight gradients made so far (the previous step's were released)
         for step in reversed(steps):
             if step["skip"]:
                 break
             dx = step["grad_in"] * n
-            peak = max(peak, alive + dy + dx + step["bwd_temp"] * n + step["grad_bytes"])
+            peak = max(peak, alive + dy + dx + step["bwd_temp"] * n + grads + step["grad_bytes"])
+            grads += step["grad_bytes"]
             for t in step["holds"]:
                 holders[t].discard(step["index"])
                 if not holders[t] and t not in pinned:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import archive, backend, data
 from . import diagnostics as diag
 from . import distributed as dist  # mpi4py itself is imported only when a run asks for it
+from . import precision as prec
 from .accumulation import GradientSum, part_bounds
 from .callbacks import CallbackList, get_lr
 from .losses import Loss, get_loss
@@ -182,6 +183,8 @@ def fit(
     accumulate: int = 1,
     capture: bool = False,
     memory_budget: Any = None,
+    precision: str = "float32",
+    loss_scale: Any = None,
 ) -> History:
     """Train ``model``: the one code path of :meth:`Sequential.fit` and ``partial_fit``.
 
@@ -216,6 +219,11 @@ def fit(
     _check_step_options(model, accumulate=accumulate, capture=capture,
                         optimizer=optimizer if optimizer is not None else model.optimizer,
                         distributed=distributed)
+    prec.check_precision(precision, model.xp, model.dtype)
+    prec.check_loss_scale(loss_scale)
+    if precision != "float32" and distributed is not False and distributed is not None:
+        raise ValueError(f"precision={precision!r} is not supported with distributed "
+                         "training yet; expected precision='float32'")
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     if loss is not None:
         model.loss = get_loss(loss)
@@ -233,7 +241,8 @@ def fit(
                         distributed=distributed)  # again: a checkpoint may name the optimizer
     check_memory_plan(model, opt, batch_size=X.shape[0] if batch_size is None else
                       min(batch_size, X.shape[0]), memory_budget=memory_budget,
-                      keep_finite_weights=keep_finite_weights, accumulate=accumulate)
+                      keep_finite_weights=keep_finite_weights and distributed not in (False, None),
+                      accumulate=accumulate, precision=precision)
     if incremental:
         first_epoch = last_epoch = model.epochs_trained + 1
     else:
@@ -246,6 +255,7 @@ def fit(
                              "total to reach, so nothing is left to train")
     resumed = archive.checkpoint_callback_states(resume_from) if resume_from is not None \
         else None
+    policy = prec.resolve(precision, loss_scale, model)  # after a restore: its loss scaler
     if distributed is not False and distributed is not None:  # data parallel: nnxp.distributed
         if isinstance(X, data.Stream):
             raise ValueError("distributed training does not stream: X does not fit the device "
@@ -262,7 +272,7 @@ def fit(
                        verbose=verbose, callbacks=cbs, diagnostics=diagnostics,
                        check_finite_every=check_finite_every, sample_weight=w,
                        keep_finite_weights=keep_finite_weights, callback_states=resumed,
-                       accumulate=accumulate, capture=capture)
+                       accumulate=accumulate, capture=capture, precision=policy)
 
 
 def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distributed: Any,
@@ -296,17 +306,24 @@ def _fit_distributed(model: Sequential, X: Array, y: Array, val: Any, distribute
 
 
 def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None,
-                   optimizer: Optimizer | None, accumulate: int = 1) -> float:
+                   optimizer: Optimizer | None, accumulate: int = 1,
+                   precision: str = "float32", loss_scale: Any = None) -> float:
     """One optimizer step on the batch ``(X, y)``: :meth:`Sequential.train_on_batch`, which
     documents it. Returns the loss before the update, read on the host.
 
     ``accumulate=k`` computes the step's gradient from ``k`` contiguous micro-batches of the
     batch (sizes differing by at most one, :func:`nnxp.accumulation.part_bounds`), combined
     exactly as ``fit(accumulate=k)`` combines its micro-batches: the same step, with the
-    activations of one micro-batch alive at a time."""
+    activations of one micro-batch alive at a time.
+
+    A first-order step is gated on the device (loss, gradients and buffers finite) and the
+    loss and the gate come back in one transfer: a non-finite step raises with the weights,
+    buffers and optimizer state unchanged. A closure optimizer keeps a copy instead."""
     _check_step_options(model, accumulate=accumulate, capture=False,
                         optimizer=optimizer if optimizer is not None else model.optimizer,
                         distributed=False)
+    prec.check_precision(precision, model.xp, model.dtype)
+    prec.check_loss_scale(loss_scale)
     if loss is not None:
         model.loss = get_loss(loss)
     X, y = model.check_data(X, y)
@@ -315,25 +332,41 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
         raise ValueError(f"accumulate={accumulate} splits the batch into {accumulate} "
                          f"micro-batches, but it holds {m} samples; give accumulate <= {m}")
     opt = _use_optimizer(model, optimizer)
+    policy = prec.resolve(precision, loss_scale, model)
     closure_based = getattr(opt, "requires_closure", False)
     saved = model.snapshot_weights() if closure_based else None
     result = math.nan
+    if not closure_based:
+        xp = model.xp
+        scaled = policy is not None and policy.scaler is not None
+        guard = _FiniteGuard(model, None, gated=not scaled, host=scaled, optimizer=opt)
+        with _silence_fp_warnings():
+            if accumulate == 1:
+                value, _ = _step(model, X, y, opt, guard=guard, precision=policy)
+            else:
+                micro = [(X[lo:hi, ...], y[lo:hi, ...], None) for lo, hi in
+                         (part_bounds(m, accumulate, i) for i in range(accumulate))]
+                value, _ = _accumulated_step(model, micro, opt, guard=guard, precision=policy)
+        gate = guard.ok if guard.ok is not None else xp.isfinite(value)
+        host = backend.to_numpy(xp.stack([xp.astype(value, xp.float64),
+                                          xp.astype(gate, xp.float64)])).tolist()
+        result = float(host[0])
+        if host[1] != 1.0:
+            if guard.mode == "gate":
+                opt.rewind(1)
+            what = f"the loss is {result}" if not math.isfinite(result) else \
+                "a gradient or buffer is NaN or infinite"
+            raise TrainingDivergedError(
+                f"train_on_batch: {what}; the update was skipped and the weights are "
+                f"unchanged. {_ADVICE.format(opt=opt)}")
+        return result
 
     def check(value: Array) -> None:
         nonlocal result
         result = backend.to_float(value)
-        if not math.isfinite(result) and not closure_based:
-            raise TrainingDivergedError(
-                f"train_on_batch: the loss is {result}; the update was skipped and the "
-                f"weights are unchanged. {_ADVICE.format(opt=opt)}")
 
     with _silence_fp_warnings():
-        if accumulate == 1:
-            _step(model, X, y, opt, before_update=check)
-        else:
-            micro = [(X[lo:hi, ...], y[lo:hi, ...], None) for lo, hi in
-                     (part_bounds(m, accumulate, i) for i in range(accumulate))]
-            _accumulated_step(model, micro, opt, before_update=check)
+        _step(model, X, y, opt, before_update=check, precision=policy)
     if not math.isfinite(result):
         if saved is not None:
             model.restore_weights(saved)
@@ -358,12 +391,14 @@ def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
                       precision: str | None = None, accumulate: int = 1) -> Any:
     """Refuse, before any step, a training step that will not fit (:mod:`nnxp.summary`).
 
-    Compares the plan's total (plus the divergence guard's copy of the parameters and buffers
-    when ``keep_finite_weights``, and the gradient-sized sum of ``accumulate > 1``, whose
-    micro-batches have ``batch_size`` samples) with :func:`nnxp.backend.available_memory`: the
-    device's free memory on GPU backends, the ``memory_budget`` argument or the configured budget
-    (``nnxp.set_memory_budget``, ``NNXP_MEMORY_BUDGET``) — whichever is smaller. Without a
-    limit (a CPU backend and no budget) nothing is planned. Returns the plan, or None.
+    Compares the plan's total with :func:`nnxp.backend.available_memory` (the device's free
+    memory on GPU backends, the ``memory_budget`` argument or the configured budget —
+    ``nnxp.set_memory_budget``, ``NNXP_MEMORY_BUDGET`` — whichever is smaller). Added to the
+    plan: the divergence guard's copy of the parameters and buffers when
+    ``keep_finite_weights`` (only distributed training keeps one; elsewhere the guard gates
+    the update on the device and copies nothing), and the gradient-sized sum of
+    ``accumulate > 1``, whose micro-batches have ``batch_size`` samples. Without a limit (a
+    CPU backend and no budget) nothing is planned. Returns the plan, or None.
     """
     limit = backend.available_memory(memory_budget, xp=model.xp, device=model.device)
     if limit.nbytes is None:
@@ -544,7 +579,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 check_finite_every: int | None, sample_weight: Array | None,
                 keep_finite_weights: bool, replica: Any = None,
                 callback_states: list[Any] | None = None, accumulate: int = 1,
-                capture: bool = False) -> History:
+                capture: bool = False, precision: prec.Policy | None = None) -> History:
     """Epochs ``first_epoch .. last_epoch`` on checked arrays and options, with the callbacks,
     the progress bar and the divergence guard (see the Notes of :meth:`Sequential.fit`).
 
@@ -573,7 +608,11 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     history = History()
     model.history = history
     model.stop_training = False
-    guard = _FiniteGuard(model, check_finite_every, keep=keep_finite_weights)
+    scaled = precision is not None and precision.scaler is not None
+    guard = _FiniteGuard(model, check_finite_every, keep=keep_finite_weights,
+                         gated=replica is None, host=scaled, optimizer=optimizer)
+    step_options: dict[str, Any] = ({} if replica is not None
+                                    else {"guard": guard, "precision": precision})
     undo = _StepUndo(model)
     progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
     before_update = None if recorder is None else recorder.before_update
@@ -597,11 +636,13 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                         if accumulate == 1:
                             xb, yb, wb = micro[0]
                             value, out = step_fn(model, xb, yb, optimizer,
-                                                 before_update=before_update, wb=wb)
+                                                 before_update=before_update, wb=wb,
+                                                 **step_options)
                             outs = [out]
                         else:
                             value, outs = accumulated_step(model, micro, optimizer,
-                                                           before_update=before_update)
+                                                           before_update=before_update,
+                                                           **step_options)
                     size = sum(part[0].shape[0] for part in micro)
                     step += 1
                     loss_sum = loss_sum + xp.astype(value, xp.float64) * size
@@ -642,8 +683,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 if model.stop_training:
                     break
         except _Diverged as event:
-            if guard.snapshot is not None:
-                model.restore_weights(guard.snapshot)
+            guard.restore()
             message = event.describe(guard, n_batches, optimizer)
             if not quiet:
                 raise TrainingDivergedError(message, epoch=event.epoch, step=event.step) \
@@ -764,8 +804,9 @@ def _step_groups(stream: Iterable[tuple[Array, Array, Array | None]], k: int,
 
 def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array | None]],
                       optimizer: Optimizer,
-                      before_update: Callable[[Array], None] | None = None,
-                      ) -> tuple[Array, list[Array]]:
+                      before_update: Callable[[Array], None] | None = None, *,
+                      guard: _FiniteGuard | None = None,
+                      precision: prec.Policy | None = None) -> tuple[Array, list[Array]]:
     """One optimizer step from several micro-batches: ``(0-d loss of the step, outputs)``.
 
     Each micro-batch ``i`` of ``n_i`` samples runs forward and backward on its own (its own
@@ -774,33 +815,40 @@ def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array |
     (:class:`nnxp.accumulation.GradientSum`), so the step's gradient is the exact mean over
     the ``N`` samples of the step, sample weights included. The step's loss is
     ``Σ_i (n_i/N) L_i`` plus the weight penalty, added once. The optimizer (its clipping
-    included) then steps once on the summed gradient, as :func:`_step` does on one batch.
+    included) then steps once on the summed gradient, through the same update phase as
+    :func:`_step`: the divergence guard's gate and a loss scaler look at the summed gradient
+    (an overflow in any micro-batch makes it non-finite), once per step. With ``precision``,
+    each micro-batch runs in the low precision and hands back float32, unscaled gradients.
     """
     xp = model.xp
     total = sum(xb.shape[0] for xb, _, _ in micro)
+    buffers = _buffer_refs(model) if _watched(guard, precision) else []
     grads = GradientSum(model, total)
     value: Array | None = None
     outs: list[Array] = []
     for xb, yb, wb in micro:
-        out = model.forward(xb, training=True)
-        if wb is None:
-            part, cache = model.loss.forward(out, yb, xp=xp)
-        else:  # checked once in fit: no per-batch validation
-            part, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
-                                             validate_sample_weight=False)
-        model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
+        for layer in model.layers:  # each micro-batch's gradient alone; the sum is kept aside
+            layer.grads.clear()
+        if precision is not None:  # its loss includes the penalty, weighted to one in the sum
+            part, out = precision.loss_and_backward(model, xb, yb, wb)
+        else:
+            out = model.forward(xb, training=True)
+            if wb is None:
+                part, cache = model.loss.forward(out, yb, xp=xp)
+            else:  # checked once in fit: no per-batch validation
+                part, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
+                                                 validate_sample_weight=False)
+            model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
         grads.add(xb.shape[0])
         weighted = part * (xb.shape[0] / total)
         value = weighted if value is None else value + weighted
         outs.append(out)
     assert value is not None  # micro is never empty
     grads.write()
-    if model.has_penalty:  # once per step, at the weights every micro-batch saw
+    if model.has_penalty and precision is None:  # once per step, at the weights all saw
         value = value + model.penalty()
-    if before_update is not None:
-        before_update(value)
-    optimizer.step()
-    model.apply_constraints()
+    _update(model, value, optimizer, buffers, before_update=before_update, guard=guard,
+            precision=precision)
     return value, outs
 
 
@@ -828,15 +876,29 @@ def _first_rows(X: Any, k: int) -> Array:
 
 def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
           before_update: Callable[[Array], None] | None = None,
-          wb: Array | None = None) -> tuple[Array, Array]:
+          wb: Array | None = None, *, guard: _FiniteGuard | None = None,
+          precision: prec.Policy | None = None) -> tuple[Array, Array]:
     """One optimizer step on a batch; returns ``(0-d loss before the update, outputs)``.
 
     ``before_update(loss)`` runs after the backward pass, before ``optimizer.step()`` (for
     a closure optimizer: after its step, with the gradients of its last evaluation).
+
+    ``guard`` (the divergence guard of ``fit``) gates the update on the device: the step is a
+    no-op unless the loss, every gradient and every buffer the forward pass changed are finite
+    (and every step since the last check point was); see :meth:`_FiniteGuard.admit`.
+    ``precision`` runs the forward and backward passes in a low precision
+    (:mod:`nnxp.precision`); with a loss scaler the step reads one flag back to the host and
+    skips the update on inf/NaN gradients, as ``torch.amp.GradScaler`` does.
+    The gradients of the previous step are released before the forward pass (torch's
+    ``zero_grad(set_to_none=True)``), so that they and the new ones never coexist.
     """
     xp = model.xp
 
     def loss_and_backward() -> tuple[Array, Array]:
+        for layer in model.layers:
+            layer.grads.clear()
+        if precision is not None:
+            return precision.loss_and_backward(model, xb, yb, wb)
         out = model.forward(xb, training=True)
         if wb is None:
             value, cache = model.loss.forward(out, yb, xp=xp)
@@ -865,12 +927,47 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
             before_update(first[0][0])
         model.apply_constraints()
         return first[0]
+    buffers = _buffer_refs(model) if _watched(guard, precision) else []
     value, out = loss_and_backward()
+    _update(model, value, optimizer, buffers, before_update=before_update, guard=guard,
+            precision=precision)
+    return value, out
+
+
+def _watched(guard: _FiniteGuard | None, precision: prec.Policy | None) -> bool:
+    """Whether the step's update is gated or scaled, so its buffers must be watched."""
+    return (guard is not None and guard.mode == "gate") or \
+        (precision is not None and precision.scaler is not None)
+
+
+def _update(model: Sequential, value: Array, optimizer: Optimizer,
+            buffers: list[tuple[Any, dict[str, Array]]], *,
+            before_update: Callable[[Array], None] | None, guard: _FiniteGuard | None,
+            precision: prec.Policy | None) -> None:
+    """The update phase of a first-order step, once ``layer.grads`` hold the step's gradient:
+    ``before_update``, then the optimizer step — gated on the device by ``guard``, or, with a
+    loss scaler, skipped on the host when a gradient overflowed — and the constraints.
+    ``buffers`` are the layers' buffers from before the step's first forward pass."""
+    xp = model.xp
+    scaler = precision.scaler if precision is not None else None
     if before_update is not None:
         before_update(value)
-    optimizer.step()
+    if scaler is not None:  # the one host read per step of loss scaling
+        ok = _all_finite(model, value, buffers)
+        flags = backend.to_numpy(xp.stack([xp.astype(ok, xp.float32),
+                                           xp.astype(xp.isfinite(value), xp.float32)]))
+        halted = guard is not None and guard.halt(bool(flags[1] == 1.0))
+        if flags[0] == 1.0 and not halted:
+            optimizer.step()
+        else:
+            _put_back(buffers)
+        if not halted:
+            scaler.update(found_inf=bool(flags[0] != 1.0))
+    elif guard is not None and guard.mode == "gate":
+        optimizer.step(gate=guard.admit(_all_finite(model, value, buffers), buffers))
+    else:
+        optimizer.step()
     model.apply_constraints()
-    return value, out
 
 
 class _StaticStep:
@@ -911,7 +1008,7 @@ class _StaticStep:
 
     def __call__(self, model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
                  before_update: Callable[[Array], None] | None = None,
-                 wb: Array | None = None) -> tuple[Array, Array]:
+                 wb: Array | None = None, **options: Any) -> tuple[Array, Array]:
         xp = model.xp
         key = (tuple(xb.shape), tuple(yb.shape), wb is None)
         slot = self.slots.get(key)
@@ -928,10 +1025,10 @@ class _StaticStep:
             self.report["not_recorded"] = ("diagnostics=True runs host code between the "
                                            "backward pass and the update of every step")
         if self.recorder is None or self.report["not_recorded"] is not None:
-            return self._eager(slot, before_update)
+            return self._eager(slot, before_update, options)
         if not slot["checked"]:
             before = _host_view(model, optimizer)
-            result = self.recorder.warm_up(lambda: self._eager(slot, None))
+            result = self.recorder.warm_up(lambda: self._eager(slot, None, options))
             problem = _compare_host_views(before, _host_view(model, optimizer))
             slot["checked"] = problem != "new"  # state made by this step: check the next one
             if problem not in (None, "new"):
@@ -940,13 +1037,13 @@ class _StaticStep:
                               "the steps run unrecorded from static buffers",
                               RuntimeWarning, stacklevel=2)
             return result
-        options = _group_options(optimizer)
-        if slot["graph"] is None or slot["options"] != options:
+        settings = _group_options(optimizer)
+        if slot["graph"] is None or slot["options"] != settings:
             count = optimizer.iterations
             slot["graph"], slot["outputs"] = self.recorder.capture(  # records, runs nothing
-                lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"]))
+                lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"], **options))
             optimizer.iterations = count
-            slot["options"] = options
+            slot["options"] = settings
             self.report["graphs"] += 1
         count = optimizer.iterations
         slot["graph"].replay()
@@ -956,10 +1053,11 @@ class _StaticStep:
         return xp.asarray(value, copy=True), out
 
     def _eager(self, slot: dict[str, Any],
-               before_update: Callable[[Array], None] | None) -> tuple[Array, Array]:
+               before_update: Callable[[Array], None] | None,
+               options: dict[str, Any]) -> tuple[Array, Array]:
         self.report["static_steps"] += 1
         return _step(self.model, slot["x"], slot["y"], self.optimizer,
-                     before_update=before_update, wb=slot["w"])
+                     before_update=before_update, wb=slot["w"], **options)
 
 
 def _group_options(optimizer: Optimizer) -> str:
@@ -1021,6 +1119,43 @@ def _compare_host_views(before: list[tuple[str, Any]],
     return "new" if created else None
 
 
+def _buffer_refs(model: Sequential) -> list[tuple[Any, dict[str, Array]]]:
+    """References to every layer's buffers before a forward pass (layers replace buffer
+    arrays, never write into them): no copy."""
+    return [(layer, dict(layer.buffers)) for layer in model.layers
+            if getattr(layer, "buffers", None)]
+
+
+def _changed_buffers(buffers: list[tuple[Any, dict[str, Array]]], xp: Any
+                     ) -> Iterator[tuple[Any, str, Array, Array]]:
+    """``(layer, key, new, old)`` for each floating-point buffer the step replaced."""
+    for layer, old in buffers:
+        for key, before in old.items():
+            now = layer.buffers.get(key)
+            if now is not None and now is not before and xp.isdtype(now.dtype, "real floating"):
+                yield layer, key, now, before
+
+
+def _all_finite(model: Sequential, value: Array, buffers: list[tuple[Any, dict[str, Array]]]
+                ) -> Array:
+    """0-d bool on the device: the loss, every gradient and every replaced buffer are finite
+    (one reduction per gradient; no host read)."""
+    xp = model.xp
+    ok = xp.isfinite(value)
+    for layer in model.layers:
+        for g in layer.grads.values():
+            ok = ok & xp.all(xp.isfinite(g))
+    for _, _, now, _ in _changed_buffers(buffers, xp):
+        ok = ok & xp.all(xp.isfinite(now))
+    return ok
+
+
+def _put_back(buffers: list[tuple[Any, dict[str, Array]]]) -> None:
+    """A skipped step (known on the host): the buffers as they were before its forward pass."""
+    for layer, old in buffers:
+        layer.buffers.update(old)
+
+
 @contextlib.contextmanager
 def _silence_fp_warnings() -> Iterator[None]:
     """Ignore NumPy's "overflow / invalid value / divide by zero encountered" RuntimeWarnings:
@@ -1056,12 +1191,25 @@ class _Diverged(Exception):
         if guard.snapshot is not None:
             restored = (f"The weights were restored to those {guard.snapshot_where}, the last "
                         "check point at which every loss and parameter was finite.")
+        elif guard.mode in ("gate", "host") and self.step is not None:
+            restored = (f"No update from step {self.step} on was applied: the weights, buffers "
+                        f"and optimizer state are those after step {self.step - 1}, the last "
+                        "step whose loss, gradients and buffers were all finite.")
+        elif guard.mode in ("gate", "host"):
+            restored = ("The weights are left as that update made them: the guard stops "
+                        "non-finite losses, gradients and buffers before they are applied, but "
+                        "this update overflowed from finite gradients.")
         else:
             restored = ("The weights are left as the failing step made them "
                         "(keep_finite_weights=False kept no copy of the last finite ones).")
         if self.value is not None:
             head = (f"Training diverged: the loss became {self.value} in epoch {self.epoch}, "
                     f"step {self.step} (batch {(self.batch or 0) + 1} of {n_batches}).")
+        elif self.step is not None:
+            head = (f"Training diverged: a gradient, parameter or buffer (e.g. a running "
+                    f"variance) became NaN or infinite in epoch {self.epoch}, step {self.step} "
+                    f"(batch {(self.batch or 0) + 1} of {n_batches}), although its loss was "
+                    "finite.")
         else:
             head = (f"Training diverged: a parameter or buffer (e.g. a running variance) "
                     f"became NaN or infinite by step "
@@ -1072,17 +1220,60 @@ class _Diverged(Exception):
 
 class _FiniteGuard:
     """The divergence policy of ``fit`` (see its Notes): losses stay on the device until a
-    check point, where one flag says whether they and the parameters are all finite; a
-    passing check point refreshes the weight snapshot, a failing one restores it."""
+    check point, where one flag says whether they and the parameters are all finite.
 
-    def __init__(self, model: Sequential, every: int | None, *, keep: bool = True) -> None:
+    How the weights are kept finite (``mode``):
+
+    ``"gate"`` (the default ``fit``)
+        no copy: every step's update is gated on the device by a sticky 0-d flag — the loss,
+        the gradients and the replaced buffers of this step and of every step since the last
+        check point are finite (:meth:`admit`) — so a non-finite step and every step after it
+        are no-ops; a failing check point finds the first such step (one more transfer, rare
+        path) and rewinds the optimizer's host-side step counts by the skipped steps.
+    ``"host"`` (a loss scaler: the step reads its finiteness anyway)
+        the skipped steps are decided on the host (:meth:`halt`).
+    ``"snapshot"`` (data-parallel ``fit``, whose step has no gate)
+        a copy of the weights at every passing check point, restored by a failing one.
+    ``"off"`` (``keep_finite_weights=False``)
+        nothing: the weights of the failing step stay.
+    """
+
+    def __init__(self, model: Sequential, every: int | None, *, keep: bool = True,
+                 gated: bool = False, host: bool = False, optimizer: Any = None) -> None:
         self.model = model
         self.every = every
-        self.keep = keep  # keep_finite_weights: hold a copy of the last finite weights
-        self.snapshot = model.snapshot_weights() if keep else None
+        self.keep = keep  # keep_finite_weights
+        self.mode = ("off" if not keep else "host" if host else "gate" if gated
+                     else "snapshot")
+        self.snapshot = model.snapshot_weights() if self.mode == "snapshot" else None
         self.snapshot_where = "at the start of this call"
+        self.optimizer = optimizer
         self.window: list[Array] = []  # 0-d losses since the last check point
         self.where: list[tuple[int, int, int]] = []  # (epoch, batch, step) of each
+        self.gates: list[Array] = []  # "gate": each step's own 0-d finiteness flag
+        self.ok: Array | None = None  # "gate": the sticky flag the updates are gated by
+        self.halted = False  # "host": a non-finite loss was seen, no update since
+        self.skipped = 0  # gated steps to take back from the optimizer's step counts
+        if self.mode == "gate":
+            xp = model.xp
+            self.ok = xp.ones((), dtype=xp.bool, device=model.device)
+
+    def admit(self, finite: Array, buffers: list[tuple[Any, dict[str, Array]]]) -> Array:
+        """``"gate"`` mode, once per step: fold this step's flag into the sticky gate, keep the
+        buffers the forward pass replaced only where it is open, and return the gate."""
+        xp = self.model.xp
+        self.gates.append(finite)
+        assert self.ok is not None
+        self.ok = self.ok & finite
+        for layer, key, now, before in list(_changed_buffers(buffers, xp)):
+            layer.buffers[key] = xp.where(self.ok, now, before)
+        return self.ok
+
+    def halt(self, loss_finite: bool) -> bool:
+        """``"host"`` mode: whether updates stop (a non-finite loss now or earlier)."""
+        if self.mode == "host" and not loss_finite:
+            self.halted = True
+        return self.halted
 
     def record(self, value: Array, epoch: int, batch: int, step: int) -> None:
         self.window.append(value)
@@ -1096,6 +1287,8 @@ class _FiniteGuard:
         buffer is finite, else 0.0."""
         xp = self.model.xp
         ok = xp.ones((), dtype=xp.bool, device=self.model.device)
+        if self.ok is not None:
+            ok = ok & self.ok
         if self.window:
             ok = ok & xp.all(xp.isfinite(xp.stack(self.window)))
         for layer in self.model.layers:
@@ -1113,22 +1306,44 @@ class _FiniteGuard:
         self.commit(where)
 
     def commit(self, where: str) -> None:
-        """Everything so far is finite: keep a copy of the weights and start a new window."""
-        if self.keep:
+        """Everything so far is finite: keep a copy of the weights (``"snapshot"`` mode) and start
+        a new window."""
+        if self.mode == "snapshot":
             self.snapshot = None  # obsolete now: release it before copying, not after
             self.snapshot = self.model.snapshot_weights()
         self.snapshot_where = where
         self.window.clear()
         self.where.clear()
+        self.gates.clear()
 
     def diverged(self) -> _Diverged:
-        """Locate the first non-finite loss of the window (rare path: one more transfer)."""
+        """Locate the first non-finite loss (or, gated, the first shut step) of the window
+        (rare path: one more transfer)."""
         if self.window:
             xp = self.model.xp
-            losses = backend.to_numpy(xp.stack(self.window)).tolist()
-            for value, (epoch, batch, step) in zip(losses, self.where):
-                if not math.isfinite(value):
-                    return _Diverged(epoch, step, batch, float(value))
+            rows = [xp.astype(v, xp.float64) for v in self.window]
+            gated = len(self.gates) == len(self.window)
+            if gated:
+                rows += [xp.astype(g, xp.float64) for g in self.gates]
+            host = backend.to_numpy(xp.stack(rows)).tolist()
+            losses = host[:len(self.window)]
+            opened = host[len(self.window):] if gated else [1.0] * len(losses)
+            for i, (value, (epoch, batch, step)) in enumerate(zip(losses, self.where)):
+                if not math.isfinite(value) or opened[i] != 1.0:
+                    if self.mode == "gate":
+                        self.skipped = len(losses) - i  # this step and all after: gated
+                    if not math.isfinite(value):
+                        return _Diverged(epoch, step, batch, float(value))
+                    return _Diverged(epoch, step, batch, None)
             epoch, _, step = self.where[-1]
             return _Diverged(epoch, None, None, None, last_step=step)
         return _Diverged(None, None, None, None)
+
+    def restore(self) -> None:
+        """After a failing check point: the snapshot back, or the gated steps' counts taken
+        back from the optimizer (their arrays were never changed)."""
+        if self.snapshot is not None:
+            self.model.restore_weights(self.snapshot)
+        elif self.skipped and self.optimizer is not None:
+            self.optimizer.rewind(self.skipped)
+            self.skipped = 0

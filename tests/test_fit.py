@@ -318,7 +318,8 @@ def test_divergence_raises_and_keeps_the_last_finite_epoch(bk, rng) -> None:
     text = str(err)
     assert f"epoch {err.epoch}, step {err.step}" in text
     assert "learning rate" in text and "clip" in text
-    assert f"at the end of epoch {err.epoch - 1}" in text
+    # no snapshot: the gated update of the bad step was never applied (issue 11)
+    assert f"those after step {err.step - 1}" in text
     final = weights(model)
     assert all(np.isfinite(w).all() for w in final)
     for got, want in zip(final, snaps.at_epoch_end[err.epoch - 1]):
@@ -337,7 +338,7 @@ def test_divergence_with_a_check_every_step(bk, rng) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_divergence_check_every_k_steps_restores_a_mid_epoch_check_point(bk, rng) -> None:
+def test_divergence_check_every_k_steps_keeps_the_step_before_the_bad_one(bk, rng) -> None:
     model, X, y, lr = diverging_problem(rng)
     snaps = Snapshots()
     with pytest.raises(nnxp.TrainingDivergedError) as info:  # 32 stochastic steps, one epoch
@@ -345,12 +346,16 @@ def test_divergence_check_every_k_steps_restores_a_mid_epoch_check_point(bk, rng
                   optimizer=SGD(lr=lr), callbacks=[snaps], check_finite_every=3)
     step = info.value.step
     assert step is not None and 6 < step < 32 and info.value.epoch == 1
-    restored = 3 * ((step - 1) // 3)  # the last check point before the bad step
-    assert f"after step {restored} (epoch 1)" in str(info.value)
+    # the gate kept every step from the bad one on from being applied: the weights are those
+    # after the step before it, not of the last check point (issue 11: no snapshot)
+    assert f"those after step {step - 1}" in str(info.value)
     # the loop went on to the next check point (before its on_batch_end), then stopped
     assert len(snaps.after_step) == 3 * math.ceil(step / 3)
-    for got, want in zip(weights(model), snaps.after_step[restored]):
+    for got, want in zip(weights(model), snaps.after_step[step - 1]):
         np.testing.assert_array_equal(got, want)
+    for later in snaps.after_step[step:]:  # the gated steps changed nothing
+        for got, want in zip(later, snaps.after_step[step - 1]):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_no_divergence_no_message(bk, data) -> None:

@@ -20,6 +20,12 @@ The budgets (per training step, with ``fit``'s step function ``nnxp.training._st
 
 * 0 for every layer, activation, loss (with and without sample weights), first-order optimizer,
   clipping option and schedule, from the first step on (constants are made on the device);
+* the default divergence guard (``keep_finite_weights=True``) gates every update on the device:
+  0 per step, like everything above (every test here runs through ``fit``, so with the gate);
+* mixed precision: 0 per step for ``precision="bfloat16"`` (no loss scaler); exactly 1 for a
+  step with a loss scaler (``precision="float16"``'s default): the found-inf flag, read to
+  skip an overflowed step and to update the scale, as ``torch.amp.GradScaler.step`` does
+  (:data:`LOSS_SCALER_READS_PER_STEP`);
 * L-BFGS: ``3 × max_iter`` host reads per step (:data:`LBFGS_READS_PER_STEP`), two more per
   line-search evaluation, none in the two-loop recursion (see ``nnxp.optim.lbfgs``);
 * ``fit`` adds, per epoch, outside the steps: one host-to-device copy (the shuffle
@@ -309,7 +315,7 @@ def _data(loss: str = "softmax_cross_entropy", n_out: int = C) -> tuple[Any, Any
 def check_steps(make_layers: Callable[[], list[Any]], *, loss: str = "softmax_cross_entropy",
                 optimizer: Any = None, budget: int = 0, sample_weight: bool = False,
                 callbacks: Any = None, epochs: int = 2, accumulate: int = 1,
-                capture: bool = False) -> SyncCounter:
+                **fit_options: Any) -> SyncCounter:
     """Train on torch CPU under the counter; fail when a step exceeds ``budget``."""
     with nnxp.use_backend("torch"):
         model = nnxp.Sequential(make_layers(), seed=0, loss=loss)
@@ -318,7 +324,7 @@ def check_steps(make_layers: Callable[[], list[Any]], *, loss: str = "softmax_cr
         with SyncCounter("_step" if accumulate == 1 else "_accumulated_step") as counter:
             model.fit(X, y, optimizer=optimizer, epochs=epochs, batch_size=BATCH, verbose=0,
                       sample_weight=w, callbacks=callbacks, accumulate=accumulate,
-                      capture=capture)
+                      **fit_options)
     assert counter.steps == epochs * -(-N // (BATCH * accumulate))
     for step in range(1, counter.steps + 1):
         events = [e for e in counter.events if e.step == step]
@@ -450,6 +456,36 @@ def test_lbfgs_with_line_search_reads_a_small_constant_per_step() -> None:
                 budget=2 * LBFGS_READS_PER_STEP)
 
 
+LOSS_SCALER_READS_PER_STEP = 1
+"""Host reads of one step with a loss scaler (``nnxp.precision``): the found-inf flag (with the
+loss's finiteness, stacked: one transfer). Float32 ``fit`` has none."""
+
+
+@pytest.mark.parametrize("make", [
+    _mlp("relu"),
+    lambda: [Dense(F, 8), LAYERS["BatchNorm1d"](8), ACTIVATIONS["relu"](), Dense(8, C)],
+    lambda: [Dense(F, 8), LAYERS["LayerNorm"](8), ACTIVATIONS["relu"](), Dense(8, C)],
+    lambda: [Dense(F, 8, activation="softmax"), Dense(8, C)],
+], ids=["mlp", "batchnorm", "layernorm", "softmax"])
+def test_bfloat16_without_a_loss_scaler_steps_without_a_sync(make) -> None:
+    check_steps(make, optimizer=OPTIMIZERS["adam"](), precision="bfloat16")
+
+
+def test_float16_with_its_loss_scaler_reads_exactly_one_flag_per_step() -> None:
+    counter = check_steps(_mlp("relu"), optimizer=OPTIMIZERS["adam"](), precision="float16",
+                          budget=LOSS_SCALER_READS_PER_STEP)
+    per_step = Counter(e.step for e in counter.in_steps())
+    assert set(per_step.values()) == {LOSS_SCALER_READS_PER_STEP}, per_step
+    assert {e.kind for e in counter.in_steps()} == {"device->host"}
+    assert all("nnxp/training.py" in e.where and "in _update" in e.where
+               for e in counter.in_steps()), report(counter.in_steps())
+
+
+def test_float16_without_a_loss_scaler_steps_without_a_sync() -> None:
+    check_steps(_mlp("relu"), optimizer=OPTIMIZERS["sgd"](momentum=0.9), precision="float16",
+                loss_scale=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # fit's own budget at the epoch boundaries
 # ----------------------------------------------------------------------------------------------
@@ -539,3 +575,21 @@ def test_streamed_fit_copies_each_chunk_once_per_epoch_and_nothing_per_step(
     want = Counter({k: 2 * n_chunks * n for k, n in STREAM_CHUNK_BUDGET.items()})
     want[("device->host", "nnxp/training.py in _run_epochs")] = 2
     assert extra == want, f"two more epochs cost {dict(extra)}, expected {dict(want)}"
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"lbfgs"}))
+def test_a_shut_gate_costs_no_sync_either(name: str) -> None:
+    """A batch that overflows (loss and gradients inf/NaN) shuts the divergence gate: that step
+    and the ones after it are no-ops, still without a host read; the divergence is found at the
+    end of the epoch, in its one transfer."""
+    X, y = _data()
+    X[20, :] = 3e38  # in the second batch of 16
+    with nnxp.use_backend("torch"):
+        model = nnxp.Sequential(_mlp("relu")(), seed=0)
+        with SyncCounter() as counter, pytest.raises(nnxp.TrainingDivergedError) as info:
+            model.fit(X, y, optimizer=OPTIMIZERS[name](), epochs=1, batch_size=BATCH,
+                      shuffle=False, verbose=0)
+    assert info.value.step == 2 and counter.steps == N // BATCH
+    for step in range(1, counter.steps + 1):
+        assert_budget([e for e in counter.events if e.step == step], 0, f"training step {step}")
+    assert model.optimizer.iterations == 1

@@ -73,8 +73,11 @@ def key(spec: str, dtype: str, index: int) -> str:
     return f"{spec}/{dtype}/{index}"
 
 
-def run_case(nnxp: Any, spec: str, dtype: str, index: int) -> np.ndarray:
-    """``(N_STEPS, 16)``: W (3×4) and b (4) after every step of case ``index`` on ``spec``."""
+def run_case(nnxp: Any, spec: str, dtype: str, index: int, *, gate: bool = False) -> np.ndarray:
+    """``(N_STEPS, 16)``: W (3×4) and b (4) after every step of case ``index`` on ``spec``.
+
+    ``gate=True`` passes an open device-side gate to every step (``step(gate=true)``), which
+    must not change a bit."""
     name, opts = CASES[index]
     opts = dict(opts)
     if opts.get("param_groups") == "biases":
@@ -94,7 +97,11 @@ def run_case(nnxp: Any, spec: str, dtype: str, index: int) -> np.ndarray:
             if step == N_STEPS // 2:  # a schedule's edit between steps
                 for group in opt.param_groups:
                     group["lr"] = group["lr"] * 0.5
-            opt.step()
+            if gate:
+                device = holder.params["W"].device
+                opt.step(gate=info.xp.ones((), dtype=info.xp.bool, device=device))
+            else:
+                opt.step()
             rows.append(np.concatenate([np.asarray(nnxp.to_numpy(holder.params[k]),
                                                    dtype=np.float64).ravel()
                                         for k in ("W", "b")]))

@@ -21,6 +21,7 @@ import math
 from typing import Any, NamedTuple
 
 from ..typing import Array
+from .accumulate import accumulator, sum_as
 from .scalars import clamp, constant
 from .scalars import sign as _sign
 
@@ -572,15 +573,17 @@ def silu_backward_cached(dy: Array, y: Array, s: Array, *, xp: Any) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
-def softmax(x: Array, axis: int = -1, *, xp: Any) -> Array:
+def softmax(x: Array, axis: int = -1, *, xp: Any, accumulate_dtype: Any = None) -> Array:
     """Softmax ``y_i = e^(x_i) / Σ_j e^(x_j)`` along ``axis`` (the last by default).
 
     The inputs are exponentiated (some texts print ``y_i = x_i / Σ_j x_j``, which is not the
     softmax). The row maximum is subtracted first — softmax ignores a constant shift of a row —
     so every exponent is ≤ 0: no overflow, and the largest term is exactly 1, so the sum is ≥ 1.
+    The sum accumulates in at least float32 (``accumulate_dtype``, see
+    :mod:`nnxp.kernels.accumulate`; float16 inputs under mixed precision).
     """
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
-    return e / xp.sum(e, axis=axis, keepdims=True)
+    return e / sum_as(e, axis=axis, xp=xp, acc=accumulator(e.dtype, xp, accumulate_dtype))
 
 
 def softmax_backward(dy: Array, y: Array, axis: int = -1, *, xp: Any) -> Array:

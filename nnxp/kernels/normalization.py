@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..typing import Array
+from .accumulate import accumulator, upcast
 
 
 class NormCache(NamedTuple):
@@ -86,7 +87,8 @@ def _affine(xhat: Array, gamma: Array | None, beta: Array | None) -> Array:
 
 
 def batch_norm_forward_train(
-    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
+    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any,
+    accumulate_dtype: Any = None,
 ) -> tuple[Array, BatchNormCache, Array, Array]:
     """Batch norm in training mode: normalise with the statistics of this batch.
 
@@ -103,13 +105,21 @@ def batch_norm_forward_train(
     -------
     y : (N, C); cache : :class:`BatchNormCache`; mean : (C,); var : (C,) the *biased* batch variance
     (the caller turns it into the unbiased running estimate with :func:`update_running_stats`).
+
+    A float16/bfloat16 ``x`` is normalised in float32 (``accumulate_dtype``, see
+    :mod:`nnxp.kernels.accumulate`): the statistics come back in float32, ``y`` and the cached
+    ``x − μ`` in ``x``'s dtype.
     """
-    mean, var, centred = _moments_centred(x, axis=0, xp=xp)
+    acc = accumulator(x.dtype, xp, accumulate_dtype)
+    mean, var, centred = _moments_centred(upcast(x, acc, xp), axis=0, xp=xp)
     invstd = 1.0 / xp.sqrt(var[0, ...] + eps)  # (C,)
+    g = upcast(gamma, acc, xp)
     # γ · invstd on the (C,) vector, then one pass over (N, C): x̂ itself is never formed
-    y = centred * (invstd if gamma is None else gamma * invstd)
+    y = centred * (invstd if g is None else g * invstd)
     if beta is not None:
-        y = y + beta
+        y = y + upcast(beta, acc, xp)
+    if acc is not None:  # statistics stay float32; y and the cache in x's dtype
+        y, centred = xp.astype(y, x.dtype), xp.astype(centred, x.dtype)
     return y, BatchNormCache(centred, invstd, gamma), mean[0, ...], var[0, ...]
 
 
@@ -143,7 +153,7 @@ def update_running_stats(
 
 
 def batch_norm_backward(
-    dy: Array, cache: BatchNormCache, *, xp: Any
+    dy: Array, cache: BatchNormCache, *, xp: Any, accumulate_dtype: Any = None
 ) -> tuple[Array, Array | None, Array]:
     """Gradients of batch norm in training mode, the batch statistics included.
 
@@ -165,8 +175,14 @@ def batch_norm_backward(
     Returns
     -------
     dx : (N, C); dgamma : (C,) or None without ``gamma``; dbeta : (C,)
+
+    A float16/bfloat16 ``dy`` is differentiated in float32 (``accumulate_dtype``): ``dx`` comes
+    back in ``dy``'s dtype, ``dgamma`` and ``dbeta`` in float32.
     """
     centred, invstd, gamma = cache
+    acc = accumulator(dy.dtype, xp, accumulate_dtype)
+    dy_in = dy
+    dy, centred, gamma = upcast(dy, acc, xp), upcast(centred, acc, xp), upcast(gamma, acc, xp)
     n = dy.shape[0]
     dbeta = xp.sum(dy, axis=0)
     s_dyc = xp.sum(dy * centred, axis=0)
@@ -175,6 +191,8 @@ def batch_norm_backward(
     b = a * dbeta * (-1.0 / n)
     k = a * dgamma * invstd * (-1.0 / n)
     dx = a * dy + (k * centred + b)
+    if acc is not None:
+        dx = xp.astype(dx, dy_in.dtype)
     return dx, (None if gamma is None else dgamma), dbeta
 
 
@@ -184,7 +202,8 @@ def batch_norm_backward(
 
 
 def layer_norm_forward(
-    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any
+    x: Array, gamma: Array | None, beta: Array | None, *, eps: float, xp: Any,
+    accumulate_dtype: Any = None,
 ) -> tuple[Array, NormCache]:
     """Layer norm: normalise every sample over its features (the last axis).
 
@@ -200,15 +219,21 @@ def layer_norm_forward(
     Returns
     -------
     y : same shape as ``x``; cache : :class:`NormCache` with ``invstd`` of shape (N, 1).
+    A float16/bfloat16 ``x`` is normalised in float32 (``accumulate_dtype``), as in
+    :func:`batch_norm_forward_train`; ``y`` and the cached ``x̂`` come back in ``x``'s dtype.
     """
-    _, var, centred = _moments_centred(x, axis=-1, xp=xp)
+    acc = accumulator(x.dtype, xp, accumulate_dtype)
+    _, var, centred = _moments_centred(upcast(x, acc, xp), axis=-1, xp=xp)
     invstd = 1.0 / xp.sqrt(var + eps)
     xhat = centred * invstd
-    return _affine(xhat, gamma, beta), NormCache(xhat, invstd, gamma)
+    y = _affine(xhat, upcast(gamma, acc, xp), upcast(beta, acc, xp))
+    if acc is not None:
+        y, xhat = xp.astype(y, x.dtype), xp.astype(xhat, x.dtype)
+    return y, NormCache(xhat, invstd, gamma)
 
 
 def layer_norm_backward(
-    dy: Array, cache: NormCache, *, xp: Any
+    dy: Array, cache: NormCache, *, xp: Any, accumulate_dtype: Any = None
 ) -> tuple[Array, Array | None, Array]:
     """Gradients of layer norm.
 
@@ -221,9 +246,13 @@ def layer_norm_backward(
 
     Returns
     -------
-    dx : same shape as ``dy``; dgamma : (D,) or None; dbeta : (D,)
+    dx : same shape as ``dy``; dgamma : (D,) or None; dbeta : (D,). A float16/bfloat16
+    ``dy`` is differentiated in float32; ``dx`` comes back in its dtype, dgamma, dbeta float32.
     """
     xhat, invstd, gamma = cache
+    acc = accumulator(dy.dtype, xp, accumulate_dtype)
+    dy_dtype = dy.dtype
+    dy, xhat, gamma = upcast(dy, acc, xp), upcast(xhat, acc, xp), upcast(gamma, acc, xp)
     d = dy.shape[-1]
     g = dy if gamma is None else dy * gamma
     mean_g = xp.sum(g, axis=-1, keepdims=True) / d
@@ -233,4 +262,6 @@ def layer_norm_backward(
     flat_xhat = xp.reshape(xhat, (-1, d))
     dbeta = xp.sum(flat_dy, axis=0)
     dgamma = xp.sum(flat_dy * flat_xhat, axis=0)
+    if acc is not None:
+        dx = xp.astype(dx, dy_dtype)
     return dx, (None if gamma is None else dgamma), dbeta

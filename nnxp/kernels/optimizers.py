@@ -31,6 +31,18 @@ Conventions shared by every kernel here:
   parameter shrinks directly, ``θ ← θ (1 − γ λ)``.
 * Hyperparameters are Python numbers with the names of the optimizer's options (``betas`` is the
   pair ``(β₁, β₂)``), validated by the optimizer objects, not here.
+* ``gate`` (every ``*_update`` kernel that an optimizer uses): ``None`` (the default) or a 0-d
+  boolean array on the parameter's device. Where it is false the call leaves the values of
+  ``param`` and of the state's arrays as they were, without reading the gate on the host (the
+  analogue of the ``found_inf`` argument of torch's fused Adam): each decay factor of a state
+  buffer becomes the 0-d select ``where(gate, β, 1)`` and each increment of the parameter is
+  multiplied by ``float(gate)``. With ``gate`` true every operation computes what the ungated
+  call computes, bit for bit (``x · 1.0`` and ``β`` as a 0-d array of ``x``'s dtype round
+  exactly as ``β`` as a Python scalar). Two things the kernel cannot do without a host read are
+  left to the caller: ``grad`` must be finite where the gate is false (pass
+  :func:`gate_gradient`, which zeroes it), and the Python fields of the record (``step``,
+  NAdam's ``mu_product``) advance as on any call; :class:`nnxp.optim.Optimizer` rewinds them
+  when the skip becomes known on the host.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..typing import Array
+from .scalars import constant
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers: one spelling for the in-place and the functional path
@@ -63,35 +76,77 @@ def assign(dst: Array, value: Array, inplace: bool) -> Array:
     return value
 
 
-def _ema(avg: Array, x: Array, beta: float, inplace: bool) -> Array:
-    """``β·avg + (1 − β)·x``: one temporary (``x·(1 − β)``) on the in-place path."""
+def _ema(avg: Array, x: Array, beta: float, inplace: bool, gate: Array | None = None,
+         xp: Any = None) -> Array:
+    """``β·avg + (1 − β)·x``: one temporary (``x·(1 − β)``) on the in-place path.
+
+    With a ``gate`` (and ``x`` zeroed where it is false) the decay is ``where(gate, β, 1)``."""
+    decay = beta if gate is None else _factor(beta, avg, gate, xp)
     if inplace:
-        avg *= beta
+        avg *= decay
         t = x * (1 - beta)
         avg += t
         return avg
-    return avg * beta + x * (1 - beta)
+    return avg * decay + x * (1 - beta)
 
 
-def _ema_sq(avg: Array, x: Array, beta: float, inplace: bool) -> Array:
+def _ema_sq(avg: Array, x: Array, beta: float, inplace: bool, gate: Array | None = None,
+            xp: Any = None) -> Array:
     """``β·avg + (1 − β)·x²``: one temporary (``x²``, scaled in place) on the in-place path."""
+    decay = beta if gate is None else _factor(beta, avg, gate, xp)
     if inplace:
         t = x * x
         t *= 1 - beta
-        avg *= beta
+        avg *= decay
         avg += t
         return avg
-    return avg * beta + (x * x) * (1 - beta)
+    return avg * decay + (x * x) * (1 - beta)
 
 
-def _add_ratio(param: Array, num: Array, den: Array, c: float, inplace: bool) -> Array:
+def _add_ratio(param: Array, num: Array, den: Array, c: float, inplace: bool,
+               gate: Array | None = None, xp: Any = None) -> Array:
     """``θ + (c·num) / den``: one temporary on the in-place path, ``num`` and ``den`` kept."""
     if inplace:
         t = num * c
         t /= den
+        t = _admit(t, gate, xp, True)
         param += t
         return param
-    return param + (num * c) / den
+    return param + _admit((num * c) / den, gate, xp, False)
+
+
+def gate_gradient(grad: Array, gate: Array | None, *, xp: Any) -> Array:
+    """``grad`` where ``gate`` is true, zeros where it is false (a new array; ``grad`` may hold
+    inf or NaN): the gradient a gated kernel expects. ``gate`` None returns ``grad`` itself."""
+    if gate is None:
+        return grad
+    return xp.where(gate, grad, constant(0.0, grad, xp=xp))
+
+
+def _factor(c: float, like: Array, gate: Array, xp: Any) -> Array:
+    """The 0-d factor ``c`` where the gate is open and 1 where it is shut (dtype of ``like``)."""
+    return xp.where(gate, constant(c, like, xp=xp), constant(1.0, like, xp=xp))
+
+
+def _admit(t: Array, gate: Array | None, xp: Any, inplace: bool) -> Array:
+    """A finite increment ``t`` (a temporary the kernel owns) times ``float(gate)``: itself,
+    exactly, when the gate is open, zeros when it is shut; scaled in place when ``inplace``."""
+    if gate is None:
+        return t
+    open_ = xp.astype(gate, t.dtype)
+    if inplace:
+        t *= open_
+        return t
+    return t * open_
+
+
+def _gated_l2(grad: Array, param: Array, weight_decay: float, inplace: bool,
+              gate: Array | None, xp: Any) -> Array:
+    """:func:`_l2`, with the decay term zeroed where the gate is shut (so ``g`` is 0 there)."""
+    g = _l2(grad, param, weight_decay, inplace)
+    if gate is None or weight_decay == 0:
+        return g
+    return _admit(g, gate, xp, inplace)  # _l2 made a temporary: ours to scale
 
 
 def _plus(x: Array, c: float, inplace: bool) -> Array:
@@ -113,14 +168,17 @@ def _l2(grad: Array, param: Array, weight_decay: float, inplace: bool = False) -
     return grad + param * weight_decay
 
 
-def _decay(param: Array, lr: float, weight_decay: float, inplace: bool) -> Array:
-    """Decoupled weight decay: ``θ (1 − γ λ)``."""
+def _decay(param: Array, lr: float, weight_decay: float, inplace: bool,
+           gate: Array | None = None, xp: Any = None) -> Array:
+    """Decoupled weight decay: ``θ (1 − γ λ)`` (factor 1 where the gate is shut)."""
     if weight_decay == 0:
         return param
+    c = 1 - lr * weight_decay
+    factor = c if gate is None else _factor(c, param, gate, xp)
     if inplace:
-        param *= 1 - lr * weight_decay
+        param *= factor
         return param
-    return param * (1 - lr * weight_decay)
+    return param * factor
 
 
 def _buffer(buf: Array | None, param: Array, xp: Any) -> Array:
@@ -167,7 +225,7 @@ def sgd_init(param: Array, *, xp: Any) -> SGDState:
 def sgd_momentum_update(
     param: Array, grad: Array, state: SGDState, *, lr: float, momentum: float = 0.0,
     dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-    xp: Any, inplace: bool = False,
+    xp: Any, inplace: bool = False, gate: Array | None = None,
 ) -> tuple[Array, SGDState]:
     """SGD with momentum (torch.optim.SGD).
 
@@ -195,7 +253,7 @@ def sgd_momentum_update(
             state.step = step
             return param, state
         return param - grad * lr, SGDState(step, state.momentum_buffer)
-    g = _l2(grad, param, weight_decay, inplace)
+    g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
     if momentum == 0:
         # weight decay without momentum: g is the L2 temporary made above, ours to scale
         if inplace:
@@ -208,14 +266,15 @@ def sgd_momentum_update(
     if buf is None:
         buf = xp.asarray(g, copy=True)
     elif inplace:
-        buf *= momentum
+        buf *= momentum if gate is None else _factor(momentum, buf, gate, xp)
         if dampening != 0:
             g_damped = g * (1 - dampening)
             buf += g_damped
         else:
             buf += g
     else:
-        buf = buf * momentum + (g * (1 - dampening) if dampening != 0 else g)
+        buf = (buf * (momentum if gate is None else _factor(momentum, buf, gate, xp))
+               + (g * (1 - dampening) if dampening != 0 else g))
     if inplace:
         state.step, state.momentum_buffer = step, buf
         new_state = state
@@ -226,13 +285,13 @@ def sgd_momentum_update(
             d = buf * momentum
             d += g
             d *= lr
-            param -= d
+            param -= _admit(d, gate, xp, True)
             return param, new_state
-        return param - (buf * momentum + g) * lr, new_state
+        return param - _admit((buf * momentum + g) * lr, gate, xp, False), new_state
     if inplace:
-        param -= buf * lr  # never scale the buffer itself
+        param -= _admit(buf * lr, gate, xp, True)  # never scale the buffer itself
         return param, new_state
-    return param - buf * lr, new_state
+    return param - _admit(buf * lr, gate, xp, False), new_state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +317,7 @@ def adagrad_init(param: Array, *, initial_accumulator_value: float = 0.0,
 def adagrad_update(
     param: Array, grad: Array, state: AdagradState, *, lr: float, lr_decay: float = 0.0,
     weight_decay: float = 0.0, eps: float = 1e-10, xp: Any, inplace: bool = False,
+    gate: Array | None = None,
 ) -> tuple[Array, AdagradState]:
     """Adagrad (torch.optim.Adagrad).
 
@@ -273,7 +333,7 @@ def adagrad_update(
     Other libraries: Keras starts the accumulator at 0.1 (torch at 0) and uses ε = 1e-7 (torch
     1e-10); both put ε outside the square root.
     """
-    g = _l2(grad, param, weight_decay, inplace)
+    g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)  # g = 0: nothing moves
     step = state.step + 1
     clr = lr / (1 + (step - 1) * lr_decay)
     acc = state.sum
@@ -317,7 +377,7 @@ def rmsprop_init(param: Array, *, momentum: float = 0.0, centered: bool = False,
 def rmsprop_update(
     param: Array, grad: Array, state: RMSpropState, *, lr: float, alpha: float = 0.99,
     eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-    xp: Any, inplace: bool = False,
+    xp: Any, inplace: bool = False, gate: Array | None = None,
 ) -> tuple[Array, RMSpropState]:
     """RMSprop (torch.optim.RMSprop).
 
@@ -337,26 +397,27 @@ def rmsprop_update(
     Other libraries: Keras' RMSprop defaults to ρ = 0.9 and ε = 1e-7 (torch: α = 0.99, ε = 1e-8);
     TensorFlow 1's RMSPropOptimizer put ε inside the square root, ``√(v + ε)``.
     """
-    g = _l2(grad, param, weight_decay, inplace)
-    sq = _ema_sq(state.square_avg, g, alpha, inplace)
+    g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
+    sq = _ema_sq(state.square_avg, g, alpha, inplace, gate, xp)
     gavg, buf = state.grad_avg, state.momentum_buffer
     if centered:
-        gavg = _ema(_buffer(gavg, param, xp), g, alpha, inplace)
+        gavg = _ema(_buffer(gavg, param, xp), g, alpha, inplace, gate, xp)
         avg = xp.sqrt(sq - gavg * gavg)
     else:
         avg = xp.sqrt(sq)
     avg = _plus(avg, eps, inplace)
     if momentum > 0:
         buf = _buffer(buf, param, xp)
+        decay = momentum if gate is None else _factor(momentum, buf, gate, xp)
         if inplace:
             ratio = g / avg
-            buf *= momentum
+            buf *= decay
             buf += ratio
             ratio = buf * lr
-            param -= ratio
+            param -= _admit(ratio, gate, xp, True)
         else:
-            buf = buf * momentum + g / avg
-            param = param - buf * lr
+            buf = buf * decay + g / avg
+            param = param - _admit(buf * lr, gate, xp, False)
     else:
         param = _add_ratio(param, g, avg, -lr, inplace)
     if inplace:
@@ -387,6 +448,7 @@ def adadelta_init(param: Array, *, xp: Any) -> AdadeltaState:
 def adadelta_update(
     param: Array, grad: Array, state: AdadeltaState, *, lr: float = 1.0, rho: float = 0.9,
     eps: float = 1e-6, weight_decay: float = 0.0, xp: Any, inplace: bool = False,
+    gate: Array | None = None,
 ) -> tuple[Array, AdadeltaState]:
     """Adadelta (torch.optim.Adadelta).
 
@@ -401,8 +463,8 @@ def adadelta_update(
     inside both square roots, as in the paper. The paper has no learning rate (γ = 1, torch's
     default); Keras' Adadelta defaults to γ = 0.001, ρ = 0.95, ε = 1e-7.
     """
-    g = _l2(grad, param, weight_decay, inplace)
-    sq = _ema_sq(state.square_avg, g, rho, inplace)
+    g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)  # g = 0: Δ = 0
+    sq = _ema_sq(state.square_avg, g, rho, inplace, gate, xp)
     std = xp.sqrt(sq + eps)
     delta = xp.sqrt(state.acc_delta + eps)
     if inplace:
@@ -410,7 +472,7 @@ def adadelta_update(
         delta *= g
     else:
         delta = delta / std * g
-    acc = _ema_sq(state.acc_delta, delta, rho, inplace)
+    acc = _ema_sq(state.acc_delta, delta, rho, inplace, gate, xp)
     if inplace:
         delta *= lr
         param -= delta
@@ -448,6 +510,7 @@ def adam_update(
     param: Array, grad: Array, state: AdamState, *, lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
     amsgrad: bool = False, decoupled: bool = False, xp: Any, inplace: bool = False,
+    gate: Array | None = None,
 ) -> tuple[Array, AdamState]:
     """Adam (torch.optim.Adam), and AdamW with ``decoupled=True``.
 
@@ -471,13 +534,13 @@ def adam_update(
     """
     beta1, beta2 = betas
     if decoupled:
-        param = _decay(param, lr, weight_decay, inplace)
+        param = _decay(param, lr, weight_decay, inplace, gate, xp)
         g = grad
     else:
-        g = _l2(grad, param, weight_decay, inplace)
+        g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
     step = state.step + 1
-    m = _ema(state.exp_avg, g, beta1, inplace)
-    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace)
+    m = _ema(state.exp_avg, g, beta1, inplace, gate, xp)
+    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace, gate, xp)
     bc1 = 1 - beta1**step
     bc2_sqrt = math.sqrt(1 - beta2**step)
     vmax = state.max_exp_avg_sq
@@ -490,7 +553,7 @@ def adam_update(
     # γ/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε) = γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v̂ + ε√(1−β₂ᵗ)):
     # the bias corrections become two Python scalars instead of a pass over the array.
     denom = _plus(xp.sqrt(v_hat), eps * bc2_sqrt, inplace)
-    param = _add_ratio(param, m, denom, -lr * bc2_sqrt / bc1, inplace)
+    param = _add_ratio(param, m, denom, -lr * bc2_sqrt / bc1, inplace, gate, xp)
     if inplace:
         state.step, state.max_exp_avg_sq = step, vmax
         return param, state
@@ -500,7 +563,7 @@ def adam_update(
 def adamw_update(
     param: Array, grad: Array, state: AdamState, *, lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-    amsgrad: bool = False, xp: Any, inplace: bool = False,
+    amsgrad: bool = False, xp: Any, inplace: bool = False, gate: Array | None = None,
 ) -> tuple[Array, AdamState]:
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay ``θ ← θ (1 − γ λ)``.
 
@@ -510,7 +573,7 @@ def adamw_update(
     """
     return adam_update(param, grad, state, lr=lr, betas=betas, eps=eps,
                        weight_decay=weight_decay, amsgrad=amsgrad, decoupled=True, xp=xp,
-                       inplace=inplace)
+                       inplace=inplace, gate=gate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,7 +598,7 @@ def adamax_init(param: Array, *, xp: Any) -> AdamaxState:
 def adamax_update(
     param: Array, grad: Array, state: AdamaxState, *, lr: float = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-    xp: Any, inplace: bool = False,
+    xp: Any, inplace: bool = False, gate: Array | None = None,
 ) -> tuple[Array, AdamaxState]:
     """Adamax (torch.optim.Adamax), Adam with the infinity norm.
 
@@ -549,17 +612,18 @@ def adamax_update(
     Keras computes ``max(β₂ u, |g|)`` and adds ε to the denominator instead.
     """
     beta1, beta2 = betas
-    g = _l2(grad, param, weight_decay, inplace)
+    g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
     step = state.step + 1
-    m = _ema(state.exp_avg, g, beta1, inplace)
+    m = _ema(state.exp_avg, g, beta1, inplace, gate, xp)
     u = state.exp_inf
-    g_abs = _plus(xp.abs(g), eps, inplace)
+    g_abs = _plus(xp.abs(g), eps, inplace)  # shut gate: ε ≤ u already, so u keeps its value
+    decay = beta2 if gate is None else _factor(beta2, u, gate, xp)
     if inplace:
-        u *= beta2
+        u *= decay
         u[...] = xp.maximum(u, g_abs)
     else:
-        u = xp.maximum(u * beta2, g_abs)
-    param = _add_ratio(param, m, u, -lr / (1 - beta1**step), inplace)
+        u = xp.maximum(u * decay, g_abs)
+    param = _add_ratio(param, m, u, -lr / (1 - beta1**step), inplace, gate, xp)
     if inplace:
         state.step = step
         return param, state
@@ -591,7 +655,7 @@ def nadam_update(
     param: Array, grad: Array, state: NAdamState, *, lr: float = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
     momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, xp: Any,
-    inplace: bool = False,
+    inplace: bool = False, gate: Array | None = None,
 ) -> tuple[Array, NAdamState]:
     """NAdam (torch.optim.NAdam): Adam with Nesterov momentum and Dozat's momentum schedule.
 
@@ -612,16 +676,16 @@ def nadam_update(
     beta1, beta2 = betas
     step = state.step + 1
     if decoupled_weight_decay:
-        param = _decay(param, lr, weight_decay, inplace)
+        param = _decay(param, lr, weight_decay, inplace, gate, xp)
         g = grad
     else:
-        g = _l2(grad, param, weight_decay, inplace)
+        g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
     bc2_sqrt = math.sqrt(1 - beta2**step)
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product = state.mu_product * mu
-    m = _ema(state.exp_avg, g, beta1, inplace)
-    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace)
+    m = _ema(state.exp_avg, g, beta1, inplace, gate, xp)
+    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace, gate, xp)
     # √(v/(1−β₂ᵗ)) + ε = (√v + ε√(1−β₂ᵗ)) / √(1−β₂ᵗ): the bias correction moves into the two
     # scalar coefficients, and both terms share one division: θ += (c_g g + c_m m) / s.
     denom = _plus(xp.sqrt(v), eps * bc2_sqrt, inplace)
@@ -632,13 +696,22 @@ def nadam_update(
         num_m = m * c_m
         num += num_m
         num /= denom
-        param += num
+        param += _admit(num, gate, xp, True)
     else:
-        param = param + (g * c_g + m * c_m) / denom
+        param = param + _admit((g * c_g + m * c_m) / denom, gate, xp, False)
     if inplace:
         state.step, state.mu_product = step, mu_product
         return param, state
     return param, NAdamState(step, mu_product, m, v)
+
+
+def nadam_mu_product(step: int, beta1: float, momentum_decay: float) -> float:
+    """Π_t = μ_1 ⋯ μ_t, multiplied in the order :func:`nadam_update` multiplies it (so the
+    same float): what a record's ``mu_product`` is after ``step`` steps."""
+    product = 1.0
+    for t in range(1, step + 1):
+        product *= beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+    return product
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..kernels import optimizers as k
 from ..validation import check_betas, check_flag, check_nonneg
@@ -154,4 +155,10 @@ class NAdam(Optimizer):
     State = k.NAdamState
     init_state = staticmethod(k.nadam_init)
     update = staticmethod(k.nadam_update)
+
+    @staticmethod
+    def rewind_state(record: Any, options: dict[str, Any]) -> None:
+        """Π_t for the rewound step, multiplied up in the order the steps did it."""
+        record.mu_product = k.nadam_mu_product(record.step, options["betas"][0],
+                                               options["momentum_decay"])
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from .. import backend
 from ..kernels import clipping as clip_k
+from ..kernels import optimizers as opt_k
 from ..typing import Array
 from ..validation import check_above_zero, check_nonneg
 
@@ -144,6 +145,7 @@ class Optimizer:
     _update_options: ClassVar[tuple[str, ...]] = ()
     _init_options: ClassVar[tuple[str, ...]] = ()
     _bind_update: ClassVar[Callable[..., Callable[..., Any]]]
+    _update_gated: ClassVar[bool] = False
     _read_options: ClassVar[Callable[[dict[str, Any]], Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -165,7 +167,9 @@ class Optimizer:
             if unused:
                 raise TypeError(f"{cls.__name__} declares the option(s) {sorted(unused)}, "
                                 "which neither its init_state nor its update accepts")
-            cls._bind_update = _keyword_binder(cls.update, cls._update_options)
+            cls._update_gated = "gate" in inspect.signature(cls.update).parameters
+            cls._bind_update = _keyword_binder(cls.update, cls._update_options,
+                                               gated=cls._update_gated)
             # a group's option values as one tuple, in the binder's order (C-level itemgetter)
             read = cls._update_options
             cls._read_options = (operator.itemgetter(*read) if len(read) > 1
@@ -345,11 +349,20 @@ class Optimizer:
 
     # --- the step -------------------------------------------------------------------------
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *,
+             gate: Array | None = None) -> Any:
         """Apply one update to every bound parameter from its current gradient.
 
         ``closure``, when given, is called first (it should recompute the loss and fill the
         gradients) and its value is returned, as in torch; first-order optimizers do not need it.
+
+        ``gate``, a 0-d boolean array on the parameters' device, makes the step a no-op on the
+        device where it is false, without a host read (torch's fused-Adam ``found_inf``): the
+        gradients are zeroed where it is shut (:func:`gated_gradient`, which replaces
+        ``layer.grads[key]``, so it may hold inf/NaN) and the kernels leave every parameter and
+        state buffer as it was. With the gate true the result is bit-identical to ``step()``.
+        The host-side step counts still advance; call :meth:`rewind` with the number of skipped
+        steps once it is known.
         """
         loss = closure() if closure is not None else None
         if not self._refs:
@@ -378,11 +391,43 @@ class Optimizer:
                 state = states.get(i)
                 if state is None:
                     state = init(param, xp=xp, **{name: group[name] for name in init_names})
-                new, states[i] = update(param, grad, state, xp, inplace)
+                if gate is not None:  # one update unit, gated (see gated_gradient)
+                    grad = gated_gradient(layer, key, gate, xp)
+                    new, states[i] = _gated_update(cls, update, param, grad, state, xp,
+                                                   inplace, gate)
+                else:
+                    new, states[i] = update(param, grad, state, xp, inplace)
                 if new is not param:
                     params[key] = new
         self.iterations += 1
         return loss
+
+    def rewind(self, steps: int) -> None:
+        """Take back the host-side step counts of ``steps`` gated steps that were skipped.
+
+        A gated :meth:`step` left the arrays alone but advanced ``iterations`` and each record's
+        ``step`` (and NAdam's ``mu_product``, recomputed by the optimizer's ``rewind_state``);
+        a record that goes back to step 0 is dropped, so that the next step creates it afresh
+        exactly as torch would (a momentum buffer starts as a copy of the gradient).
+        """
+        if steps <= 0:
+            return
+        self.iterations = max(0, self.iterations - steps)
+        options = self.param_groups[-1]
+        for i, record in list(self.state.items()):
+            count = getattr(record, "step", None)
+            if not isinstance(count, int):
+                continue
+            if count - steps <= 0:
+                del self.state[i]
+                continue
+            record.step = count - steps
+            type(self).rewind_state(record, options)
+
+    @staticmethod
+    def rewind_state(record: Any, options: dict[str, Any]) -> None:
+        """Recompute the host-side fields of ``record`` that depend on its (rewound) ``step``;
+        nothing besides ``step`` for most optimizers (NAdam overrides it)."""
 
     def _clip(self) -> None:
         grads = [gradient(layer, key) for layer, key in self._refs]
@@ -526,6 +571,40 @@ def record_items(record: Any) -> list[tuple[str, Any]]:
     return [(f.name, getattr(record, f.name)) for f in dataclasses.fields(record)]
 
 
+def gated_gradient(layer: Any, key: str, gate: Array, xp: Any) -> Array:
+    """``layer.grads[key]`` with its entries zeroed where ``gate`` is false, stored back in
+    ``layer.grads`` (so that the ungated array is released before the update allocates its
+    temporaries: the peak memory of a gated step is that of an ungated one)."""
+    grad = opt_k.gate_gradient(layer.grads[key], gate, xp=xp)
+    layer.grads[key] = grad
+    return grad
+
+
+def _gated_update(cls: Any, update: Callable[..., Any], param: Array, grad: Array, state: Any,
+                  xp: Any, inplace: bool, gate: Array) -> tuple[Array, Any]:
+    """One gated update unit: the kernel's own ``gate`` where it takes one; otherwise (a user's
+    kernel) the update runs on copies and ``where(gate, new, old)`` selects, per array."""
+    if cls._update_gated:
+        return update(param, grad, state, xp, inplace, gate)
+    old = [(name, v) for name, v in record_items(state) if backend.is_array(v)] \
+        if dataclasses.is_dataclass(state) else []
+    copies = {name: xp.asarray(v, copy=True) for name, v in old}
+    before = xp.asarray(param, copy=True)
+    new, new_state = update(param, grad, state, xp, inplace)
+    new = _select(new, before, gate, xp, inplace)
+    for name, v in copies.items():
+        setattr(new_state, name, _select(getattr(new_state, name), v, gate, xp, inplace))
+    return new, new_state
+
+
+def _select(new: Array, old: Array, gate: Array, xp: Any, inplace: bool) -> Array:
+    chosen = xp.where(gate, new, old)
+    if inplace:
+        new[...] = chosen
+        return new
+    return chosen
+
+
 def _no_gradient(layer: Any, key: str) -> RuntimeError:
     return RuntimeError(f"no gradient for {layer!r}.params[{key!r}]: run backward before step()")
 
@@ -536,9 +615,11 @@ def _keywords(fn: Callable[..., Any], names: Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in names if name in accepted)
 
 
-def _keyword_binder(fn: Callable[..., Any], names: Sequence[str]) -> Callable[..., Any]:
+def _keyword_binder(fn: Callable[..., Any], names: Sequence[str], *,
+                    gated: bool = False) -> Callable[..., Any]:
     """``bind(*values)`` returning ``call(param, grad, state, xp, inplace)``, which calls ``fn``
-    with the options ``names`` as literal keywords.
+    with the options ``names`` as literal keywords (and ``call(..., gate)`` passing ``gate=``
+    when ``gated``: ``fn`` takes a gate).
 
     The step loop calls the kernel once per parameter; passing the options as ``**options``
     costs about a microsecond per call more than literal keywords (CPython builds and unpacks
@@ -550,9 +631,11 @@ def _keyword_binder(fn: Callable[..., Any], names: Sequence[str]) -> Callable[..
         if not name.isidentifier():
             raise ValueError(f"option name {name!r} is not an identifier")
     keywords = "".join(f"{name}={name}, " for name in names)
+    gate_arg, gate_kw = (", gate=None", ", gate=gate") if gated else ("", "")
     source = (f"def bind({', '.join(names)}):\n"
-              f"    def call(param, grad, state, xp, inplace):\n"
-              f"        return fn(param, grad, state, {keywords}xp=xp, inplace=inplace)\n"
+              f"    def call(param, grad, state, xp, inplace{gate_arg}):\n"
+              f"        return fn(param, grad, state, {keywords}xp=xp, inplace=inplace"
+              f"{gate_kw})\n"
               f"    return call\n")
     namespace: dict[str, Any] = {"fn": fn}
     exec(source, namespace)  # noqa: S102 - source built from checked identifiers only

@@ -170,8 +170,11 @@ class LBFGS(Optimizer):
 
     # --- the step -------------------------------------------------------------------------
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *, gate: Any = None) -> Any:
         """Run up to ``max_iter`` L-BFGS iterations; returns the closure's first loss.
+
+        ``gate`` (the first-order optimizers' device-side gate) is not supported: L-BFGS reads
+        the host every iteration anyway, and ``fit`` never passes one to it.
 
         Host reads (device-to-host transfers; several 0-d arrays are stacked into one): the
         closure's loss when it returns an array (``fit``'s closure returns a float, read
@@ -185,6 +188,9 @@ class LBFGS(Optimizer):
         its inner products, ``ρ`` and the Hessian scaling on the device as 0-d arrays (torch
         reads ``yᵀs``, ``gᵀd`` and the stopping tests back the same way).
         """
+        if gate is not None:
+            raise TypeError("LBFGS.step() takes no gate: it is a closure optimizer that checks "
+                            "its values on the host")
         if closure is None:
             raise TypeError("LBFGS.step needs a closure: a function that recomputes the loss on "
                             "the full batch, fills the gradients (e.g. via "
