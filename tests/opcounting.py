@@ -52,7 +52,7 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step(step: Callable[[], Any], *, warmup: int = 3) -> Counter[str]:
+def count_step(step: Callable[[], Any], *, warmup: int = 2) -> Counter[str]:
     """The ATen operators of one call of ``step`` after ``warmup`` calls, by name."""
     for _ in range(warmup):
         step()
