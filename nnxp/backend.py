@@ -20,8 +20,8 @@ threads resolving ``"torch"`` at once never see a partially initialised module.
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
+import functools
 import importlib
 import importlib.util
 import os

@@ -24,7 +24,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnxp
-from nnxp.layers import Dense, ReLU
 
 MODELS: dict[str, dict[str, Any]] = {
     "big": {"widths": [784, 1024, 1024, 10], "batch": 256},
@@ -37,6 +36,14 @@ VIEW_OPS = frozenset({"view", "_unsafe_view", "t", "transpose", "permute", "expa
                       "select", "alias", "as_strided", "unsqueeze", "squeeze", "_reshape_alias",
                       "reshape", "detach", "lift_fresh"})
 """Operators that make a view (metadata only: no kernel launch on a GPU)."""
+
+BOOKKEEPING_OPS = frozenset({"_record_function_enter_new", "_record_function_exit"})
+"""torch.optim's profiler markers: dispatched, but no device work."""
+
+
+def launches(ops: Counter[str] | dict[str, int]) -> int:
+    """The operators of ``ops`` that do device work (views and profiler markers left out)."""
+    return sum(n for name, n in ops.items() if name not in VIEW_OPS | BOOKKEEPING_OPS)
 
 
 class OpCounter(TorchDispatchMode):
@@ -61,19 +68,20 @@ def count_step(step: Callable[[], Any], *, warmup: int = 2) -> Counter[str]:
     return counter.ops
 
 
-def nnxp_step(model: str, optimizer: str) -> Callable[[], Any]:
+def nnxp_step(model: str, optimizer: str, package: Any = nnxp) -> Callable[[], Any]:
     """nnxp's training step (forward, loss, backward, optimizer step) of ``model`` on torch CPU,
-    the step ``nnxp.bench.train_step`` and ``fit`` run."""
+    the step ``nnxp.bench.train_step`` runs; ``package`` may be another revision of nnxp
+    imported under another name (``benchmarks/opcount.py --rev``)."""
     cfg = MODELS[model]
     widths, batch = cfg["widths"], cfg["batch"]
-    with nnxp.use_backend("torch"):
+    with package.use_backend("torch"):
         stack: list[Any] = []
         for i in range(len(widths) - 1):
-            stack.append(Dense(widths[i], widths[i + 1]))
+            stack.append(package.layers.Dense(widths[i], widths[i + 1]))
             if i < len(widths) - 2:
-                stack.append(ReLU())
-        net = nnxp.Sequential(stack, seed=0)
-        opt = {"sgd": nnxp.optim.SGD, "adam": nnxp.optim.Adam}[optimizer]()
+                stack.append(package.layers.ReLU())
+        net = package.Sequential(stack, seed=0)
+        opt = {"sgd": package.optim.SGD, "adam": package.optim.Adam}[optimizer]()
         opt.bind(net.parameters())
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(batch, widths[0], generator=gen)

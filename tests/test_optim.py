@@ -16,8 +16,8 @@ from nnxp import optim
 from nnxp.kernels import optimizers as kern
 from nnxp.layers import Dense, ReLU
 from nnxp.optim.base import Hyperparameters as HyperparametersBase
-from nnxp.optim.flat import flat_backend
 from nnxp.optim.base import hyperparameter, record_items
+from nnxp.optim.flat import flat_backend
 from nnxp.validation import check_nonneg
 
 N_STEPS = 50
@@ -212,7 +212,8 @@ def test_state_keeps_dtype_device_and_updates_in_place(bk, name):
     for g in grads:
         holder.grads = {k: nnxp.asarray(v, dtype="float32") for k, v in g.items()}
         opt.step()
-        after_first = after_first if buffers is not None else holder.params["W"]
+        if buffers is None:
+            after_first = holder.params["W"]
         arrays = {n: v for n, v in record_items(opt.state[0]) if nnxp.backend.is_array(v)}
         for arr in arrays.values():
             assert arr.dtype == bk.xp.float32

@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 from .. import backend
 from ..kernels import clipping as clip_k
-from .flat import FlatUnit, flat_backend
 from ..typing import Array
 from ..validation import check_above_zero, check_nonneg
+from .flat import FlatUnit, flat_backend
 
 ParamRef = tuple[Any, str]
 """``(layer, key)``: the parameter ``layer.params[key]`` with gradient ``layer.grads[key]``."""
@@ -486,10 +486,9 @@ class Optimizer:
             grads, _ = clip_k.clip_by_global_norm(grads, self.clip_norm, xp=xp, inplace=inplace)
         for i, ((layer, key), g) in enumerate(zip(self._refs, grads)):
             view = flat.get(i)
-            if view is None:
-                layer.grads[key] = g
-            elif g is not view:
+            if view is not None and g is not view:
                 view[...] = g
+            layer.grads[key] = g if view is None else view  # the clipped gradients, as read
 
     # --- saving and loading ---------------------------------------------------------------
 
