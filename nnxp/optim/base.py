@@ -380,8 +380,8 @@ class Optimizer:
             for unit in units:
                 if type(unit) is FlatUnit:
                     # all of the unit's parameters in one pass per operation
-                    if not (unit.grouped and unit.prepare_state(
-                            states, cls.State, init, {name: group[name] for name in init_names})):
+                    if not (unit.grouped and unit.prepare_state(states, cls.State, init, group,
+                                                                 init_names)):
                         # state that cannot be grouped (loaded with unequal step counts, say):
                         # one by one, in place on the views, until the next bind
                         unit.grouped = False

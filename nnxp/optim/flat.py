@@ -67,6 +67,9 @@ class FlatUnit:
         self.state: Any = None
         self.grouped = True  # False once its state could not be grouped (see prepare_state)
         self.records: list[Any] = []  # the members' per-parameter records (views into state)
+        # the optimizer's state dict the records were last checked in (load_state_dict and
+        # bind replace that dict, so a new one means: check again)
+        self._states: dict[int, Any] | None = None
         self._arrays: dict[str, Any] = {}  # the state's array fields at the last sync
         for (layer, key, _), view in zip(members, self.param_views):
             view[...] = layer.params[key]
@@ -108,14 +111,13 @@ class FlatUnit:
                     return False
                 pv[...] = p
                 params[key] = pv
-            grads = layer.grads
-            g = grads.get(key, gv)
+            g = layer.grads.get(key)
             if g is not gv:  # a layer that assigns its gradients, or a user: copied in, and
-                if not self._fits(g, k):  # the array they assigned stays theirs
+                if g is None:  # the array they assigned stays theirs
+                    raise KeyError(key)
+                if not self._fits(g, k):
                     return False
                 gv[...] = g
-            elif key not in grads:
-                raise KeyError(key)
         return True
 
     def _fits(self, x: Any, k: int) -> bool:
@@ -125,7 +127,7 @@ class FlatUnit:
     # --- state ------------------------------------------------------------------------------
 
     def prepare_state(self, states: dict[int, Any], state_cls: Any, init: Any,
-                      init_options: dict[str, Any]) -> bool:
+                      group: dict[str, Any], init_names: tuple[str, ...]) -> bool:
         """Make ``self.state`` match the members' records in ``states``.
 
         Fresh members (no record) get a flat record from ``init``; records from elsewhere
@@ -133,11 +135,15 @@ class FlatUnit:
         scalars agree and the same buffers are allocated. Returns False when they cannot be
         grouped (different step counts, say): the members are then updated one by one.
         """
+        if states is self._states:  # the records this unit made, in the dict it made them in
+            return True
         records = [states.get(i) for _, _, i in self.members]
         if self.records and all(a is b for a, b in zip(records, self.records)):
+            self._states = states
             return True
         if all(r is None for r in records):
-            self.state = init(self.param, xp=self.xp, **init_options)
+            options = {name: group[name] for name in init_names}
+            self.state = init(self.param, xp=self.xp, **options)
         elif any(r is None for r in records):
             return False
         else:
@@ -146,6 +152,7 @@ class FlatUnit:
                 return False
             self.state = state
         self._spread(states, state_cls)
+        self._states = states
         return True
 
     def _gather(self, records: list[Any], state_cls: Any) -> Any:
