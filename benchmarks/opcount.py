@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="time budget of the flat-layout timing (0: counts only)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "opcount"))
+    parser.add_argument("--include", default=None,
+                        help="append this markdown file (e.g. the output of "
+                             "compare_revisions.py --out) to the report")
     args = parser.parse_args()
     rev_pkg = None
     if args.rev:
@@ -181,6 +184,10 @@ def main() -> None:
     rows = count_rows(rev_pkg)
     timed = time_rows(args.seconds) if args.seconds > 0 else []
     text = render(rows, timed, args.rev)
+    if args.include:
+        included = Path(args.include).read_text().strip().split("\n")
+        text += "\n## " + included[0].lstrip("# ") + f" (`{Path(args.include).name}`)\n"
+        text += "\n".join(included[1:]) + "\n"
     Path(args.out + ".md").write_text(text)
     Path(args.out + ".json").write_text(json.dumps(
         {"rev": args.rev, "counts": rows, "timed": timed,
