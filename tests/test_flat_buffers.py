@@ -155,4 +155,3 @@ def test_moving_the_model_rebuilds_the_layout(bk) -> None:
         model.to(bk.spec)
         _train(model, opt)
     _assert_same(a, b)
-
