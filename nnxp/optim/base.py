@@ -234,6 +234,7 @@ class Optimizer:
         # Per group, its update units (built on the first step after bind): FlatUnit for the
         # parameters living in flat buffers, the plan's record for those updated one by one.
         self._units: list[list[Any]] | None = None
+        self._units_flat: bool | None = None  # the value of flat the units were built for
 
     # --- options --------------------------------------------------------------------------
 
@@ -332,6 +333,10 @@ class Optimizer:
                        for i in group_members] for group_members in members]
         if self._pending is not None:
             self._materialize()
+        if type(self).step is Optimizer.step:
+            # the parameters move into their flat buffers now, not at the first step, so
+            # that every step (a recorded one included) finds the same arrays
+            self._units = self._build_units()
 
     def _group_of(self, ref: ParamRef, position: int) -> int:
         layer, key = ref
@@ -424,6 +429,8 @@ class Optimizer:
     def _layout(self) -> list[list[Any]]:
         """The update units of every group, checked (and repaired) for this step."""
         units = self._units
+        if units is not None and self.flat is not self._units_flat:
+            units = None  # opt.flat changed since the layout was built
         if units is not None:
             try:
                 for group_units in units:
@@ -451,8 +458,6 @@ class Optimizer:
             buckets: dict[tuple[Any, ...], list[tuple[Any, str, int]]] = {}
             for record in records:
                 layer, key, i, xp, inplace = record
-                if key not in layer.grads:
-                    raise _no_gradient(layer, key)
                 if inplace and self.flat is not False and flat_backend(xp):
                     p = layer.params[key]
                     buckets.setdefault((id(xp), str(p.dtype), str(p.device)), []).append(
@@ -462,6 +467,7 @@ class Optimizer:
             for members in buckets.values():
                 units.append(FlatUnit(members, xp_of(members[0][0], members[0][1])))
             result.append(units)
+        self._units_flat = self.flat
         return result
 
     def _release_units(self) -> None:
