@@ -226,8 +226,8 @@ def test_state_keeps_dtype_device_and_updates_in_place(bk, name):
     assert W.dtype == bk.xp.float32
     assert str(nnxp.backend.device_of(W)) == str(bk.device)
     if nnxp.backend.supports_inplace(bk.xp):
-        # updated in place from the first step on; with flat buffers (nnxp.optim.flat) the
-        # first step moved the parameter into its group's buffer (a view of it)
+        # updated in place from the first step on; with flat buffers (nnxp.optim.flat) bind
+        # moved the parameter into its group's buffer (a view of it)
         assert W is after_first
         assert (W is before) != flat_backend(bk.xp)
     else:

@@ -231,7 +231,7 @@ class Optimizer:
         self.flat: bool | None = None
         """Grouped updates over flat buffers: None (the default) where the backend gains from
         them (:data:`nnxp.optim.flat.FLAT_BACKENDS`), False never; see :mod:`nnxp.optim.flat`."""
-        # Per group, its update units (built on the first step after bind): FlatUnit for the
+        # Per group, its update units (built by bind): FlatUnit for the
         # parameters living in flat buffers, the plan's record for those updated one by one.
         self._units: list[list[Any]] | None = None
         self._units_flat: bool | None = None  # the value of flat the units were built for

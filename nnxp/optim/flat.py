@@ -1,6 +1,7 @@
 """Flat parameter buffers: the grouped update of a first-order optimizer (issue 13).
 
-A :class:`FlatUnit` gathers the parameters of one parameter group that share a namespace, a
+Built when the optimizer is bound (:meth:`nnxp.optim.Optimizer.bind`), a :class:`FlatUnit`
+gathers the parameters of one parameter group that share a namespace, a
 dtype and a device. Their values, their gradients and the optimizer's state *live* in one flat
 1-D buffer each; the layers hold views into them (``layer.params[key]``), and the layers that
 know the protocol write their gradients straight into the gradient views
