@@ -155,3 +155,21 @@ def test_moving_the_model_rebuilds_the_layout(bk) -> None:
         model.to(bk.spec)
         _train(model, opt)
     _assert_same(a, b)
+
+
+def test_update_sizes_tell_a_memory_plan_how_large_the_temporaries_are(bk) -> None:
+    """A flat unit updates all of its parameters in one call: its temporaries are that large."""
+    sizes = {}
+    for flat in (None, False):
+        model, opt = _model(), optim.Adam()
+        opt.flat = flat
+        opt.bind(model.parameters())
+        sizes[flat] = opt.update_sizes()
+        assert sum(sizes[flat]) == model.count_params()
+    largest = max(int(np.prod(p.shape)) for layer in _model().layers
+                  for p in layer.params.values())
+    assert max(sizes[False]) == largest and len(sizes[False]) == len(_model().parameters())
+    if flat_backend(bk.xp):
+        assert sizes[None] == [_model().count_params()]  # one group, one dtype: one unit
+    else:
+        assert sizes[None] == sizes[False]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -469,6 +470,18 @@ class Optimizer:
             result.append(units)
         self._units_flat = self.flat
         return result
+
+    def update_sizes(self) -> list[int]:
+        """The number of elements each update call of a step runs over: one entry per flat
+        unit (all of its parameters) and per parameter updated on its own. An update's
+        temporaries are arrays of these sizes, so a memory plan takes the largest of them,
+        not the largest parameter, where parameters share a flat buffer."""
+        units = self._units
+        if units is None:
+            units = [list(records) for records in self._plan]
+        return [sum(unit.sizes) if type(unit) is FlatUnit
+                else math.prod(unit[0].params[unit[1]].shape)
+                for group_units in units for unit in group_units]
 
     def _release_units(self) -> None:
         for group_units in getattr(self, "_units", None) or ():
