@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import os
@@ -589,6 +590,42 @@ def supports_inplace(xp: Any) -> bool:
     namespaces, where the safe functional form is used.
     """
     return _name_of_namespace(xp) in ("numpy", "cupy", "torch")
+
+
+def namespace_name(xp: Any) -> str | None:
+    """The backend name of a namespace (``"numpy"``, ``"torch"``, ...), None if unknown."""
+    return _name_of_namespace(xp)
+
+
+class OutWriter(NamedTuple):
+    """The two reductions a dense layer's gradients need, written into a given array.
+
+    ``matmul(a, b, out)`` is ``out[...] = a @ b`` and ``sum0(x, out)`` is
+    ``out[...] = sum(x, axis=0)``, each as ONE operation of the library (its ``out=``
+    argument), where the array API would need a second pass (a copy) to land the result in an
+    existing buffer. Used to write gradients straight into the flat buffers of grouped
+    optimizer updates (``docs/design.md``, "Flat parameter buffers"). Same kernels, same
+    results as ``a @ b`` and ``sum``.
+    """
+
+    matmul: Any
+    sum0: Any
+
+
+@functools.lru_cache(maxsize=16)
+def out_writer(xp: Any) -> OutWriter | None:
+    """An :class:`OutWriter` for ``xp``'s library (numpy, cupy, torch), None for namespaces
+    without ``out=`` (array-api-strict, any other)."""
+    name = _name_of_namespace(xp)
+    if name == "torch":
+        torch = _import("torch", "torch")
+        return OutWriter(lambda a, b, out: torch.matmul(a, b, out=out),
+                         lambda x, out: torch.sum(x, dim=0, out=out))
+    if name in ("numpy", "cupy"):
+        lib = np if name == "numpy" else _import("cupy", "cupy")
+        return OutWriter(lambda a, b, out: lib.matmul(a, b, out=out),
+                         lambda x, out: lib.sum(x, axis=0, out=out))
+    return None
 
 
 def synchronize(device: Any = None) -> None:

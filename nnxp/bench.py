@@ -617,7 +617,9 @@ def live_set(model: Sequential, opt: Any, x: Array, y: Array) -> dict[str, int]:
     grads = [g for lay in model.layers for g in lay.grads.values()]
     seen = {id(a) for a in [*params, *grads, x, y]}
     state = 0
-    for a in _arrays_in({k: v for k, v in vars(opt).items() if k != "_refs"}):
+    # the flat buffers of grouped updates (``_units``) are reached through their views: the
+    # parameters, the gradients and the state records of ``opt.state``
+    for a in _arrays_in({k: v for k, v in vars(opt).items() if k not in ("_refs", "_units")}):
         if id(a) not in seen:
             seen.add(id(a))
             state += _nbytes(a, xp)

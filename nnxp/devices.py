@@ -77,8 +77,12 @@ def _move_object(layer: Any, xp: Any, device: Any, seen: set[int]) -> None:
         if isinstance(store, dict):
             for key, value in store.items():
                 store[key] = backend.asarray(value, xp=xp, device=device)
+    views = getattr(layer, "grad_views", None)
+    if isinstance(views, dict):  # views into an optimizer's flat buffers on the old device
+        views.clear()
     for name, value in list(vars(layer).items()):
-        if name in ("xp", "device", "params", "grads", "buffers") or value is None:
+        if name in ("xp", "device", "params", "grads", "buffers", "grad_views") \
+                or value is None:
             continue
         if name == "dtype" or name.endswith("_dtype"):
             if not isinstance(value, str):

@@ -71,6 +71,7 @@ from .layers import (
     Step,
     Tanh,
 )
+from .optim.flat import flat_backend, unit_bounds
 from .validation import check_choice, check_count
 
 __all__ = ["LAYER_TEMPORARIES", "PRECISIONS", "UPDATE_TEMPORARIES", "MemoryPlan",
@@ -306,6 +307,7 @@ class MemoryPlan:
     update_temporaries: int
     steps: list[dict[str, Any]]
     notes: list[str]
+    flat: bool = False  # gradients live in the optimizer's flat buffers (nnxp.optim.flat)
 
     def total_for(self, batch_size: int) -> int | None:
         """The plan's total for another batch size (None when the input width is unknown)."""
@@ -313,6 +315,9 @@ class MemoryPlan:
             return None
         m = self.memory
         fixed = sum(int(m[k] or 0) for k in ("parameters", "buffers", "optimizer_state"))
+        if self.flat:  # the flat gradient buffers outlive every step
+            return fixed + int(m["gradients"] or 0) + max(self.backward_peak(batch_size),
+                                                          self.update_temporaries)
         # the step releases the last step's gradients first (training._step): they are built
         # up during the backward pass (backward_peak) and all alive for the update
         update = int(m["gradients"] or 0) + self.update_temporaries
@@ -422,6 +427,10 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
     low = 2 if mixed else master
     opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     states, temps, opt_name = _optimizer_factors(model, opt)
+    # first-order optimizers keep parameters, gradients and state in flat buffers on these
+    # backends (nnxp.optim.flat): Dense writes its gradients into them, nothing is released
+    flat = (opt is None or not getattr(opt, "requires_closure", False)) \
+        and getattr(opt, "flat", None) is not False and flat_backend(model.xp)
 
     n_in = model.n_features
     x = None
@@ -495,6 +504,8 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
 
     sizes = [math.prod(p.shape) for layer in model.layers for p in layer.params.values()]
     largest = max(sizes, default=0)
+    if flat:  # an update's temporaries are the size of a whole unit (one group assumed)
+        largest = max((sum(sizes[lo:hi]) for lo, hi in unit_bounds(sizes)), default=0)
     inplace = backend.supports_inplace(model.xp)
     temp_count = max(temps, default=1)
     if not inplace:  # a new parameter and new state arrays on every update
@@ -519,7 +530,8 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
                       "extra_ps": extras[i][0] * low, "extra_fixed": extras[i][1] * low,
                       "grad_out": widths[i + 1] * low,
                       "grad_in": 0 if i <= first else widths[i] * low,
-                      "grad_bytes": n_params * (master + (low if mixed else 0)),
+                      "grad_bytes": 0 if flat and isinstance(layer, Dense) and not mixed
+                      else n_params * (master + (low if mixed else 0)),
                       "skip": i < first})
     memory: dict[str, int | None] = {
         "parameters": sum(r["param_bytes"] for r in rows),
@@ -533,7 +545,7 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
         dtype=backend.dtype_name(model.dtype), compute_dtype=precision if mixed else
         backend.dtype_name(model.dtype), optimizer=opt_name, n_features=n_in,
         params=sum(sizes), activation_per_sample=act_ps, activation_fixed=act_fixed,
-        update_temporaries=temp_count * largest * master, steps=steps, notes=[])
+        update_temporaries=temp_count * largest * master, steps=steps, notes=[], flat=flat)
     if any(guessed):
         names = sorted({r["class"] for r in rows if r["estimated"]})
         plan.notes.append(f"cache of {', '.join(names)} not known: counted as its input and "

@@ -139,8 +139,9 @@ def test_peak_memory_on_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert in_fit["via"] == "fit" and in_fit["peak_bytes"] > in_fit["params"]
     lean = bench.peak_memory("numpy", "tiny", "sgd", steps=2, via="fit-lean")
     # issue 11: the default fit's divergence guard is a device-side gate, not a copy of the
-    # parameters: it holds less than one set of parameters more than fit without it
-    assert lean["peak_bytes"] <= in_fit["peak_bytes"] < lean["peak_bytes"] + in_fit["params"]
+    # parameters: the two peaks differ by less than one set of parameters (either way: the
+    # ungated update's temporary spans a whole flat unit, the gate's one parameter at a time)
+    assert abs(in_fit["peak_bytes"] - lean["peak_bytes"]) < in_fit["params"]
     with pytest.raises(ValueError, match="via must be"):
         bench.peak_memory("numpy", "tiny", "sgd", via="epoch")
 

@@ -39,7 +39,8 @@ def dense_forward(x: Array, W: Array, b: Array | None) -> tuple[Array, DenseCach
 
 
 def dense_backward(
-    dy: Array, cache: DenseCache, *, xp: Any, need_dx: bool = True
+    dy: Array, cache: DenseCache, *, xp: Any, need_dx: bool = True,
+    out: tuple[Array, Array | None] | None = None, writer: Any = None,
 ) -> tuple[Array | None, Array, Array]:
     """Gradients of a scalar loss L through ``y = x W + b``.
 
@@ -49,8 +50,17 @@ def dense_backward(
       first layer, whose input is data
     * ``dW = xᵀ dy``   (in, out)
     * ``db = Σ_batch dy``  (out,)
+
+    ``out=(dW_out, db_out)`` with a ``writer`` (:func:`nnxp.backend.out_writer`) writes ``dW``
+    and ``db`` into those arrays (views into a flat gradient buffer) by the library's ``out=``
+    form of the same two operations, and returns them; ``db_out`` may be None (no bias:
+    ``db`` is then computed as usual).
     """
     dx = dy @ cache.W.T if need_dx else None
+    if out is not None and writer is not None:
+        dW = writer.matmul(cache.x.T, dy, out[0])
+        db = xp.sum(dy, axis=0) if out[1] is None else writer.sum0(dy, out[1])
+        return dx, dW, db
     dW = cache.x.T @ dy
     db = xp.sum(dy, axis=0)
     return dx, dW, db

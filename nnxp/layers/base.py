@@ -8,6 +8,11 @@ The layer protocol, which the model, the optimizers and users' own layers rely o
 * ``forward(x, *, training=True) -> y`` keeps what ``backward`` needs only when ``training``;
 * ``backward(dy) -> dx`` fills ``grads``, drops the cache and returns ``∂L/∂x``. Calling it
   without a training-mode forward first raises :class:`BackwardError`;
+* ``grad_views`` — optional dict: where an optimizer with flat buffers wants ``backward`` to
+  write the gradient of ``key`` (a view into its flat gradient buffer, :mod:`nnxp.optim.flat`).
+  A layer that honours it writes ``grads[key]`` into that array and stores that very array
+  in ``grads``; a layer that ignores it stays correct (its new array is copied in at the
+  optimizer's step, one copy);
 * ``needs_input_grad`` — True by default. A model sets it to False on its first trainable
   layer for the duration of a training backward pass, whose ``∂L/∂x`` (the gradient with
   respect to the data) nobody reads; a layer may then skip that computation and return None.
@@ -77,6 +82,7 @@ class Layer:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
         self.buffers: dict[str, Array] = {}
+        self.grad_views: dict[str, Array] = {}
         self._cache: Any = None
 
     def forward(self, x: Array, *, training: bool = True) -> Array:

@@ -125,11 +125,22 @@ class Dense(Layer):
             dy = self.activation.backward(dy)
             for key, grad in self.activation.grads.items():
                 self.grads[f"activation.{key}"] = grad
+        views = self.grad_views
+        out = None
+        if views and "W" in views and views["W"].dtype == dy.dtype:
+            # flat gradient buffers: written in place, no copy (not under mixed precision,
+            # where the half-precision gradient is cast to float32 by nnxp.precision first)
+            out = (views["W"], views.get("b") if self.use_bias else None)
         dx, dW, db = dense_k.dense_backward(dy, cache, xp=self.xp,
-                                            need_dx=self.needs_input_grad)
+                                            need_dx=self.needs_input_grad, out=out,
+                                            writer=backend.out_writer(self.xp) if out else None)
         if self.has_penalty:
-            dW = dW + reg_k.l1_l2_penalty_grad(self.params["W"], l1=self.l1, l2=self.l2,
+            penalty = reg_k.l1_l2_penalty_grad(self.params["W"], l1=self.l1, l2=self.l2,
                                                xp=self.xp)
+            if out is not None and dW is out[0]:
+                dW += penalty  # the same sum as below, into the view
+            else:
+                dW = dW + penalty
         self.grads["W"] = dW
         if self.use_bias:
             self.grads["b"] = db

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ from ..kernels import clipping as clip_k
 from ..kernels import optimizers as opt_k
 from ..typing import Array
 from ..validation import check_above_zero, check_nonneg
+from .flat import FlatUnit, flat_backend, unit_bounds
 
 ParamRef = tuple[Any, str]
 """``(layer, key)``: the parameter ``layer.params[key]`` with gradient ``layer.grads[key]``."""
@@ -231,6 +233,13 @@ class Optimizer:
         self._plan: list[list[tuple[Any, str, int, Any, bool]]] = []
         self._pending: dict[int, dict[str, Any]] | None = None
         self.iterations = 0
+        self.flat: bool | None = None
+        """Grouped updates over flat buffers: None (the default) where the backend gains from
+        them (:data:`nnxp.optim.flat.FLAT_BACKENDS`), False never; see :mod:`nnxp.optim.flat`."""
+        # Per group, its update units (built by bind): FlatUnit for the
+        # parameters living in flat buffers, the plan's record for those updated one by one.
+        self._units: list[list[Any]] | None = None
+        self._units_flat: bool | None = None  # the value of flat the units were built for
 
     # --- options --------------------------------------------------------------------------
 
@@ -306,6 +315,7 @@ class Optimizer:
                 raise ValueError(f"{owner}.bind expects (layer, key) pairs with key in "
                                  f"layer.params, got {ref!r}")
         ids = [(id(layer), key) for layer, key in refs]
+        self._release_units()
         if ids != self._ref_ids:
             self.state = {}
         self._refs, self._ref_ids = refs, ids
@@ -328,6 +338,10 @@ class Optimizer:
                        for i in group_members] for group_members in members]
         if self._pending is not None:
             self._materialize()
+        if type(self).step is Optimizer.step:
+            # the parameters move into their flat buffers now, not at the first step, so
+            # that every step (a recorded one included) finds the same arrays
+            self._units = self._build_units()
 
     def _group_of(self, ref: ParamRef, position: int) -> int:
         layer, key = ref
@@ -369,19 +383,39 @@ class Optimizer:
             self._require_bound()
         if self._pending is not None:
             self._materialize()
+        units_of_groups = self._layout()
         if self.clip_value is not None or self.clip_norm is not None:
-            self._clip()
+            self._clip(units_of_groups)
         states = self.state
         cls = type(self)
         bind, read, init, init_names = (cls._bind_update, cls._read_options, cls.init_state,
                                         cls._init_options)
-        for group, records in zip(self.param_groups, self._plan):
-            if not records:
+        for group, units in zip(self.param_groups, units_of_groups):
+            if not units:
                 continue
             # the group's options are read on every step (schedules and callbacks edit them
             # between steps) and bound once for all of the group's parameters
             update = bind(*read(group))
-            for layer, key, i, xp, inplace in records:
+            for unit in units:
+                if type(unit) is FlatUnit:
+                    # all of the unit's parameters in one pass per operation
+                    if not (unit.grouped and unit.prepare_state(states, cls.State, init, group,
+                                                                 init_names)):
+                        # state that cannot be grouped (loaded with unequal step counts, say):
+                        # one by one, in place on the views, until the next bind
+                        unit.grouped = False
+                        self._update_each(unit.members, group, update, gate)
+                        continue
+                    if gate is not None:  # the whole unit gated (see gated_gradient)
+                        unit.gate_gradients(gate, opt_k.gate_gradient)
+                        _, unit.state = _gated_update(cls, update, unit.param, unit.grad,
+                                                      unit.state, unit.xp, True, gate)
+                    else:
+                        _, unit.state = update(unit.param, unit.grad, unit.state, unit.xp,
+                                               True)
+                    unit.after_update(states, cls.State)
+                    continue
+                layer, key, i, xp, inplace = unit
                 try:
                     grad = layer.grads[key]
                 except KeyError:
@@ -423,22 +457,119 @@ class Optimizer:
                 continue
             record.step = count - steps
             type(self).rewind_state(record, options)
+        for group_units in getattr(self, "_units", None) or ():
+            for unit in group_units:
+                if type(unit) is FlatUnit:  # its flat record still holds the old counts
+                    unit.forget_state()
 
     @staticmethod
     def rewind_state(record: Any, options: dict[str, Any]) -> None:
         """Recompute the host-side fields of ``record`` that depend on its (rewound) ``step``;
         nothing besides ``step`` for most optimizers (NAdam overrides it)."""
 
-    def _clip(self) -> None:
-        grads = [gradient(layer, key) for layer, key in self._refs]
+
+    def _update_each(self, members: list[tuple[Any, str, int]], group: dict[str, Any],
+                     update: Callable[..., Any], gate: Array | None = None) -> None:
+        """The per-parameter update of ``members`` (a unit whose state cannot be grouped)."""
+        cls = type(self)
+        for layer, key, i in members:
+            xp = xp_of(layer, key)
+            param = layer.params[key]
+            state = self.state.get(i)
+            if state is None:
+                state = cls.init_state(param, xp=xp,
+                                       **{name: group[name] for name in cls._init_options})
+            if gate is not None:
+                grad = gated_gradient(layer, key, gate, xp)
+                _, self.state[i] = _gated_update(cls, update, param, grad, state, xp, True,
+                                                 gate)
+            else:
+                _, self.state[i] = update(param, gradient(layer, key), state, xp, True)
+
+    # --- flat buffers -------------------------------------------------------------------
+
+    def _layout(self) -> list[list[Any]]:
+        """The update units of every group, checked (and repaired) for this step."""
+        units = self._units
+        if units is not None and self.flat is not self._units_flat:
+            units = None  # opt.flat changed since the layout was built
+        if units is not None:
+            try:
+                for group_units in units:
+                    for unit in group_units:
+                        if type(unit) is FlatUnit and not unit.sync():
+                            units = None
+                            break
+                    if units is None:
+                        break
+            except KeyError as exc:
+                missing = next((layer, key) for layer, key in self._refs
+                               if key == exc.args[0] and key not in layer.grads)
+                raise _no_gradient(*missing) from None
+        if units is None:
+            self._release_units()
+            units = self._units = self._build_units()
+        return units
+
+    def _build_units(self) -> list[list[Any]]:
+        """Per group: one FlatUnit per (namespace, dtype, device) of its in-place parameters
+        (when :attr:`flat` allows), the plan's per-parameter records for the rest."""
+        result: list[list[Any]] = []
+        for records in self._plan:
+            units: list[Any] = []
+            buckets: dict[tuple[Any, ...], list[tuple[Any, str, int]]] = {}
+            for record in records:
+                layer, key, i, xp, inplace = record
+                if inplace and self.flat is not False and flat_backend(xp):
+                    p = layer.params[key]
+                    buckets.setdefault((id(xp), str(p.dtype), str(p.device)), []).append(
+                        (layer, key, i))
+                else:
+                    units.append(record)
+            for members in buckets.values():
+                for part in _flat_chunks(members):
+                    units.append(FlatUnit(part, xp_of(part[0][0], part[0][1])))
+            result.append(units)
+        self._units_flat = self.flat
+        return result
+
+    def update_sizes(self) -> list[int]:
+        """The number of elements each update call of a step runs over: one entry per flat
+        unit (all of its parameters) and per parameter updated on its own. An update's
+        temporaries are arrays of these sizes, so a memory plan takes the largest of them,
+        not the largest parameter, where parameters share a flat buffer."""
+        units = self._units
+        if units is None:
+            units = [list(records) for records in self._plan]
+        return [sum(unit.sizes) if type(unit) is FlatUnit
+                else math.prod(unit[0].params[unit[1]].shape)
+                for group_units in units for unit in group_units]
+
+    def _release_units(self) -> None:
+        for group_units in getattr(self, "_units", None) or ():
+            for unit in group_units:
+                if type(unit) is FlatUnit:
+                    unit.release()
+        self._units = None
+
+    def _clip(self, units_of_groups: list[list[Any]]) -> None:
+        # the gradients the update will read: a flat unit's views, else layer.grads
+        flat = {i: view for units in units_of_groups for unit in units
+                if type(unit) is FlatUnit
+                for (_, _, i), view in zip(unit.members, unit.grad_views)}
+        grads = [flat[i] if i in flat else gradient(layer, key)
+                 for i, (layer, key) in enumerate(self._refs)]
         xp = xp_of(*self._refs[0])
         inplace = all(self._inplace)
         if self.clip_value is not None:
             grads = clip_k.clip_by_value(grads, self.clip_value, xp=xp, inplace=inplace)
         if self.clip_norm is not None:
             grads, _ = clip_k.clip_by_global_norm(grads, self.clip_norm, xp=xp, inplace=inplace)
-        for (layer, key), g in zip(self._refs, grads):
-            layer.grads[key] = g
+        for i, ((layer, key), g) in enumerate(zip(self._refs, grads)):
+            view = flat.get(i)
+            if view is not None and g is not view:
+                view[...] = g
+            layer.grads[key] = g if view is None else view  # the clipped gradients, as read
 
     # --- saving and loading ---------------------------------------------------------------
 
@@ -603,6 +734,12 @@ def _select(new: Array, old: Array, gate: Array, xp: Any, inplace: bool) -> Arra
         new[...] = chosen
         return new
     return chosen
+
+
+def _flat_chunks(members: list[tuple[Any, str, int]]) -> list[list[tuple[Any, str, int]]]:
+    """The members of one flat bucket in units (:func:`nnxp.optim.flat.unit_bounds`)."""
+    sizes = [math.prod(layer.params[key].shape) for layer, key, _ in members]
+    return [members[lo:hi] for lo, hi in unit_bounds(sizes)]
 
 
 def _no_gradient(layer: Any, key: str) -> RuntimeError:
