@@ -318,11 +318,8 @@ class Replica:
                 self.layer_ready(layer)
         else:
             out = model.forward(xb, training=True)
-            if wb is None:
-                value, cache = model.loss.forward(out, yb, xp=xp)
-            else:
-                value, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
-                                                  validate_sample_weight=False)
+            value, cache = model.loss.forward(  # weights checked once in fit
+                out, yb, xp=xp, sample_weight=wb, validate_sample_weight=False)
             if model.has_penalty:
                 value = value + model.penalty()
             model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False,
@@ -355,11 +352,8 @@ class Replica:
                 outs.append(model.forward(xb, training=False))
                 continue
             out = model.forward(xb, training=True)
-            if wb is None:
-                part, cache = model.loss.forward(out, yb, xp=xp)
-            else:
-                part, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
-                                                 validate_sample_weight=False)
+            part, cache = model.loss.forward(  # weights checked once in fit
+                out, yb, xp=xp, sample_weight=wb, validate_sample_weight=False)
             model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
             grads.add(n)
             weighted = part * (n / local)

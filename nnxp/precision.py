@@ -207,11 +207,8 @@ class Policy:
         with self.compute_weights(model):
             out = model.forward(xp.astype(xb, self.dtype), training=True)
             out32 = xp.astype(out, self.master)  # the loss and its reductions in float32
-            if wb is None:
-                value, cache = model.loss.forward(out32, yb, xp=xp)
-            else:
-                value, cache = model.loss.forward(out32, yb, xp=xp, sample_weight=wb,
-                                                  validate_sample_weight=False)
+            value, cache = model.loss.forward(  # weights checked once in fit
+                out32, yb, xp=xp, sample_weight=wb, validate_sample_weight=False)
             if model.has_penalty:
                 value = value + xp.astype(model.penalty(), self.master)
             dout = model.loss.backward(cache, xp=xp)

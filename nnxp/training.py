@@ -833,11 +833,8 @@ def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array |
             part, out = precision.loss_and_backward(model, xb, yb, wb)
         else:
             out = model.forward(xb, training=True)
-            if wb is None:
-                part, cache = model.loss.forward(out, yb, xp=xp)
-            else:  # checked once in fit: no per-batch validation
-                part, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
-                                                 validate_sample_weight=False)
+            part, cache = model.loss.forward(  # weights checked once in fit
+                out, yb, xp=xp, sample_weight=wb, validate_sample_weight=False)
             model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
         grads.add(xb.shape[0])
         weighted = part * (xb.shape[0] / total)
@@ -900,11 +897,8 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
         if precision is not None:
             return precision.loss_and_backward(model, xb, yb, wb)
         out = model.forward(xb, training=True)
-        if wb is None:
-            value, cache = model.loss.forward(out, yb, xp=xp)
-        else:  # checked once in fit: no per-batch validation
-            value, cache = model.loss.forward(out, yb, xp=xp, sample_weight=wb,
-                                              validate_sample_weight=False)
+        value, cache = model.loss.forward(  # weights checked once in fit
+            out, yb, xp=xp, sample_weight=wb, validate_sample_weight=False)
         if model.has_penalty:  # weight penalties, at the weights of this forward
             value = value + model.penalty()
         model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False)
