@@ -1024,7 +1024,7 @@ class _StaticStep:
                         "step would replay the same draws every time; train this model with "
                         "capture=False")
         # layers whose host-side count a training step advances without reading it
-        self.counting = [layer for layer in model.layers
+        self.counting: list[Any] = [layer for layer in model.layers
                          if callable(getattr(layer, "advance_host_state", None))
                          and not getattr(layer, "reads_host_state", True)]
         self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
