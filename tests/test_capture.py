@@ -475,3 +475,30 @@ def test_a_diverging_recorded_run_stops_where_the_plain_run_does(monkeypatch: An
     assert np.isfinite(w0).all() and np.array_equal(w0, w1)
     assert message0 == message1 and "step 4 " in message0
     assert counts0 == counts1
+
+
+def test_batch_norm_keeps_its_running_statistic_arrays_where_it_can(bk: Any) -> None:
+    """In place on numpy/cupy/torch (the arrays a recorded step reads and writes outlive the
+    steps), replaced on array-api-strict; a skipped (gated) step and an error mid-step put the
+    values back into the same arrays."""
+    X, y, _ = _data()
+    model = _bn_model()
+    layer = model.layers[1]
+    before = dict(layer.buffers)
+    model.fit(X, y, epochs=2, batch_size=5, verbose=0, optimizer=nnxp.optim.SGD(lr=0.1))
+    kept = all(layer.buffers[k] is v for k, v in before.items())
+    assert kept == backend.supports_inplace(bk.xp) == layer.buffers_in_place
+    assert layer.num_batches_tracked == 10
+    values = {k: nnxp.to_numpy(v).copy() for k, v in layer.buffers.items()}
+    arrays = dict(layer.buffers)
+
+    def fail(x: Any, *, training: bool = True) -> Any:
+        raise RuntimeError("mid-step")
+
+    model.layers[2].forward = fail  # after BatchNorm1d has updated its statistics
+    with pytest.raises(RuntimeError, match="mid-step"):
+        model.fit(X, y, epochs=1, batch_size=5, verbose=0)
+    for k, v in layer.buffers.items():
+        assert np.array_equal(nnxp.to_numpy(v), values[k])
+        assert v is arrays[k]  # written back in place, or the old array put back
+    assert layer.num_batches_tracked == 10
