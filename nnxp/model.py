@@ -362,7 +362,10 @@ class Sequential:
             record device work (CuPy, torch CUDA), record the step once per batch shape as a
             CUDA graph and replay it (off by default: not yet verified on a GPU); elsewhere
             the static-buffer path runs without recording and gives bit-identical results.
-            See ``docs/training.md`` for what a recorded step may contain
+            SGD, RMSprop, Adadelta and Adagrad (``lr_decay=0``) steps record, with
+            BatchNorm1d (not ``momentum=None``); the Adam family is refused with a
+            RuntimeWarning (its bias corrections read the host step count). See
+            ``docs/training.md`` for what a recorded step may contain
         memory_budget : bytes (or a string such as ``"6GiB"``) a training step may use; by
             default the budget of :func:`nnxp.set_memory_budget` / ``NNXP_MEMORY_BUDGET``.
             Before the first step, ``fit`` compares the memory plan of :meth:`summary` (at

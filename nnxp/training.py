@@ -728,9 +728,12 @@ class _StepUndo:
     count, updated by the forward pass) as they were before the step.
 
     Parameters are changed only by the optimizer's update, after the forward and backward
-    passes: an error before it leaves them as they were, so nothing is copied. This keeps
-    references to the buffer arrays (layers replace them, never write into them), plus a small
-    dict per layer with extra state: no device work per step.
+    passes: an error before it leaves them as they were, so nothing is copied. A layer that
+    replaces its buffers is undone from references to the old arrays (no device work); one that
+    writes into them (``buffers_in_place``: BatchNorm1d on numpy, cupy, torch) from a copy
+    taken here, written back in place (two ``(C,)`` vectors per batch-norm layer and step, the
+    cost of keeping its arrays alive across steps, which a recorded step needs). Plus a small
+    dict per layer with extra state.
     """
 
     def __init__(self, model: Sequential) -> None:
@@ -738,22 +741,35 @@ class _StepUndo:
             (layer, getattr(layer, "get_extra_state", None)) for layer in model.layers
             if getattr(layer, "buffers", None)
             or callable(getattr(layer, "get_extra_state", None))]
-        self.saved: list[tuple[Any, dict[str, Any], Any]] = []
+        self.saved: list[tuple[Any, tuple[dict[str, Any], bool], Any]] = []
 
     def __enter__(self) -> None:
-        self.saved = [(layer, dict(getattr(layer, "buffers", {})),
+        self.saved = [(layer, _saved_buffers(layer),
                        get_state() if callable(get_state) else None)
                       for layer, get_state in self.layers]
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         if kind is not None:
-            for layer, buffers, extra in self.saved:
-                if buffers:
+            for layer, (buffers, inplace), extra in self.saved:
+                if buffers and inplace:
+                    for key, value in buffers.items():
+                        layer.buffers[key][...] = value
+                elif buffers:
                     layer.buffers.clear()
                     layer.buffers.update(buffers)
                 if extra is not None:
                     layer.set_extra_state(extra)
         self.saved = []
+
+
+def _saved_buffers(layer: Any) -> tuple[dict[str, Array], bool]:
+    """``(buffers, in_place)``: references to a layer's buffer arrays, or copies of them when
+    the layer writes into them (``buffers_in_place``)."""
+    buffers = getattr(layer, "buffers", None) or {}
+    if buffers and getattr(layer, "buffers_in_place", False):
+        xp = layer.xp
+        return {key: xp.asarray(value, copy=True) for key, value in buffers.items()}, True
+    return dict(buffers), False
 
 
 def _begin_callbacks(model: Sequential, cbs: CallbackList, states: list[Any] | None) -> None:
@@ -935,7 +951,7 @@ def _watched(guard: _FiniteGuard | None, precision: prec.Policy | None) -> bool:
 
 
 def _update(model: Sequential, value: Array, optimizer: Optimizer,
-            buffers: list[tuple[Any, dict[str, Array]]], *,
+            buffers: _Buffers, *,
             before_update: Callable[[Array], None] | None, guard: _FiniteGuard | None,
             precision: prec.Policy | None) -> None:
     """The update phase of a first-order step, once ``layer.grads`` hold the step's gradient:
@@ -973,15 +989,21 @@ class _StaticStep:
     shape's buffers, and the step reads only those. With a recorder, the first step of a
     shape runs eagerly and is *checked*: every array that outlives a step (parameters,
     layer buffers, optimizer state) must still be the same object afterwards, and no host-side
-    value a step reads (optimizer state scalars such as Adam's step count, a layer's extra
-    state such as BatchNorm's batch count) may have changed — else a replay would read stale
-    memory or a frozen number. When the check passes, the second step of that shape is
-    recorded (not executed) and replayed, and every later step is a copy into the buffers and
-    one replay; the optimizer's Python step counter is advanced by hand. A change of the
-    optimizer's options (a schedule editing ``lr``) records the graph again. When the check
-    fails, recording is given up for the run with a RuntimeWarning giving the reason, and
-    the steps run unrecorded from the static buffers. The loss and outputs of a replay are
-    the graph's static output arrays; the loss is copied before the loop keeps it.
+    value a step *reads* may have changed — else a replay would read stale memory or a frozen
+    number. What a step reads is declared: an optimizer's :meth:`~nnxp.optim.Optimizer.
+    reads_host_state` (Adam's ``step``, for its bias corrections), a layer's
+    ``reads_host_state`` (BatchNorm1d's ``num_batches_tracked`` with ``momentum=None``). The
+    other host values are bookkeeping — the optimizer's step counts, BatchNorm1d's batch count
+    — which a replay, running no Python, leaves alone: the loop advances them by hand after
+    every replay (:meth:`nnxp.optim.Optimizer.advance`, ``layer.advance_host_state``), and the
+    check step verifies that this reproduces what the eager step did. When the check passes,
+    the second step of that shape is recorded (not executed) and replayed, and every later step
+    is a copy into the buffers and one replay. A change of the optimizer's options (a schedule
+    editing ``lr``) records the graph again. When the check fails, recording is given up for
+    the run with a RuntimeWarning giving the reason, and the steps run unrecorded from the
+    static buffers. The loss and outputs of a replay are the graph's static output arrays; the
+    loss is copied before the loop keeps it. The divergence guard's gate is kept in one array
+    updated in place (:meth:`_FiniteGuard.use_static_flag`).
     """
 
     def __init__(self, model: Sequential, optimizer: Optimizer) -> None:
@@ -995,6 +1017,10 @@ class _StaticStep:
                         "numbers in training (dropout masks, random slopes), and a recorded "
                         "step would replay the same draws every time; train this model with "
                         "capture=False")
+        # layers whose host-side count a training step advances without reading it
+        self.counting: list[Any] = [layer for layer in model.layers
+                         if callable(getattr(layer, "advance_host_state", None))
+                         and not getattr(layer, "reads_host_state", True)]
         self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.report: dict[str, Any] = {
             "recorder": None if self.recorder is None else self.recorder.kind,
@@ -1004,6 +1030,9 @@ class _StaticStep:
                  before_update: Callable[[Array], None] | None = None,
                  wb: Array | None = None, **options: Any) -> tuple[Array, Array]:
         xp = model.xp
+        guard = options.get("guard")
+        if guard is not None and guard.mode == "gate":
+            guard.use_static_flag()
         key = (tuple(xb.shape), tuple(yb.shape), wb is None)
         slot = self.slots.get(key)
         if slot is None:
@@ -1018,33 +1047,71 @@ class _StaticStep:
         if self.recorder is not None and before_update is not None:
             self.report["not_recorded"] = ("diagnostics=True runs host code between the "
                                            "backward pass and the update of every step")
+        result = self._run(slot, before_update, options)
+        if guard is not None:
+            guard.note_step()
+        return result
+
+    def _run(self, slot: dict[str, Any], before_update: Callable[[Array], None] | None,
+             options: dict[str, Any]) -> tuple[Array, Array]:
+        model, optimizer = self.model, self.optimizer
         if self.recorder is None or self.report["not_recorded"] is not None:
             return self._eager(slot, before_update, options)
         if not slot["checked"]:
+            problem = _reads_problem(optimizer)
             before = _host_view(model, optimizer)
+            extra = [layer.get_extra_state() for layer in self.counting]
             result = self.recorder.warm_up(lambda: self._eager(slot, None, options))
-            problem = _compare_host_views(before, _host_view(model, optimizer))
+            problem = problem or _compare_host_views(before, _host_view(model, optimizer))
+            if problem in (None, "new"):
+                problem = self._check_counts(extra) or problem
             slot["checked"] = problem != "new"  # state made by this step: check the next one
             if problem not in (None, "new"):
-                self.report["not_recorded"] = problem
-                warnings.warn(f"fit(capture=True): the step cannot be recorded: {problem}; "
-                              "the steps run unrecorded from static buffers",
-                              RuntimeWarning, stacklevel=2)
+                self._give_up(problem)
             return result
         settings = _group_options(optimizer)
         if slot["graph"] is None or slot["options"] != settings:
-            count = optimizer.iterations
+            problem = _reads_problem(optimizer)  # new options may make the update read more
+            if problem is not None:
+                self._give_up(problem)
+                return self._eager(slot, None, options)
             slot["graph"], slot["outputs"] = self.recorder.capture(  # records, runs nothing
                 lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"], **options))
-            optimizer.iterations = count
+            self._advance(-1)  # the recording ran the step's Python once: take its counts back
             slot["options"] = settings
             self.report["graphs"] += 1
-        count = optimizer.iterations
         slot["graph"].replay()
-        optimizer.iterations = count + 1
+        self._advance(1)
         self.report["replays"] += 1
         value, out = slot["outputs"]
-        return xp.asarray(value, copy=True), out
+        return model.xp.asarray(value, copy=True), out
+
+    def _advance(self, steps: int) -> None:
+        """The host-side bookkeeping of ``steps`` training steps (negative: taken back)."""
+        self.optimizer.advance(steps)
+        for layer in self.counting:
+            layer.advance_host_state(steps)
+
+    def _check_counts(self, before: list[Any]) -> str | None:
+        """Whether advancing each counting layer by hand from its state before the check step
+        gives the state the step left (what a replay relies on)."""
+        for layer, was in zip(self.counting, before):
+            after = layer.get_extra_state()
+            layer.set_extra_state(was)
+            layer.advance_host_state(1)
+            by_hand = layer.get_extra_state()
+            layer.set_extra_state(after)
+            if by_hand != after:
+                i = self.model.layers.index(layer)
+                return (f"layers[{i}] ({type(layer).__name__}) extra state went from {was!r} "
+                        f"to {after!r}, not to {by_hand!r} as a replay would count it")
+        return None
+
+    def _give_up(self, problem: str) -> None:
+        self.report["not_recorded"] = problem
+        warnings.warn(f"fit(capture=True): the step cannot be recorded: {problem}; "
+                      "the steps run unrecorded from static buffers",
+                      RuntimeWarning, stacklevel=4)
 
     def _eager(self, slot: dict[str, Any],
                before_update: Callable[[Array], None] | None,
@@ -1052,6 +1119,28 @@ class _StaticStep:
         self.report["static_steps"] += 1
         return _step(self.model, slot["x"], slot["y"], self.optimizer,
                      before_update=before_update, wb=slot["w"], **options)
+
+
+def _reads_problem(optimizer: Optimizer) -> str | None:
+    """Why the optimizer's update cannot be recorded, from the host fields it declares it
+    reads (None: nothing that changes between steps)."""
+    reads = optimizer.reads_host_state()
+    name = type(optimizer).__name__
+    if reads is None:  # undeclared: every host value counts as read (_host_view sees them)
+        return None
+    counted = [field for field in reads if field in _state_fields(optimizer)]
+    if counted:
+        return (f"{name}'s update reads its host-side state {', '.join(map(repr, counted))} "
+                "(a Python number that changes every step, e.g. the step count t of its bias "
+                "corrections), which a recording would freeze")
+    return None
+
+
+def _state_fields(optimizer: Optimizer) -> set[str]:
+    state_cls = getattr(type(optimizer), "State", None)
+    if state_cls is None or not dataclasses.is_dataclass(state_cls):
+        return set()
+    return {field.name for field in dataclasses.fields(state_cls)}
 
 
 def _group_options(optimizer: Optimizer) -> str:
@@ -1062,22 +1151,30 @@ def _group_options(optimizer: Optimizer) -> str:
 
 def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]:
     """What a recorded step must leave as it was: ``(name, id of an array | host value)``
-    for every parameter, layer buffer, layer extra state and optimizer state entry."""
+    for every parameter, layer buffer, layer extra state and optimizer state entry — less the
+    bookkeeping a replay advances by hand: the host numbers of the optimizer's records that its
+    update does not read, and the extra state of layers that count steps without reading the
+    count (checked by :meth:`_StaticStep._check_counts`)."""
     view: list[tuple[str, Any]] = []
+    reads = optimizer.reads_host_state()
 
-    def walk(name: str, value: Any) -> None:
+    def walk(name: str, value: Any, counters: bool = False) -> None:
         if backend.is_array(value):
             view.append((name, ("array", id(value))))
         elif isinstance(value, dict):
             for k, v in value.items():
-                walk(f"{name}[{k!r}]", v)
+                walk(f"{name}[{k!r}]", v, counters)
         elif isinstance(value, (tuple, list)):
             fields = getattr(value, "_fields", None) or range(len(value))
             for k, v in zip(fields, value):
-                walk(f"{name}.{k}" if isinstance(k, str) else f"{name}[{k}]", v)
+                walk(f"{name}.{k}" if isinstance(k, str) else f"{name}[{k}]", v, counters)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             for field in dataclasses.fields(value):
-                walk(f"{name}.{field.name}", getattr(value, field.name))
+                v = getattr(value, field.name)
+                if counters and reads is not None and field.name not in reads \
+                        and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    continue  # bookkeeping: Optimizer.advance moves it on after a replay
+                walk(f"{name}.{field.name}", v)
         else:
             view.append((name, ("value", value)))
 
@@ -1086,9 +1183,12 @@ def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]
         walk(f"{where}.params", dict(layer.params))
         walk(f"{where}.buffers", dict(getattr(layer, "buffers", None) or {}))
         extra = getattr(layer, "get_extra_state", None)
-        if callable(extra):
+        counted = callable(getattr(layer, "advance_host_state", None)) \
+            and not getattr(layer, "reads_host_state", True)
+        if callable(extra) and not counted:
             walk(f"{where} extra state", extra())
-    walk(f"{type(optimizer).__name__} state", dict(getattr(optimizer, "state", {}) or {}))
+    walk(f"{type(optimizer).__name__} state", dict(getattr(optimizer, "state", {}) or {}),
+         counters=True)
     return view
 
 
@@ -1113,24 +1213,30 @@ def _compare_host_views(before: list[tuple[str, Any]],
     return "new" if created else None
 
 
-def _buffer_refs(model: Sequential) -> list[tuple[Any, dict[str, Array]]]:
-    """References to every layer's buffers before a forward pass (layers replace buffer
-    arrays, never write into them): no copy."""
-    return [(layer, dict(layer.buffers)) for layer in model.layers
+_Buffers = list[tuple[Any, tuple[dict[str, Array], bool]]]
+"""Every layer's buffers before a step's forward pass (:func:`_saved_buffers`)."""
+
+
+def _buffer_refs(model: Sequential) -> _Buffers:
+    """Every layer's buffers before a forward pass: references to the arrays of layers that
+    replace them (no copy), copies of those of layers that write into them."""
+    return [(layer, _saved_buffers(layer)) for layer in model.layers
             if getattr(layer, "buffers", None)]
 
 
-def _changed_buffers(buffers: list[tuple[Any, dict[str, Array]]], xp: Any
-                     ) -> Iterator[tuple[Any, str, Array, Array]]:
-    """``(layer, key, new, old)`` for each floating-point buffer the step replaced."""
-    for layer, old in buffers:
+def _changed_buffers(buffers: _Buffers, xp: Any
+                     ) -> Iterator[tuple[Any, str, Array, Array, bool]]:
+    """``(layer, key, new, old, in_place)`` for each floating-point buffer the step replaced,
+    or (``in_place``) that its layer writes into."""
+    for layer, (old, inplace) in buffers:
         for key, before in old.items():
             now = layer.buffers.get(key)
-            if now is not None and now is not before and xp.isdtype(now.dtype, "real floating"):
-                yield layer, key, now, before
+            if now is not None and (inplace or now is not before) \
+                    and xp.isdtype(now.dtype, "real floating"):
+                yield layer, key, now, before, inplace
 
 
-def _all_finite(model: Sequential, value: Array, buffers: list[tuple[Any, dict[str, Array]]]
+def _all_finite(model: Sequential, value: Array, buffers: _Buffers
                 ) -> Array:
     """0-d bool on the device: the loss, every gradient and every replaced buffer are finite
     (one reduction per gradient; no host read)."""
@@ -1139,15 +1245,19 @@ def _all_finite(model: Sequential, value: Array, buffers: list[tuple[Any, dict[s
     for layer in model.layers:
         for g in layer.grads.values():
             ok = ok & xp.all(xp.isfinite(g))
-    for _, _, now, _ in _changed_buffers(buffers, xp):
+    for _, _, now, _, _ in _changed_buffers(buffers, xp):
         ok = ok & xp.all(xp.isfinite(now))
     return ok
 
 
-def _put_back(buffers: list[tuple[Any, dict[str, Array]]]) -> None:
+def _put_back(buffers: _Buffers) -> None:
     """A skipped step (known on the host): the buffers as they were before its forward pass."""
-    for layer, old in buffers:
-        layer.buffers.update(old)
+    for layer, (old, inplace) in buffers:
+        if inplace:
+            for key, value in old.items():
+                layer.buffers[key][...] = value
+        else:
+            layer.buffers.update(old)
 
 
 @contextlib.contextmanager
@@ -1248,20 +1358,41 @@ class _FiniteGuard:
         self.ok: Array | None = None  # "gate": the sticky flag the updates are gated by
         self.halted = False  # "host": a non-finite loss was seen, no update since
         self.skipped = 0  # gated steps to take back from the optimizer's step counts
+        self.static = False  # "gate" in a recorded step: the sticky flag updated in place
         if self.mode == "gate":
             xp = model.xp
             self.ok = xp.ones((), dtype=xp.bool, device=model.device)
 
-    def admit(self, finite: Array, buffers: list[tuple[Any, dict[str, Array]]]) -> Array:
+    def admit(self, finite: Array, buffers: _Buffers) -> Array:
         """``"gate"`` mode, once per step: fold this step's flag into the sticky gate, keep the
         buffers the forward pass replaced only where it is open, and return the gate."""
         xp = self.model.xp
-        self.gates.append(finite)
         assert self.ok is not None
-        self.ok = self.ok & finite
-        for layer, key, now, before in list(_changed_buffers(buffers, xp)):
-            layer.buffers[key] = xp.where(self.ok, now, before)
+        if self.static:  # the same array every step; the caller keeps the flags (note_step)
+            self.ok[...] = self.ok & finite
+        else:
+            self.gates.append(finite)
+            self.ok = self.ok & finite
+        for layer, key, now, before, inplace in list(_changed_buffers(buffers, xp)):
+            if inplace:
+                now[...] = xp.where(self.ok, now, before)
+            else:
+                layer.buffers[key] = xp.where(self.ok, now, before)
         return self.ok
+
+    def use_static_flag(self) -> None:
+        """``"gate"`` mode for ``fit(capture=True)``: :meth:`admit` writes the sticky flag
+        into its one array instead of making a new one and keeps no per-step flag, since a
+        replayed step runs no Python: the loop calls :meth:`note_step` after every step
+        instead. The flags kept are then the sticky ones (open up to the first non-finite
+        step, shut from it on), which locate the same first failing step."""
+        self.static = True
+
+    def note_step(self) -> None:
+        """A copy of the sticky flag after a step of ``fit(capture=True)`` (see
+        :meth:`use_static_flag`)."""
+        if self.static and self.ok is not None:
+            self.gates.append(self.model.xp.asarray(self.ok, copy=True))
 
     def halt(self, loss_finite: bool) -> bool:
         """``"host"`` mode: whether updates stop (a non-finite loss now or earlier)."""

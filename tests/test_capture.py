@@ -11,6 +11,7 @@ stand-ins of the library calls they make; running them for real needs a GPU (doc
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from nnxp import backend
 from nnxp.callbacks import Callback
 from nnxp.layers import BatchNorm1d, Dense, Dropout, Tanh
 from nnxp.optim.base import Hyperparameters, Optimizer, hyperparameter
+from nnxp.optim.flat import FlatUnit
 from nnxp.validation import check_nonneg
 
 N, F, C = 23, 4, 3  # batches of 5: four of 5 and a last one of 3 (two shapes)
@@ -81,20 +83,45 @@ def test_static_buffers_give_bit_identical_results(bk: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _arrays(model: nnxp.Sequential) -> list[np.ndarray]:
-    """Every array that outlives a step: parameters, buffers, optimizer state."""
-    found: list[np.ndarray] = [a for layer in model.layers
-                               for store in (layer.params, getattr(layer, "buffers", {}))
-                               for a in store.values()]
-    for state in getattr(model.optimizer, "state", {}).values():
-        found += [v for v in vars(state).values() if isinstance(v, np.ndarray)]
+def _arrays(model: nnxp.Sequential) -> list[Any]:
+    """Every array that outlives a step: parameters, buffers, optimizer state (flat or not)."""
+    found: list[Any] = [a for layer in model.layers
+                        for store in (layer.params, getattr(layer, "buffers", {}))
+                        for a in store.values()]
+    optimizer = model.optimizer
+    records = list(getattr(optimizer, "state", {}).values())
+    records += [unit.state for unit in _flat_units(optimizer) if unit.state is not None]
+    for state in records:
+        found += [getattr(state, f.name) for f in dataclasses.fields(state)
+                  if backend.is_array(getattr(state, f.name))]
     return found
 
 
+def _flat_units(optimizer: Any) -> list[Any]:
+    # the test's fake reaches into the optimizer's units: a replay must not move their counts
+    return [unit for units in (getattr(optimizer, "_units", None) or ()) for unit in units
+            if isinstance(unit, FlatUnit)]
+
+
+def _host_counts(model: nnxp.Sequential) -> list[tuple[Any, str, Any]]:
+    """The Python-side values a step changes: step counts, batch counts."""
+    optimizer = model.optimizer
+    saved: list[tuple[Any, str, Any]] = [(optimizer, "iterations", optimizer.iterations)]
+    records = list(optimizer.state.values())
+    records += [unit.state for unit in _flat_units(optimizer) if unit.state is not None]
+    saved += [(r, f.name, getattr(r, f.name)) for r in records for f in dataclasses.fields(r)
+              if not backend.is_array(getattr(r, f.name))]
+    saved += [(layer, "num_batches_tracked", layer.num_batches_tracked)
+              for layer in model.layers if isinstance(layer, BatchNorm1d)]
+    return saved
+
+
 class FakeRecorder(backend.GraphRecorder):
-    """Records on numpy the way a GPU does: ``capture`` leaves every array as it found it (a CUDA
-    recording runs nothing) and returns static outputs; ``replay`` runs the step and writes its
-    results into those outputs, as a graph's kernels write into the same memory every time."""
+    """Records the way a GPU does: ``capture`` leaves every array as it found it (a CUDA
+    recording runs nothing on the device) and returns static outputs; ``replay`` runs the step
+    and writes its results into those outputs, as a graph's kernels write into the same memory
+    every time — and puts back every Python-side count the step moved, since a real replay runs
+    no Python (the loop must advance them itself)."""
 
     kind = "fake"
 
@@ -103,14 +130,18 @@ class FakeRecorder(backend.GraphRecorder):
         self.graphs: list[backend.CapturedGraph] = []
 
     def capture(self, fn: Any) -> tuple[backend.CapturedGraph, Any]:
-        saved = [(a, a.copy()) for a in _arrays(self.model)]
-        outputs = [np.array(o, copy=True) for o in fn()]
+        xp = self.model.xp
+        saved = [(a, xp.asarray(a, copy=True)) for a in _arrays(self.model)]
+        outputs = [xp.asarray(o, copy=True) for o in fn()]
         for a, copy in saved:
             a[...] = copy
 
         def launch() -> None:
+            host = _host_counts(self.model)
             for static, fresh in zip(outputs, fn()):
                 static[...] = fresh
+            for owner, name, value in host:
+                setattr(owner, name, value)
 
         graph = backend.CapturedGraph(launch)
         self.graphs.append(graph)
@@ -175,13 +206,42 @@ def test_a_recorded_step_replays_the_ordinary_step(monkeypatch: Any) -> None:
     assert model.optimizer.iterations == plain.optimizer.iterations == 10
 
 
+class StepCountingSGD(InPlaceSGD):
+    """A user's optimizer that keeps a host count and does not say whether it reads it."""
+
+    @dataclass
+    class State:
+        step: int = 0
+
+    @staticmethod
+    def init_state(param: Any, *, xp: Any) -> Any:
+        return StepCountingSGD.State()
+
+    @staticmethod
+    def update(param: Any, grad: Any, state: Any, *, lr: float, xp: Any,
+               inplace: bool) -> tuple[Any, Any]:
+        state.step += 1
+        return _update(param, grad, state, lr=lr, xp=xp, inplace=inplace)
+
+
+def _bn_model(momentum: float | None = 0.1) -> nnxp.Sequential:
+    return nnxp.Sequential([Dense(F, 6), BatchNorm1d(6, momentum=momentum), Tanh(),
+                            Dense(6, C)], seed=3)
+
+
 @pytest.mark.parametrize("make, optimizer, reason", [
-    (_mlp, lambda: nnxp.optim.Adam(), r"Adam state\[0\]\.step is a host value that changed "
-                                      r"from 1 to 2"),
-    (_mlp, lambda: nnxp.optim.SGD(lr=0.1), r"SGD state\[0\]\.step is a host value"),
-    (lambda: nnxp.Sequential([Dense(F, 6), BatchNorm1d(6), Dense(6, C)], seed=3),
-     lambda: InPlaceSGD(), r"layers\[1\] \(BatchNorm1d\)\.buffers\['running_mean'\] was "
-                           r"replaced by a new array"),
+    (_mlp, lambda: nnxp.optim.Adam(), r"Adam's update reads its host-side state 'step'"),
+    (_mlp, lambda: nnxp.optim.AdamW(), r"AdamW's update reads its host-side state 'step'"),
+    (_mlp, lambda: nnxp.optim.NAdam(), r"NAdam's update reads its host-side state 'step', "
+                                       r"'mu_product'"),
+    (_mlp, lambda: nnxp.optim.Adamax(), r"Adamax's update reads its host-side state 'step'"),
+    (_mlp, lambda: nnxp.optim.Adagrad(lr_decay=0.1),
+     r"Adagrad's update reads its host-side state 'step'"),
+    (_mlp, lambda: StepCountingSGD(), r"StepCountingSGD state\[0\]\.step is a host value "
+                                      r"that changed from 1 to 2"),
+    (lambda: _bn_model(None), lambda: nnxp.optim.SGD(lr=0.1),
+     r"layers\[1\] \(BatchNorm1d\) extra state\['num_batches_tracked'\] is a host value "
+     r"that changed from 0 to 1"),
 ])
 def test_what_a_replay_would_get_wrong_is_found_and_not_recorded(
         monkeypatch: Any, make: Any, optimizer: Any, reason: str) -> None:
@@ -348,3 +408,97 @@ def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
                      "exit private pool", "exit stream", "exit device 0"]
     graph.replay()
     assert calls[-1] == ("launch", current) and graph.replays == 1
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+@pytest.mark.parametrize("optimizer", [
+    lambda: nnxp.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda: nnxp.optim.SGD(lr=0.1, momentum=0.5, dampening=0.1),
+    lambda: nnxp.optim.SGD(lr=0.1),
+    lambda: nnxp.optim.RMSprop(lr=0.01, momentum=0.5, centered=True),
+    lambda: nnxp.optim.Adagrad(lr=0.1),
+    lambda: nnxp.optim.Adadelta(),
+], ids=["sgd-nesterov-wd", "sgd-dampening", "sgd", "rmsprop", "adagrad", "adadelta"])
+def test_shipped_optimizers_and_batch_norm_are_recorded(monkeypatch: Any, name: str,
+                                                        optimizer: Any) -> None:
+    """Recorded and replayed (graphs and replays > 0) with BatchNorm1d, the default gate, a
+    smaller last batch and a schedule halving lr (re-recording), bit-identical to capture=False:
+    weights, running statistics, losses, and the host counts a replay advances by hand."""
+    if name == "torch":
+        pytest.importorskip("torch")
+    X, y, w = _data()
+    runs = []
+    with nnxp.use_backend(name):
+        for capture in (False, True):
+            model = _bn_model()
+            if capture:
+                recorder = _recording(monkeypatch, model)
+            history = model.fit(X, y, optimizer=optimizer(), epochs=3, batch_size=5,
+                                sample_weight=w, verbose=0, metrics=["accuracy"],
+                                callbacks=[HalveLr()], capture=capture)
+            opt = model.optimizer
+            counts = (opt.iterations, sorted((i, r.step) for i, r in opt.state.items()),
+                      sorted(u.state.step for u in _flat_units(opt)),
+                      model.layers[1].num_batches_tracked)
+            runs.append((_weights(model), history.history["loss"],
+                         history.history["accuracy"], counts, history.capture))
+    (w0, loss0, acc0, counts0, _), (w1, loss1, acc1, counts1, report) = runs
+    assert np.array_equal(w0, w1)
+    assert loss0 == loss1 and acc0 == acc1
+    assert counts0 == counts1 and counts0[0] == 15 and counts0[3] == 15
+    assert report["not_recorded"] is None
+    assert report["graphs"] >= 4 and report["replays"] >= 8  # two shapes, lr halved twice
+    assert report["graphs"] == len(recorder.graphs)
+    assert report["replays"] + report["static_steps"] == 15
+
+
+def test_a_diverging_recorded_run_stops_where_the_plain_run_does(monkeypatch: Any) -> None:
+    """The gate in a recorded step: one array updated in place, flags kept by the loop; a
+    non-finite step (a huge input in epoch 2) is found at the same step, with the same weights,
+    running statistics and step counts as without recording."""
+    X, y, w = _data()
+    X[17, 0] = 1e30  # its batch variance overflows float32 in BatchNorm1d: loss not finite
+    results = []
+    with nnxp.use_backend("numpy"):
+        for capture in (False, True):
+            model = _bn_model()
+            if capture:
+                _recording(monkeypatch, model)
+            with pytest.raises(nnxp.TrainingDivergedError) as error:
+                model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1, momentum=0.9), epochs=2,
+                          batch_size=5, verbose=0, shuffle=False, capture=capture)
+            opt = model.optimizer
+            results.append((_weights(model), str(error.value), opt.iterations,
+                            sorted((i, r.step) for i, r in opt.state.items()),
+                            model.layers[1].num_batches_tracked))
+    (w0, message0, *counts0), (w1, message1, *counts1) = results
+    assert np.isfinite(w0).all() and np.array_equal(w0, w1)
+    assert message0 == message1 and "step 4 " in message0
+    assert counts0 == counts1
+
+
+def test_batch_norm_keeps_its_running_statistic_arrays_where_it_can(bk: Any) -> None:
+    """In place on numpy/cupy/torch (the arrays a recorded step reads and writes outlive the
+    steps), replaced on array-api-strict; a skipped (gated) step and an error mid-step put the
+    values back into the same arrays."""
+    X, y, _ = _data()
+    model = _bn_model()
+    layer = model.layers[1]
+    before = dict(layer.buffers)
+    model.fit(X, y, epochs=2, batch_size=5, verbose=0, optimizer=nnxp.optim.SGD(lr=0.1))
+    kept = all(layer.buffers[k] is v for k, v in before.items())
+    assert kept == backend.supports_inplace(bk.xp) == layer.buffers_in_place
+    assert layer.num_batches_tracked == 10
+    values = {k: nnxp.to_numpy(v).copy() for k, v in layer.buffers.items()}
+    arrays = dict(layer.buffers)
+
+    def fail(x: Any, *, training: bool = True) -> Any:
+        raise RuntimeError("mid-step")
+
+    model.layers[2].forward = fail  # after BatchNorm1d has updated its statistics
+    with pytest.raises(RuntimeError, match="mid-step"):
+        model.fit(X, y, epochs=1, batch_size=5, verbose=0)
+    for k, v in layer.buffers.items():
+        assert np.array_equal(nnxp.to_numpy(v), values[k])
+        assert v is arrays[k]  # written back in place, or the old array put back
+    assert layer.num_batches_tracked == 10

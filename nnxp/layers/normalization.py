@@ -116,11 +116,37 @@ class BatchNorm1d(Layer):
         if training and self.track_running_stats:
             self.num_batches_tracked += 1
             m = (1.0 / self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.buffers["running_mean"], self.buffers["running_var"] = k.update_running_stats(
-                self.buffers["running_mean"], self.buffers["running_var"], mean, var, n=n,
-                momentum=m)
+            buffers = self.buffers
+            new_mean, new_var = k.update_running_stats(
+                buffers["running_mean"], buffers["running_var"], mean, var, n=n, momentum=m)
+            if self.buffers_in_place:  # the arrays outlive the step (a recorded step, views)
+                buffers["running_mean"][...] = new_mean
+                buffers["running_var"][...] = new_var
+            else:
+                buffers["running_mean"], buffers["running_var"] = new_mean, new_var
         self._cache = cache if training else None
         return y
+
+    @property
+    def buffers_in_place(self) -> bool:
+        """Whether training writes the running statistics into the arrays of ``buffers``
+        (numpy, cupy, torch: :func:`nnxp.backend.supports_inplace`) rather than replacing
+        them (array-api-strict). The values are the same bit for bit; in place, the arrays
+        outlive the steps, which a recorded step (``fit(capture=True)``) needs."""
+        return self.track_running_stats and backend.supports_inplace(self.xp)
+
+    @property
+    def reads_host_state(self) -> bool:
+        """Whether a training step reads a host value that changes from step to step:
+        ``num_batches_tracked`` with ``momentum=None`` (the cumulative average weights the
+        batch by ``1/num_batches_tracked``). Otherwise the count is bookkeeping that a
+        replayed step advances by hand (:meth:`advance_host_state`)."""
+        return self.track_running_stats and self.momentum is None
+
+    def advance_host_state(self, steps: int = 1) -> None:
+        """Count ``steps`` training batches as their forward passes would have."""
+        if self.track_running_stats:
+            self.num_batches_tracked += steps
 
     def backward(self, dy: Array) -> Array:
         dx, dgamma, dbeta = k.batch_norm_backward(dy, self._take_cache(), xp=self.xp)

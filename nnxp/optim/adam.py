@@ -55,6 +55,7 @@ class Adam(Optimizer):
     class Hyperparameters(_AdamFamilyHyperparameters):
         amsgrad: bool = hyperparameter(False, check_flag)
 
+    host_reads = ("step",)  # the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ
     State = k.AdamState
     init_state = staticmethod(k.adam_init)  # the kernel adds max_exp_avg_sq if amsgrad comes later
     update = staticmethod(k.adam_update)
@@ -111,6 +112,7 @@ class Adamax(Optimizer):
     class Hyperparameters(_AdamFamilyHyperparameters):
         lr: float = hyperparameter(2e-3, check_nonneg)
 
+    host_reads = ("step",)  # the bias correction 1 − β₁ᵗ
     State = k.AdamaxState
     init_state = staticmethod(k.adamax_init)
     update = staticmethod(k.adamax_update)
@@ -152,6 +154,7 @@ class NAdam(Optimizer):
         momentum_decay: float = hyperparameter(4e-3, check_nonneg)
         decoupled_weight_decay: bool = hyperparameter(False, check_flag)
 
+    host_reads = ("step", "mu_product")  # bias correction and momentum schedule
     State = k.NAdamState
     init_state = staticmethod(k.nadam_init)
     update = staticmethod(k.nadam_update)

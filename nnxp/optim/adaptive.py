@@ -45,9 +45,17 @@ class Adagrad(Optimizer):
         initial_accumulator_value: float = hyperparameter(0.0, check_nonneg)
         eps: float = hyperparameter(1e-10, check_nonneg)
 
+    host_reads = ("step",)  # the learning-rate decay γ/(1 + (t − 1)η)
     State = k.AdagradState
     init_state = staticmethod(k.adagrad_init)
     update = staticmethod(k.adagrad_update)
+
+    def reads_host_state(self) -> tuple[str, ...] | None:
+        """``step`` only with a learning-rate decay: with ``lr_decay=0`` the step size
+        ``γ/(1 + (t − 1)·0)`` is ``γ`` for every ``t``, bit for bit."""
+        if all(group["lr_decay"] == 0 for group in self.param_groups):
+            return ()
+        return self.host_reads
 
 
 class RMSprop(Optimizer):
@@ -90,6 +98,7 @@ class RMSprop(Optimizer):
         momentum: float = hyperparameter(0.0, check_nonneg)
         centered: bool = hyperparameter(False, check_flag)
 
+    host_reads = ()
     State = k.RMSpropState
     init_state = staticmethod(k.rmsprop_init)  # the kernel adds a buffer switched on later
     update = staticmethod(k.rmsprop_update)
@@ -127,6 +136,7 @@ class Adadelta(Optimizer):
         eps: float = hyperparameter(1e-6, check_nonneg)
         weight_decay: float = hyperparameter(0.0, check_nonneg)
 
+    host_reads = ()
     State = k.AdadeltaState
     init_state = staticmethod(k.adadelta_init)
     update = staticmethod(k.adadelta_update)

@@ -144,6 +144,14 @@ class Optimizer:
     group_options: ClassVar[tuple[str, ...]] = _GROUP_OPTIONS
     """The keyword-only constructor options besides the hyperparameters (none for L-BFGS)."""
 
+    host_reads: ClassVar[tuple[str, ...] | None] = None
+    """The host-side (Python) fields of the state records that :meth:`update` reads, so that
+    their value enters the arithmetic (Adam's bias corrections read ``step``). A recorded
+    step (``fit(capture=True)``) would freeze such a value, so the recording is refused for
+    them; the other host fields are bookkeeping — the step count ``step`` — which a replay
+    advances by hand (:meth:`advance`). ``None`` (an optimizer that does not say): every host
+    field counts as read."""
+
     _update_options: ClassVar[tuple[str, ...]] = ()
     _init_options: ClassVar[tuple[str, ...]] = ()
     _bind_update: ClassVar[Callable[..., Callable[..., Any]]]
@@ -461,6 +469,28 @@ class Optimizer:
             for unit in group_units:
                 if type(unit) is FlatUnit:  # its flat record still holds the old counts
                     unit.forget_state()
+
+    def reads_host_state(self) -> tuple[str, ...] | None:
+        """The host fields this optimizer's update reads with its current options
+        (:attr:`host_reads`; ``None``: all of them)."""
+        return type(self).host_reads
+
+    def advance(self, steps: int = 1) -> None:
+        """Advance the host-side step counts as ``steps`` calls of :meth:`step` would:
+        ``iterations`` and each state record's ``step`` (the flat units' records included).
+
+        For a recorded step that is replayed (``fit(capture=True)``): the replay runs the
+        device work only, so the Python counts are moved on here. Only valid when the update
+        does not read ``step`` (:meth:`reads_host_state`).
+        """
+        self.iterations += steps
+        for record in self.state.values():
+            if isinstance(getattr(record, "step", None), int):
+                record.step += steps
+        for group_units in getattr(self, "_units", None) or ():
+            for unit in group_units:
+                if type(unit) is FlatUnit:
+                    unit.advance(steps)
 
     @staticmethod
     def rewind_state(record: Any, options: dict[str, Any]) -> None:

@@ -120,6 +120,12 @@ class FlatUnit:
         self._states = None
         self.records = []
 
+    def advance(self, steps: int) -> None:
+        """Advance the flat record's step count (:meth:`nnxp.optim.Optimizer.advance`; the
+        members' records are advanced through the optimizer's state dict)."""
+        if self.state is not None and isinstance(getattr(self.state, "step", None), int):
+            self.state.step += steps
+
     def gate_gradients(self, gate: Array, gate_gradient: Any) -> None:
         """Zero the flat gradient where the 0-d ``gate`` is false, view by view in place (a
         temporary of one parameter's size, not of the whole unit)."""

@@ -53,6 +53,7 @@ class SGD(Optimizer):
                 raise ValueError(f"{owner}: nesterov=True needs momentum > 0 and dampening = 0, "
                                  f"got momentum={self.momentum!r}, dampening={self.dampening!r}")
 
+    host_reads = ()  # ``step`` is only counted; the buffer's first step runs eagerly
     State = k.SGDState
     init_state = staticmethod(k.sgd_init)
     update = staticmethod(k.sgd_momentum_update)
