@@ -6,8 +6,9 @@ buffers to it) from before the model is built to the end of three training steps
 arrays are made before tracing starts and are not counted. Rows:
 
 * the wide MLP 4096-4096-4096-10 (batch 64) with SGD and with Adam, step by step
-  (``train_on_batch``), and through ``fit`` (whose plan adds the divergence guard's copy of
-  the weights);
+  (``train_on_batch``), and through ``fit`` (which checks the step's plan: its divergence
+  gate works on the device and keeps no copy of the weights; only distributed ``fit`` adds
+  one);
 * the largest width ``w`` of a ``w-w-w-10`` MLP whose Adam step with batch 64 fits a budget
   (256 MiB), found from the plan alone; its measured peak; and ``fit`` refusing the next
   width up front with that budget.
@@ -54,8 +55,7 @@ def measure(width: int, batch: int, opt_name: str, *, via: str = "step") -> dict
     y = rng.integers(0, 10, n)
     plan = memory_plan(mlp(width), batch, optimizer=make_optimizer(opt_name))
     planned = plan.memory["total"]
-    if via == "fit":  # what fit checks: the step plus the guard's copy of the weights
-        planned += plan.memory["parameters"] + plan.memory["buffers"]
+    # via == "fit" plans the same: fit's gate keeps no weight copy (only distributed fit does)
     gc.collect()
     start = time.perf_counter()
     tracemalloc.start()
@@ -139,15 +139,16 @@ def main() -> None:
               f"(from the plan alone): **{w}** (`{w}-{w}-{w}-10`, last row above). The next "
               f"width up, {w + 64}, is refused by `fit(memory_budget={args.budget!r}, "
               "keep_finite_weights=False)` before any step:", "", f"> {refusal}", "",
-              "Mixed precision (float16) plan of the wide MLP with Adam at batch 64, for when "
-              "`fit(precision=...)` lands (float32 master weights, gradients and optimizer "
-              "state; float16 weight copies and activations): "
+              "Mixed precision (float16) plan of the wide MLP with Adam at batch 64, what "
+              "`fit(precision='float16')` checks (float32 master weights, gradients and "
+              "optimizer state; float16 weight copies and activations): "
               + ", ".join(f"{k} {format_bytes(v or 0)}" for k, v in mixed.memory.items()) + ".",
-              "", "`via=fit` plans the step plus the divergence guard's copy of the weights "
-              "(keep_finite_weights=True, the default). GPU rows: not measured (no GPU in this "
-              "session); on cupy/torch CUDA the peak would come from the allocator's "
-              "high-water mark (`nnxp.backend.memory_high_water`), and `fit` compares the plan "
-              "with `torch.cuda.mem_get_info` / `cupy.cuda.runtime.memGetInfo`."]
+              "", "`via=fit` is checked against the step's plan: with keep_finite_weights=True "
+              "(the default) fit's divergence gate decides on the device and keeps no copy "
+              "of the weights (only distributed fit keeps one and adds it). GPU rows: not "
+              "measured (no GPU in this session); on cupy/torch CUDA the peak would come from "
+              "the allocator's high-water mark (`nnxp.backend.memory_high_water`), and `fit` "
+              "compares the plan with `torch.cuda.mem_get_info` / `cupy.cuda.runtime.memGetInfo`."]
     with open(args.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,4 +1,4 @@
-"""The targets of issue 5, measured with interleaved rounds (robust on a shared machine).
+"""Issue 5's and issue 13's CPU targets, measured with interleaved rounds (robust on load).
 
 Usage::
 
@@ -111,6 +111,11 @@ def evaluate(big: dict[str, Any], small: dict[str, Any], memory: list[dict[str, 
             lambda v: v <= 1.25)
         add(f"small step: torch {opt} time / nnxp time ({stat})",
             _r(small, f"torch {opt}", f"nnxp {opt}", stat), ">= 2.5", lambda v: v >= 2.5)
+        if opt == "adam":  # issue 13: CPU, one thread
+            add(f"issue 13: big step: torch-fused adam time / nnxp time ({stat})",
+                _r(big, "torch-fused adam", "nnxp adam", stat), ">= 1.0", lambda v: v >= 1.0)
+        add(f"issue 13: small step: torch {opt} time / nnxp time ({stat})",
+            _r(small, f"torch {opt}", f"nnxp {opt}", stat), ">= 3", lambda v: v >= 3)
     for m in memory:
         add(f"big MLP peak / live set ({m['optimizer']}, {m['via']} loop)", m["ratio"], "<= 1.5",
             lambda v: v <= 1.5)
@@ -118,7 +123,7 @@ def evaluate(big: dict[str, Any], small: dict[str, Any], memory: list[dict[str, 
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Issue 5 targets (numpy backend, float32, interleaved rounds)", "",
+    lines = ["# Issue 5 and 13 CPU targets (numpy backend, float32, interleaved rounds)", "",
              f"- Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
              f"threads {result['machine'].get('threadpools')}; torch threads "
              f"{result.get('torch_threads')}",
