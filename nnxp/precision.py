@@ -218,8 +218,14 @@ class Policy:
                 model.backward(xp.astype(dout, self.dtype), need_input_grad=False)
         inverse = 1.0 / scale
         for layer in model.layers:
+            views = getattr(layer, "grad_views", None) or {}
             for key, g in layer.grads.items():
-                g32 = xp.astype(g, self.master)
+                view = views.get(key) if self.inplace else None
+                if view is not None and view.dtype == self.master and view.shape == g.shape:
+                    view[...] = g  # into the optimizer's flat buffer (nnxp.optim.flat): no
+                    g32 = view     # second float32 copy of the gradients beside it
+                else:
+                    g32 = xp.astype(g, self.master)
                 if inverse != 1.0:
                     if self.inplace:
                         g32 *= inverse

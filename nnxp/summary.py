@@ -34,9 +34,10 @@ The model of a training step (docs/training.md, "Memory plan", explains it with 
   above.
 
 Buffers (BatchNorm running statistics) are a line of their own. Not counted: the data set's
-copy on the device (``fit`` moves it there once; see ``docs/training.md``), the divergence
-guard's copy of the weights (``fit`` adds it to the plan it checks), the allocator's rounding
-and fragmentation, and library workspaces (cuBLAS).
+copy on the device (``fit`` moves it there once, or streams it in chunks; see
+``docs/training.md``), the gradient sum of ``fit(accumulate=k)`` and data-parallel ``fit``'s
+copy of the weights (``fit`` adds both to the plan it checks; the default guard copies
+nothing), the allocator's rounding and fragmentation, and library workspaces (cuBLAS).
 """
 
 from __future__ import annotations
