@@ -127,8 +127,13 @@ class FlatUnit:
             self.state.step += steps
 
     def gate_gradients(self, gate: Array, gate_gradient: Any) -> None:
-        """Zero the flat gradient where the 0-d ``gate`` is false, view by view in place (a
+        """Zero the flat gradient where the 0-d ``gate`` is false: in one in-place operation
+        where the library has one (:func:`nnxp.backend.zero_unless`), else view by view (a
         temporary of one parameter's size, not of the whole unit)."""
+        zero = backend.zero_unless(self.xp)
+        if zero is not None:
+            zero(self.grad, gate)
+            return
         for view in self.grad_views:
             view[...] = gate_gradient(view, gate, xp=self.xp)
 
