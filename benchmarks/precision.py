@@ -48,13 +48,13 @@ def memory_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _big(widths: list[int]) -> nnxp.Sequential:
+def _big(widths: list[int], seed: int = 0) -> nnxp.Sequential:
     layers: list[Any] = []
     for i in range(len(widths) - 1):
         layers.append(Dense(widths[i], widths[i + 1]))
         if i < len(widths) - 2:
             layers.append(ReLU())
-    return nnxp.Sequential(layers, seed=0)
+    return nnxp.Sequential(layers, seed=seed)
 
 
 def step_time(spec: str, opt: str, *, steps: int, repeats: int, **fit_options: Any) -> float:
@@ -98,26 +98,35 @@ def time_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def accuracy_rows(quick: bool) -> list[dict[str, Any]]:
+    """Digits test accuracy per precision, the mean over several seeds (initial weights and
+    shuffle): one seed moves the 297-sample test accuracy by 0.34 points per sample, the size
+    of the issue's 0.5-point band, so a single run cannot tell precision from chance."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     epochs = 3 if quick else 8
+    seeds = range(1 if quick else 5)
     rows = []
     with nnxp.use_backend("torch"):
         for precision in ("float32", "float16", "bfloat16"):
-            model = _big([64, 1024, 1024, 10])
-            t = time.perf_counter()
-            model.fit(X[:1500], y[:1500], epochs=epochs, batch_size=128, verbose=0,
-                      optimizer=nnxp.optim.Adam(lr=1e-3), precision=precision)
-            seconds = time.perf_counter() - t
-            pred = nnxp.to_numpy(model.predict(X[1500:]))
-            scaler = model.loss_scaler
+            accuracies, seconds, scales, skipped = [], 0.0, [], []
+            for seed in seeds:
+                model = _big([64, 1024, 1024, 10], seed=seed)
+                t = time.perf_counter()
+                model.fit(X[:1500], y[:1500], epochs=epochs, batch_size=128, verbose=0,
+                          optimizer=nnxp.optim.Adam(lr=1e-3), precision=precision)
+                seconds += time.perf_counter() - t
+                pred = nnxp.to_numpy(model.predict(X[1500:]))
+                accuracies.append(float(np.mean(pred == y[1500:])))
+                scaler = model.loss_scaler
+                scales.append(None if scaler is None else scaler.scale)
+                skipped.append(None if scaler is None else scaler.skipped)
             rows.append({"what": "digits", "backend": "torch:cpu", "precision": precision,
-                         "epochs": epochs, "accuracy": float(np.mean(pred == y[1500:])),
-                         "seconds": seconds,
-                         "final_scale": None if scaler is None else scaler.scale,
-                         "skipped_steps": None if scaler is None else scaler.skipped})
+                         "epochs": epochs, "seeds": list(seeds),
+                         "accuracy": float(np.mean(accuracies)), "accuracies": accuracies,
+                         "seconds": seconds / len(seeds), "final_scale": scales[-1],
+                         "skipped_steps": skipped[-1]})
     return rows
 
 
@@ -171,12 +180,16 @@ def markdown(result: dict[str, Any]) -> str:
         out.append(f"| cast params to float16 and back | {r['backend']} | - | "
                    f"{r['param_bytes'] / mib:.1f} MiB of float32 | {r['seconds']:.4f} | - |")
     out += ["", "## Digits accuracy, 64-1024-1024-10, Adam(1e-3), batch 128, torch CPU", "",
-            "| precision | epochs | test accuracy (297) | difference to float32 (points) | "
-            "final loss scale | skipped steps | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+            "Mean over the seeds (initial weights and shuffle) of the 297-sample test accuracy.",
+            "", "| precision | epochs | seeds | mean test accuracy | difference to float32 "
+            "(points) | per seed | final loss scale (last seed) | skipped steps | seconds per "
+            "fit |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     ref = result["accuracy"][0]["accuracy"]
     for r in result["accuracy"]:
-        out.append(f"| {r['precision']} | {r['epochs']} | {r['accuracy']:.4f} | "
-                   f"{100 * (r['accuracy'] - ref):+.2f} | {r['final_scale']} | "
+        seeds = r.get("seeds", [0])
+        each = ", ".join(f"{a:.4f}" for a in r.get("accuracies", [r["accuracy"]]))
+        out.append(f"| {r['precision']} | {r['epochs']} | {len(seeds)} | {r['accuracy']:.4f} | "
+                   f"{100 * (r['accuracy'] - ref):+.2f} | {each} | {r['final_scale']} | "
                    f"{r['skipped_steps']} | {r['seconds']:.1f} |")
     return "\n".join(out) + "\n"
 
