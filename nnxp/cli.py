@@ -24,6 +24,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -589,6 +590,21 @@ def _plan_refused(exc: MemoryPlanError, args: argparse.Namespace) -> UsageError:
     return UsageError(f"{where}: {text}")
 
 
+_FIT_TO_CLI = ((re.compile(r"\bcapture=True\b"), "--capture"),
+               (re.compile(r"\baccumulate=(\d+)"), r"--accumulate \1"),
+               (re.compile(r"\bprecision='(\w+)'"), r"--precision \1"),
+               (re.compile(r"\bloss_scale=True\b"), "--loss-scale"),
+               (re.compile(r"\bdistributed=\.\.\."), "--distributed"))
+
+
+def _option_names(message: str) -> str:
+    """A message of ``fit`` about its keyword arguments, in the command line's option names
+    (``capture=True together with accumulate=2`` → ``--capture together with --accumulate 2``)."""
+    for pattern, flag in _FIT_TO_CLI:
+        message = pattern.sub(flag, message)
+    return message
+
+
 def train(args: argparse.Namespace) -> int:
     _check_save_target(args.save, args.overwrite)
     _check_plot_target(args.plot)
@@ -667,6 +683,8 @@ def _train(args: argparse.Namespace) -> int:
                             memory_budget=args.memory_budget, capture=args.capture)
     except MemoryPlanError as exc:
         raise _plan_refused(exc, args) from None
+    except ValueError as exc:  # fit's checks of its options, before any step
+        raise UsageError(_option_names(str(exc))) from None
     if not root:
         return 0
     seconds = time.perf_counter() - start
