@@ -3,7 +3,8 @@
 * ``nnxp train`` trains an MLP — on scikit-learn's bundled handwritten digits by default, or on
   your own table with ``--data FILE.csv|FILE.npz --target COLUMN [--task classify|regress]``,
   or on a folder of MNIST-style IDX files with ``--data DIR`` (:mod:`nnxp.datasets`) —
-  and can ``--save`` it and ``--plot`` its learning curves;
+  and can ``--save`` it and ``--plot`` its learning curves; ``--precision``, ``--loss-scale``,
+  ``--accumulate``, ``--memory-budget``, ``--tf32`` and ``--capture`` are ``fit``'s options;
 * ``nnxp predict --model M --data FILE [--output out.csv]`` writes predictions as CSV;
 * ``nnxp evaluate --model M --data FILE [--target COLUMN]`` prints the loss and metrics;
 * ``nnxp info M`` prints the architecture, parameter count and memory estimate;
@@ -23,6 +24,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +37,9 @@ from .backend import BACKENDS, BackendError
 from .layers import Dense, Standardize, get_activation
 from .model import Sequential, TrainingDivergedError
 from .optim import OPTIMIZERS, get_optimizer
+from .precision import available as available_precisions
 from .random import Generator
+from .training import MemoryPlanError
 from .validation import check_above_zero, check_count
 
 
@@ -70,6 +74,12 @@ _positive_int = _option_type(int, check_count, unparsable="a positive integer",
                              rejected="a positive integer")
 _positive_float = _option_type(float, check_above_zero, unparsable="a number > 0",
                                rejected="> 0")
+_byte_count = _option_type(str, lambda text, argument: backend.parse_bytes(text,
+                                                                         argument=argument),
+                           unparsable="a number of bytes",
+                           rejected="a number of bytes >= 1 such as 6GiB, 512MB or 2e9")
+
+PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data-parallel training across the ranks of mpiexec -n N "
                             "(--batch-size is per rank; needs the mpi extra; only rank 0 "
                             "prints and saves)")
+    big = train.add_argument_group("larger models (fit's options; see docs/training.md)")
+    big.add_argument("--precision", choices=PRECISIONS, default="float32",
+                     help="mixed precision: forward and backward passes in float16 or bfloat16 "
+                          "with float32 master weights (default float32; bfloat16 needs torch)")
+    big.add_argument("--loss-scale", action=argparse.BooleanOptionalAction, default=None,
+                     help="dynamic loss scaling (default: on for float16, off for bfloat16; "
+                          "only with --precision float16|bfloat16)")
+    big.add_argument("--accumulate", type=_positive_int, default=1, metavar="K",
+                     help="gradient accumulation: one optimizer step per K batches of "
+                          "--batch-size samples, equal to one step on a K-times larger batch "
+                          "(default 1)")
+    big.add_argument("--memory-budget", type=_byte_count, default=None, metavar="BYTES",
+                     help="device memory a training step may use, e.g. 6GiB, 512MB or 2e9; "
+                          "training is refused up front when the memory plan exceeds it "
+                          "(default: $NNXP_MEMORY_BUDGET, and a GPU's free memory)")
+    big.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                     help="allow (or with --no-tf32 forbid) TF32 float32 matmuls on cupy and "
+                          "torch CUDA (default: $NNXP_TF32, else off; no effect on a CPU)")
+    big.add_argument("--capture", action="store_true",
+                     help="run every step from static input buffers and record it as a CUDA "
+                          "graph where the backend can (cupy, torch CUDA; not yet verified on "
+                          "a GPU); elsewhere the same buffers without recording")
 
     predict = sub.add_parser("predict", help="predict with a saved model; writes CSV")
     predict.add_argument("--model", required=True, metavar="MODEL.npz")
@@ -155,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="MODEL.npz")
     info.add_argument("--batch-size", type=_positive_int, default=32,
                       help="batch size of the memory plan (default 32)")
-    info.add_argument("--precision", choices=("float32", "float16", "bfloat16"),
+    info.add_argument("--precision", choices=PRECISIONS,
                       default="float32", help="plan for mixed precision (default float32)")
 
     bench.add_arguments(sub.add_parser(
@@ -536,9 +568,54 @@ def _check_output_target(path: str | None, *inputs: str) -> None:
                              "predictions there would destroy it, so choose another name")
 
 
+def _check_training_options(args: argparse.Namespace) -> None:
+    """Combinations of --precision, --loss-scale and --backend that cannot work: refused
+    before any data is read (argparse has checked each option's own value)."""
+    if args.loss_scale and args.precision == "float32":
+        raise UsageError("--loss-scale needs --precision float16 or bfloat16 (float32 needs no "
+                         "loss scaling)")
+    offered = available_precisions(backend.get_backend().xp)
+    if args.precision not in offered:
+        raise UsageError(f"--precision {args.precision}: the {backend.get_backend().name} "
+                         f"backend has no {args.precision} dtype; it offers "
+                         f"{', '.join(offered)} (bfloat16 needs --backend torch)")
+
+
+def _plan_refused(exc: MemoryPlanError, args: argparse.Namespace) -> UsageError:
+    """fit's refusal as the command line's one line, naming the options that decide it."""
+    text = str(exc).removeprefix("memory_budget: ")
+    text = text.replace("step with batch_size=", "step with --batch-size ")
+    where = (f"--memory-budget {args.memory_budget:,} bytes" if args.memory_budget is not None
+             else "memory plan")
+    return UsageError(f"{where}: {text}")
+
+
+_FIT_TO_CLI = ((re.compile(r"\bcapture=True\b"), "--capture"),
+               (re.compile(r"\baccumulate=(\d+)"), r"--accumulate \1"),
+               (re.compile(r"\bprecision='(\w+)'"), r"--precision \1"),
+               (re.compile(r"\bloss_scale=True\b"), "--loss-scale"),
+               (re.compile(r"\bdistributed=\.\.\."), "--distributed"))
+
+
+def _option_names(message: str) -> str:
+    """A message of ``fit`` about its keyword arguments, in the command line's option names
+    (``capture=True together with accumulate=2`` → ``--capture together with --accumulate 2``)."""
+    for pattern, flag in _FIT_TO_CLI:
+        message = pattern.sub(flag, message)
+    return message
+
+
 def train(args: argparse.Namespace) -> int:
     _check_save_target(args.save, args.overwrite)
     _check_plot_target(args.plot)
+    _check_training_options(args)
+    if args.tf32 is None:
+        return _train(args)
+    with backend.tf32(args.tf32):  # the process-wide flag, put back afterwards
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     if args.optimizer not in OPTIMIZERS or args.optimizer == "lbfgs":
         raise UsageError(f"--optimizer {args.optimizer!r} is not supported; valid names are "
                          f"{', '.join(n for n in OPTIMIZERS if n != 'lbfgs')}")
@@ -585,14 +662,29 @@ def train(args: argparse.Namespace) -> int:
     log(f"nnxp: backend={info.name} device={info.device} MLP {'-'.join(map(str, widths))} "
         f"({model.count_params():,} parameters), {len(tr)} train / "
         + (f"{n_val} validation / " if n_val else "") + f"{X_te.shape[0]} test samples")
+    options = ([f"precision={args.precision}"] if args.precision != "float32" else []) + (
+        [f"{args.accumulate} batches per step"] if args.accumulate > 1 else []) + (
+        ["captured step"] if args.capture else [])
+    if options:
+        log(f"nnxp: {', '.join(options)}")
+    if args.tf32 is not None:
+        log(f"nnxp: {backend.tf32_status()['note']}")
     loss = "softmax_cross_entropy" if task == "classify" else "mse"
     metrics = None if task == "classify" else ["mae", "r2"]
     start = time.perf_counter()
-    history = model.fit(X[tr], y[tr], loss=loss, metrics=metrics,
-                        optimizer=get_optimizer(args.optimizer, lr=args.lr), epochs=args.epochs,
-                        batch_size=args.batch_size, verbose=0 if args.quiet else 1,
-                        validation_data=None if va is None else (X[va], y[va]),
-                        distributed=args.distributed)
+    try:
+        history = model.fit(X[tr], y[tr], loss=loss, metrics=metrics,
+                            optimizer=get_optimizer(args.optimizer, lr=args.lr),
+                            epochs=args.epochs, batch_size=args.batch_size,
+                            verbose=0 if args.quiet else 1,
+                            validation_data=None if va is None else (X[va], y[va]),
+                            distributed=args.distributed, precision=args.precision,
+                            loss_scale=args.loss_scale, accumulate=args.accumulate,
+                            memory_budget=args.memory_budget, capture=args.capture)
+    except MemoryPlanError as exc:
+        raise _plan_refused(exc, args) from None
+    except ValueError as exc:  # fit's checks of its options, before any step
+        raise UsageError(_option_names(str(exc))) from None
     if not root:
         return 0
     seconds = time.perf_counter() - start

@@ -322,3 +322,145 @@ def test_dataframe_like_inputs_are_accepted() -> None:
     X = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     np.testing.assert_array_equal(nnxp.to_numpy(model.predict_proba(Frame(X))),
                                   nnxp.to_numpy(model.predict_proba(X)))
+
+
+# --- fit's options for larger models: --precision, --loss-scale, --accumulate, --memory-budget,
+# --tf32, --capture ---------------------------------------------------------------------------
+
+
+def _train_blobs(data, *options: str) -> list[str]:
+    return ["train", "--data", str(data), "--target", "kind", "--task", "classify",
+            "--hidden", "8", "--lr", "0.1", "--quiet", *options]
+
+
+def test_training_options_reach_fit(blobs, monkeypatch, capsys) -> None:
+    _, data, _, _ = blobs
+    seen: list[dict] = []
+    fit = nnxp.Sequential.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(nnxp.Sequential, "fit", spy)
+    assert main(_train_blobs(data, "--epochs", "2", "--precision", "float16", "--no-loss-scale",
+                             "--accumulate", "2", "--memory-budget", "6GiB")) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    options = {k: seen[-1][k] for k in ("precision", "loss_scale", "accumulate",
+                                        "memory_budget", "capture")}
+    assert options == {"precision": "float16", "loss_scale": False, "accumulate": 2,
+                       "memory_budget": 6 * 1024**3, "capture": False}
+    assert main(_train_blobs(data, "--epochs", "1", "--capture")) == 0
+    assert seen[-1]["capture"] is True
+    assert main(_train_blobs(data, "--epochs", "1")) == 0  # the defaults: fit's own
+    assert {k: seen[-1][k] for k in options} == {
+        "precision": "float32", "loss_scale": None, "accumulate": 1, "memory_budget": None,
+        "capture": False}
+
+
+def test_float16_trains_on_numpy_and_saves_its_loss_scale(blobs, tmp_path, capsys) -> None:
+    _, data, _, _ = blobs
+    saved = tmp_path / "half.npz"
+    assert main(_train_blobs(data, "--epochs", "20", "--precision", "float16",
+                             "--save", str(saved))) == 0
+    accuracy = float(capsys.readouterr().out.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.9
+    scaler = nnxp.load(saved).loss_scaler  # on by default for float16, kept in the file
+    assert isinstance(scaler, nnxp.precision.LossScaler) and scaler.growth_tracker > 0
+    assert scaler.scale in (2.0**16, 2.0**15, 2.0**14)  # from 2**16, halved on an overflow
+
+
+def test_bfloat16_trains_on_torch(blobs) -> None:
+    pytest.importorskip("torch")
+    _, data, _, _ = blobs
+    assert main(_train_blobs(data, "--epochs", "2", "--backend", "torch",
+                             "--precision", "bfloat16")) == 0
+
+
+def test_accumulate_gives_the_weights_of_fit_with_accumulate(blobs, tmp_path) -> None:
+    _, data, X, names = blobs
+    paths = {k: tmp_path / f"{k}.npz" for k in ("accumulated", "large")}
+    assert main(_train_blobs(data, "--epochs", "3", "--batch-size", "8", "--accumulate", "2",
+                             "--save", str(paths["accumulated"]))) == 0
+    assert main(_train_blobs(data, "--epochs", "3", "--batch-size", "16",
+                             "--save", str(paths["large"]))) == 0
+    y = np.searchsorted(["ant", "bee", "cat"], names)
+    train_rows = nnxp.cli.split(len(X), 0.2, 0)[0]  # the command's split, standardisation, model
+    std = nnxp.layers.Standardize(3).fit(X[train_rows])
+    model = nnxp.Sequential([std, nnxp.layers.Dense(3, 8), nnxp.layers.ReLU(),
+                             nnxp.layers.Dense(8, 3)], seed=0)
+    model.fit(X[train_rows], y[train_rows], loss="softmax_cross_entropy",
+              optimizer=nnxp.optim.SGD(lr=0.1), epochs=3, batch_size=8, accumulate=2,
+              verbose=0)
+    cli_model = nnxp.load(paths["accumulated"])
+    large = nnxp.load(paths["large"])
+    for ours, theirs, one_batch in zip(cli_model.layers, model.layers, large.layers):
+        for key, p in theirs.params.items():
+            np.testing.assert_array_equal(nnxp.to_numpy(ours.params[key]), nnxp.to_numpy(p))
+            # and one step per 2 batches of 8 is one step on a batch of 16 (to float32 rounding)
+            np.testing.assert_allclose(nnxp.to_numpy(ours.params[key]),
+                                       nnxp.to_numpy(one_batch.params[key]),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_a_memory_budget_too_small_is_refused_before_training(blobs, tmp_path, capsys) -> None:
+    _, data, _, _ = blobs
+    saved = tmp_path / "never.npz"
+    assert main(_train_blobs(data, "--memory-budget", "500B", "--save", str(saved))) == 2
+    line = _error_line(capsys)
+    assert line.startswith("nnxp train: error: --memory-budget 500 bytes: a training step "
+                           "with --batch-size 32 needs ")
+    assert "no batch size fits" in line and not saved.exists()
+    # a budget above the fixed part (parameters, gradients, ...) names the largest batch size
+    assert main(_train_blobs(data, "--batch-size", "4096", "--memory-budget", "5kB")) == 2
+    assert "the largest batch size that fits is " in _error_line(capsys)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--precision", "float64"], "argument --precision: invalid choice: 'float64'"),
+    (["--accumulate", "0"], "argument --accumulate: must be a positive integer, got 0"),
+    (["--accumulate", "1.5"], "argument --accumulate: must be a positive integer, got '1.5'"),
+    (["--memory-budget", "lots"], "argument --memory-budget: must be a number of bytes >= 1 "
+                                  "such as 6GiB, 512MB or 2e9, got lots"),
+    (["--memory-budget", "0"], "argument --memory-budget: must be a number of bytes"),
+    (["--loss-scale", "yes"], "unrecognized arguments: yes"),
+])
+def test_bad_training_options_are_argparse_errors(options, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *options])
+    assert exc.value.code == 2
+    assert message in _error_line(capsys)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--loss-scale"], "--loss-scale needs --precision float16 or bfloat16"),
+    (["--precision", "bfloat16", "--backend", "numpy"],
+     "--precision bfloat16: the numpy backend has no bfloat16 dtype; it offers float32, "
+     "float16"),
+    # fit's own refusal, in the command line's option names
+    (["--capture", "--accumulate", "2"], "--capture together with --accumulate 2 is not"),
+])
+def test_option_combinations_that_cannot_work_exit_2(options, message, blobs, capsys) -> None:
+    assert main(_train_blobs(blobs[1], *options)) == 2
+    assert message in _error_line(capsys)
+
+
+def test_tf32_is_set_for_the_run_and_put_back(blobs, capsys) -> None:
+    _, data, _, _ = blobs
+    before = nnxp.backend.get_tf32()
+    seen = []
+
+    class Probe(nnxp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(nnxp.backend.get_tf32())
+
+    fit = nnxp.Sequential.fit
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nnxp.Sequential, "fit",
+                   lambda self, *a, **k: fit(self, *a, **{**k, "callbacks": [Probe()]}))
+        args = _train_blobs(data, "--epochs", "1", "--tf32")
+        args.remove("--quiet")
+        assert main(args) == 0
+    assert seen == [True] and nnxp.backend.get_tf32() == before
+    assert "TF32 requested but not applicable: numpy on cpu is a CPU backend" in \
+        capsys.readouterr().err

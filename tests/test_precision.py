@@ -377,3 +377,27 @@ def test_partial_fit_and_train_on_batch_take_the_precision(bk) -> None:
     for a, b in zip(_weights(model), before):
         np.testing.assert_array_equal(a, b)
     assert model.optimizer.iterations == 3
+
+
+def test_a_standardize_layer_keeps_the_compute_dtype(bk) -> None:
+    """Standardize's float32 statistics must not promote the batch back to float32 (numpy) or
+    break the next layer's matrix product (torch), as the command line's models begin with one."""
+    seen: list[str] = []
+
+    class Spy(ReLU):
+        def forward(self, x, *, training=True):
+            seen.append(nnxp.backend.dtype_name(x.dtype))
+            return super().forward(x, training=training)
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(loc=50.0, scale=10.0, size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    for precision in _low_precisions(bk):
+        std = nnxp.layers.Standardize(4).fit(X)
+        model = Sequential([std, Spy(), Dense(4, 3)], seed=0)
+        seen.clear()
+        model.fit(X, y, optimizer=SGD(lr=0.1), epochs=1, batch_size=16, verbose=0,
+                  precision=precision)
+        assert seen == [precision, precision]
+        assert nnxp.backend.dtype_name(std.buffers["mean"].dtype) == "float32"
+        assert np.isfinite(_weights(model)[0]).all()

@@ -51,11 +51,22 @@ class Standardize(Layer):
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self._cache = True if training else None
-        return (x - self.buffers["mean"]) / self.buffers["scale"]
+        mean, scale = self._statistics(x.dtype)
+        return (x - mean) / scale
 
     def backward(self, dy: Array) -> Array:
         self._take_cache()
-        return dy / self.buffers["scale"]
+        return dy / self._statistics(dy.dtype)[1]
+
+    def _statistics(self, dtype: Any) -> tuple[Array, Array]:
+        """``mean`` and ``scale`` in the dtype of the data. Under mixed precision
+        (``fit(precision="float16")``) the batch arrives in the compute dtype while the buffers
+        stay float32; without the cast, type promotion would hand the next layer float32 (numpy)
+        or refuse the mix in its matrix product (torch)."""
+        mean, scale = self.buffers["mean"], self.buffers["scale"]
+        if dtype == mean.dtype:
+            return mean, scale
+        return self.xp.astype(mean, dtype), self.xp.astype(scale, dtype)
 
     def __repr__(self) -> str:
         return f"Standardize({self.in_features})"
