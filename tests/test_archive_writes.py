@@ -49,8 +49,18 @@ SERVER = textwrap.dedent("""
         os.close(ready)
         time.sleep(float(delay))
         os.kill(pid, getattr(signal, how))
-        _, status = os.waitpid(pid, 0)
-        print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1, flush=True)
+        deadline = time.monotonic() + 60  # a child that outlives its signal fails, not hangs
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1, flush=True)
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                print("hung", flush=True)
+                break
+            time.sleep(0.005)
 """)
 
 
@@ -72,7 +82,10 @@ def server(tmp_path):
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(f"{how} {delay}\n")
         proc.stdin.flush()
-        return int(proc.stdout.readline())
+        answer = proc.stdout.readline().strip()
+        assert answer != "hung", (f"the saving child was still alive 60 s after {how} "
+                                  f"(sent {delay:.4f} s into its saves): the signal was lost")
+        return int(answer)
 
     with proc:  # closes the pipes
         yield path, trial
