@@ -226,11 +226,11 @@ def test_every_hostile_file_is_a_format_error_naming_the_file(cases, tmp_path) -
         if case.cli_only:
             nnxp.load(path)
             continue
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: other load does not count
         with pytest.raises(nnxp.FormatError) as info:
             nnxp.load(path)
         assert str(path) in str(info.value), case.name
-        assert time.perf_counter() - start < 1.0, case.name
+        assert time.process_time() - start < 1.0, case.name
 
 
 @pytest.fixture
@@ -272,9 +272,9 @@ def test_an_unreferenced_member_is_never_decompressed(base, tmp_path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="junk"):  # reading every member fails on it
         backend.load_npz(path)
-    begin = time.perf_counter()
+    begin = time.process_time()
     nnxp.load(path)
-    assert time.perf_counter() - begin < 0.5
+    assert time.process_time() - begin < 0.5
 
 
 def test_the_caps_are_overridable_and_checked_before_reading(base, tmp_path) -> None:
