@@ -414,6 +414,13 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(text).name if text in np.sctypeDict else text
 
 
+def itemsize(dtype: Any) -> int:
+    """Bytes per element of any library's ``dtype`` (``float32`` → 4, ``bfloat16`` → 2,
+    ``bool`` → 1), from its name: no array is made or read."""
+    bits = re.sub(r"\D", "", dtype_name(dtype))
+    return max(1, int(bits) // 8) if bits else 1
+
+
 def resolve_dtype(dtype: Any, xp: Any) -> Any:
     """The dtype of namespace ``xp`` for ``dtype`` given as a string or any library's dtype."""
     name = dtype_name(dtype)

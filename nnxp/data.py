@@ -302,8 +302,7 @@ def prepare(model: Any, X: Any, y: Any = None, sample_weight: Any = None, *,
         chunks = Chunks.from_arrays(X, y, sample_weight,
                                     chunk_size=max(whole, 1))  # one part; re-cut below
     _check_meta(chunks, n_features=model.n_features, dtype=model.dtype, argument=argument)
-    itemsize = 2 if backend.dtype_name(model.dtype) in ("float16", "bfloat16") else (
-        8 if backend.dtype_name(model.dtype) == "float64" else 4)
+    itemsize = backend.itemsize(model.dtype)
     available = backend.available_memory(memory_budget, xp=model.xp, device=model.device).nbytes
     fits = available is None or chunks.nbytes(itemsize) <= available * DATA_SHARE
     if fits:

@@ -117,10 +117,6 @@ def _digest(arrays: list[Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _itemsize(a: Array) -> int:
-    return int(backend.to_numpy(a[(0,) * a.ndim] if a.ndim else a).itemsize)
-
-
 class Replica:
     """One rank's side of data-parallel training; made by ``fit`` (see the module docstring)."""
 
@@ -235,7 +231,7 @@ class Replica:
                 continue
             entries = [(layer, k, tuple(p.shape), math.prod(p.shape))
                        for k, p in layer.params.items()]
-            size = sum(e[3] * _itemsize(layer.params[e[1]]) for e in entries)
+            size = sum(e[3] * backend.itemsize(layer.params[e[1]].dtype) for e in entries)
             if current and nbytes + size > cap:
                 self.buckets.append(current)
                 self.trigger[id(last_layer)] = len(self.buckets) - 1

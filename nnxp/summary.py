@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
 from . import backend
@@ -116,11 +115,7 @@ moment: ``(forward, backward)``, measured with :mod:`tracemalloc` on NumPy by
 ``(3, 3)``."""
 
 
-def itemsize(dtype: Any) -> int:
-    """Bytes per element of ``dtype`` (``float32`` → 4, ``bool`` → 1)."""
-    name = backend.dtype_name(dtype)
-    bits = re.sub(r"\D", "", name)
-    return max(1, int(bits) // 8) if bits else 1
+itemsize = backend.itemsize  # bytes per element of a dtype; public here since the summary's start
 
 
 def _nbytes(x: Any) -> int:
