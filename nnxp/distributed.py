@@ -321,12 +321,7 @@ class Replica:
             model.backward(model.loss.backward(cache, xp=xp), need_input_grad=False,
                            on_layer_grads=self.layer_ready)
         self._shards.popleft()
-        self.finish()
-        if before_update is not None:
-            before_update(value)
-        optimizer.step()
-        model.apply_constraints()
-        self.steps += 1
+        self._update(model, value, optimizer, before_update)
         return value, out
 
     def accumulated_step(self, model: Any, micro: list[tuple[Array, Array, Array | None]],
@@ -368,13 +363,18 @@ class Replica:
         self._local = self._global = 1  # the sum is weighted already: all-reduce it as it is
         for layer in reversed(model.layers):
             self.layer_ready(layer)
+        self._update(model, value, optimizer, before_update)
+        return value, outs
+
+    def _update(self, model: Any, value: Array, optimizer: Any, before_update: Any) -> None:
+        """The end of a step, once the backward pass has queued every bucket: wait for the
+        all-reduced gradients, then ``before_update``, the update and the constraints."""
         self.finish()
         if before_update is not None:
             before_update(value)
         optimizer.step()
         model.apply_constraints()
         self.steps += 1
-        return value, outs
 
     def layer_ready(self, layer: Any) -> None:
         """Called by ``Sequential.backward`` after each layer: start the bucket it completes."""

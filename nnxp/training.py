@@ -221,7 +221,8 @@ def fit(
                         distributed=distributed)
     prec.check_precision(precision, model.xp, model.dtype)
     prec.check_loss_scale(loss_scale)
-    if precision != "float32" and distributed is not False and distributed is not None:
+    parallel = distributed is not False and distributed is not None  # nnxp.distributed
+    if precision != "float32" and parallel:
         raise ValueError(f"precision={precision!r} is not supported with distributed "
                          "training yet; expected precision='float32'")
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
@@ -241,7 +242,7 @@ def fit(
                         distributed=distributed)  # again: a checkpoint may name the optimizer
     check_memory_plan(model, opt, batch_size=X.shape[0] if batch_size is None else
                       min(batch_size, X.shape[0]), memory_budget=memory_budget,
-                      keep_finite_weights=keep_finite_weights and distributed not in (False, None),
+                      keep_finite_weights=keep_finite_weights and parallel,
                       accumulate=accumulate, precision=precision)
     if incremental:
         first_epoch = last_epoch = model.epochs_trained + 1
@@ -256,7 +257,7 @@ def fit(
     resumed = archive.checkpoint_callback_states(resume_from) if resume_from is not None \
         else None
     policy = prec.resolve(precision, loss_scale, model)  # after a restore: its loss scaler
-    if distributed is not False and distributed is not None:  # data parallel: nnxp.distributed
+    if parallel:
         if isinstance(X, data.Stream):
             raise ValueError("distributed training does not stream: X does not fit the device "
                              "memory budget; give each rank its own shard that fits (see "
