@@ -415,7 +415,7 @@ class Optimizer:
                         self._update_each(unit.members, group, update, gate)
                         continue
                     if gate is not None:  # the whole unit gated (see gated_gradient)
-                        unit.gate_gradients(gate, opt_k.gate_gradient)
+                        unit.gate_gradients(gate)
                         _, unit.state = _gated_update(cls, update, unit.param, unit.grad,
                                                       unit.state, unit.xp, True, gate)
                     else:

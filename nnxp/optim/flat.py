@@ -30,6 +30,7 @@ import math
 from typing import Any
 
 from .. import backend
+from ..kernels.optimizers import gate_gradient
 from ..typing import Array
 
 FLAT_BACKENDS = frozenset({"numpy", "torch", "cupy"})
@@ -126,7 +127,7 @@ class FlatUnit:
         if self.state is not None and isinstance(getattr(self.state, "step", None), int):
             self.state.step += steps
 
-    def gate_gradients(self, gate: Array, gate_gradient: Any) -> None:
+    def gate_gradients(self, gate: Array) -> None:
         """Zero the flat gradient where the 0-d ``gate`` is false: in one in-place operation
         where the library has one (:func:`nnxp.backend.zero_unless`), else view by view (a
         temporary of one parameter's size, not of the whole unit)."""
