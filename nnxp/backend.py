@@ -635,6 +635,30 @@ def out_writer(xp: Any) -> OutWriter | None:
     return None
 
 
+UPDATE_BLOCK_BYTES = 256 * 1024
+"""Bytes per array of one block of a cache-blocked elementwise update on a CPU (see
+:func:`update_block_bytes`)."""
+
+
+def update_block_bytes(xp: Any, device: Any) -> int | None:
+    """Bytes per array of one block when an elementwise optimizer update on ``xp``'s arrays on
+    ``device`` runs block by block (``nnxp.optim.flat``), None where it runs in one piece.
+
+    On a CPU (numpy, torch CPU) an update of ~12 operations over a 4 MiB parameter streams
+    each of its arrays through memory once per operation; run over blocks of
+    :data:`UPDATE_BLOCK_BYTES`, the block's arrays stay in the core's L2 cache across the
+    operations (measured 1.5-1.7x faster with Adam, SGD and momentum on numpy and torch CPU:
+    ``docs/design.md``, "Cache-blocked updates"), and the temporaries are a block, not a unit.
+    On a GPU every block would be another kernel launch per operation: one piece (None).
+    """
+    name = _name_of_namespace(xp)
+    if name == "numpy":
+        return UPDATE_BLOCK_BYTES
+    if name == "torch" and getattr(device, "type", None) == "cpu":
+        return UPDATE_BLOCK_BYTES
+    return None
+
+
 @functools.lru_cache(maxsize=16)
 def zero_unless(xp: Any) -> Any:
     """``zero(g, gate)``: set every entry of ``g`` to 0 where the 0-d boolean ``gate`` is false,

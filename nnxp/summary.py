@@ -71,7 +71,7 @@ from .layers import (
     Step,
     Tanh,
 )
-from .optim.flat import flat_backend, unit_bounds
+from .optim.flat import block_elements, flat_backend, unit_bounds
 from .validation import check_choice, check_count
 
 __all__ = ["LAYER_TEMPORARIES", "PRECISIONS", "UPDATE_TEMPORARIES", "MemoryPlan",
@@ -500,8 +500,13 @@ def memory_plan(model: Any, batch_size: int = 32, *, precision: str | None = Non
 
     sizes = [math.prod(p.shape) for layer in model.layers for p in layer.params.values()]
     largest = max(sizes, default=0)
-    if flat:  # an update's temporaries are the size of a whole unit (one group assumed)
+    if flat:  # an update's temporaries are the size of a whole unit (one group assumed),
+        # or of one block of it where the update runs block by block (on a CPU)
         largest = max((sum(sizes[lo:hi]) for lo, hi in unit_bounds(sizes)), default=0)
+        block = block_elements(getattr(opt, "update_block", None), model.xp, model.device,
+                               model.dtype)
+        if block is not None:
+            largest = min(largest, block)
     inplace = backend.supports_inplace(model.xp)
     temp_count = max(temps, default=1)
     if not inplace:  # a new parameter and new state arrays on every update

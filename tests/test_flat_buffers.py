@@ -173,3 +173,40 @@ def test_update_sizes_tell_a_memory_plan_how_large_the_temporaries_are(bk) -> No
         assert sizes[None] == [_model().count_params()]  # one group, one dtype: one unit
     else:
         assert sizes[None] == sizes[False]
+
+
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_blocked_updates_equal_one_piece(bk, name) -> None:
+    """A unit updated block by block (blocks of 5 elements here, crossing every parameter's
+    edge, with a short last block) gives what one piece gives, bit for bit: buffers made on
+    their first use (momentum, AMSGrad), the step counts, two groups, clipping, and a gated
+    step that is shut and one that is open."""
+    groups = [{"params": lambda layer, key: key == "b", "lr": 0.05}]
+    runs = []
+    for block in (5, 0):
+        opt = getattr(optim, name)(**BUSY[name], param_groups=groups, clip_norm=0.5)
+        opt.update_block = block
+        runs.append((_model(), opt))
+    X, y = _data()
+    xp = bk.xp
+    for model, opt in runs:
+        _train(model, opt, steps=4)
+        x, labels = nnxp.asarray(X[:8]), nnxp.asarray(y[:8])
+        for open_ in (False, True):
+            model.loss_and_grads(x, labels)
+            opt.step(gate=xp.asarray(open_, device=bk.device))
+    _assert_same(*runs)
+
+
+def test_update_block_default_and_checks(bk) -> None:
+    model, opt = _model(), optim.SGD(momentum=0.9)
+    opt.bind(model.parameters())
+    expected = nnxp.backend.update_block_bytes(bk.xp, bk.device)
+    if flat_backend(bk.xp) and expected is not None:  # a CPU: 256 KiB blocks
+        assert opt.update_sizes() == [min(model.count_params(), expected // 4)]
+    opt.update_block = 10
+    if flat_backend(bk.xp):
+        assert opt.update_sizes() == [10]
+    for bad in (-1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match=r"SGD.update_block must be an int >= 0"):
+            opt.update_block = bad

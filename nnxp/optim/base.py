@@ -34,7 +34,7 @@ from .. import backend
 from ..kernels import clipping as clip_k
 from ..kernels import optimizers as opt_k
 from ..typing import Array
-from ..validation import check_above_zero, check_nonneg
+from ..validation import check_above_zero, check_int, check_nonneg
 from .flat import FlatUnit, flat_backend, unit_bounds
 
 ParamRef = tuple[Any, str]
@@ -244,10 +244,24 @@ class Optimizer:
         self.flat: bool | None = None
         """Grouped updates over flat buffers: None (the default) where the backend gains from
         them (:data:`nnxp.optim.flat.FLAT_BACKENDS`), False never; see :mod:`nnxp.optim.flat`."""
+        self._update_block: int | None = None
         # Per group, its update units (built by bind): FlatUnit for the
         # parameters living in flat buffers, the plan's record for those updated one by one.
         self._units: list[list[Any]] | None = None
         self._units_flat: bool | None = None  # the value of flat the units were built for
+
+    @property
+    def update_block(self) -> int | None:
+        """Elements per block of a flat unit's update: None (the default) for the backend's
+        choice (blocks of 256 KiB on a CPU, one piece on a GPU:
+        :func:`nnxp.backend.update_block_bytes`), 0 for one piece, n > 0 for blocks of n
+        elements. The result is the same bit for bit; only speed and temporaries change."""
+        return self._update_block
+
+    @update_block.setter
+    def update_block(self, value: int | None) -> None:
+        self._update_block = None if value is None else check_int(
+            value, argument=f"{type(self).__name__}.update_block", low=0)
 
     # --- options --------------------------------------------------------------------------
 
@@ -406,7 +420,9 @@ class Optimizer:
             update = bind(*read(group))
             for unit in units:
                 if type(unit) is FlatUnit:
-                    # all of the unit's parameters in one pass per operation
+                    # all of the unit's parameters in one pass per operation (block by block
+                    # on a CPU: FlatUnit.update)
+                    block = self._block_of(unit)
                     if not (unit.grouped and unit.prepare_state(states, cls.State, init, group,
                                                                  init_names)):
                         # state that cannot be grouped (loaded with unequal step counts, say):
@@ -416,11 +432,11 @@ class Optimizer:
                         continue
                     if gate is not None:  # the whole unit gated (see gated_gradient)
                         unit.gate_gradients(gate)
-                        _, unit.state = _gated_update(cls, update, unit.param, unit.grad,
-                                                      unit.state, unit.xp, True, gate)
+                        unit.update(lambda p, g, s, u=update, xp=unit.xp, gate=gate:
+                                    _gated_update(cls, u, p, g, s, xp, True, gate), block)
                     else:
-                        _, unit.state = update(unit.param, unit.grad, unit.state, unit.xp,
-                                               True)
+                        unit.update(lambda p, g, s, u=update, xp=unit.xp: u(p, g, s, xp, True),
+                                    block)
                     unit.after_update(states, cls.State)
                     continue
                 layer, key, i, xp, inplace = unit
@@ -565,15 +581,21 @@ class Optimizer:
 
     def update_sizes(self) -> list[int]:
         """The number of elements each update call of a step runs over: one entry per flat
-        unit (all of its parameters) and per parameter updated on its own. An update's
+        unit (all of its parameters, or one block of them: :meth:`FlatUnit.update`) and per
+        parameter updated on its own. An update's
         temporaries are arrays of these sizes, so a memory plan takes the largest of them,
         not the largest parameter, where parameters share a flat buffer."""
         units = self._units
         if units is None:
             units = [list(records) for records in self._plan]
-        return [sum(unit.sizes) if type(unit) is FlatUnit
-                else math.prod(unit[0].params[unit[1]].shape)
+        return [min(sum(unit.sizes), self._block_of(unit) or sum(unit.sizes))
+                if type(unit) is FlatUnit else math.prod(unit[0].params[unit[1]].shape)
                 for group_units in units for unit in group_units]
+
+    def _block_of(self, unit: FlatUnit) -> int | None:
+        """Elements per block of ``unit``'s update (:attr:`update_block`), None for one piece."""
+        setting = self.update_block
+        return unit.default_block if setting is None else (setting or None)
 
     def _release_units(self) -> None:
         for group_units in getattr(self, "_units", None) or ():

@@ -72,6 +72,17 @@ def unit_bounds(sizes: list[int]) -> list[tuple[int, int]]:
     return bounds
 
 
+def block_elements(setting: int | None, xp: Any, device: Any, dtype: Any) -> int | None:
+    """Elements per block of a flat unit's update (:meth:`FlatUnit.update`) for an optimizer's
+    ``update_block`` ``setting``: None, the backend's choice
+    (:func:`nnxp.backend.update_block_bytes` over the dtype's size); 0, one piece (None);
+    n > 0, n."""
+    if setting is None:
+        nbytes = backend.update_block_bytes(xp, device)
+        return None if nbytes is None else max(1, nbytes // backend.itemsize(dtype))
+    return int(setting) or None
+
+
 def flat_backend(xp: Any) -> bool:
     """Whether parameters on ``xp`` get the flat layout (in-place writes and a measured gain)."""
     return backend.supports_inplace(xp) and backend.namespace_name(xp) in FLAT_BACKENDS
@@ -92,10 +103,19 @@ class FlatUnit:
         self.shapes = [tuple(layer.params[key].shape) for layer, key, _ in members]
         self.sizes = [math.prod(shape) for shape in self.shapes]
         total = sum(self.sizes)
+        # the values first, each old array released as its view takes over, then the
+        # gradients: binding never holds more than two copies of the parameters
         self.param = xp.empty((total,), dtype=self.dtype, device=self.device)
-        self.grad = xp.zeros((total,), dtype=self.dtype, device=self.device)
         self.param_views = self._views(self.param)
+        for (layer, key, _), view in zip(members, self.param_views):
+            view[...] = layer.params[key]
+            layer.params[key] = view
+        self.grad = xp.zeros((total,), dtype=self.dtype, device=self.device)
         self.grad_views = self._views(self.grad)
+        self.default_block = block_elements(None, xp, self.device, self.dtype)
+        """Elements per block of a blocked update on this library and device (:meth:`update`),
+        None for one piece."""
+        self._blocks: dict[str, Any] = {}  # the block views of the state, keyed on its arrays
         self.state: Any = None
         self.grouped = True  # False once its state could not be grouped (see prepare_state)
         self.records: list[Any] = []  # the members' per-parameter records (views into state)
@@ -103,9 +123,6 @@ class FlatUnit:
         # bind replace that dict, so a new one means: check again)
         self._states: dict[int, Any] | None = None
         self._arrays: dict[str, Any] = {}  # the state's array fields at the last sync
-        for (layer, key, _), view in zip(members, self.param_views):
-            view[...] = layer.params[key]
-            layer.params[key] = view
         for (layer, key, _), view in zip(members, self.grad_views):
             grad = layer.grads.get(key)
             if grad is not None:
@@ -137,6 +154,82 @@ class FlatUnit:
             return
         for view in self.grad_views:
             view[...] = gate_gradient(view, gate, xp=self.xp)
+
+    def update(self, kernel: Any, block: int | None) -> None:
+        """Run ``kernel(param, grad, state) -> (param, state)``, an elementwise in-place update,
+        over the unit: in one piece, or block by block when ``block`` (elements) is smaller
+        than the unit.
+
+        Blocked, each block's arrays stay in the CPU's cache across the kernel's operations
+        (:func:`nnxp.backend.update_block_bytes`) and the kernel's temporaries are the size of
+        a block. Every element gets the operations it gets in one piece: bit for bit the
+        same. Each block gets a state record whose arrays are views into the flat state and
+        whose scalars (``step``, NAdam's ``mu_product``) are the flat record's; the kernel
+        advances every block's scalars alike, and the first block's are kept. A buffer the
+        kernel creates on its first use (momentum, AMSGrad's maximum) is created per block and
+        gathered into one flat buffer, once.
+        """
+        total = self.param.shape[0]
+        if block is None or total <= block:
+            _, self.state = kernel(self.param, self.grad, self.state)
+            return
+        state = self.state
+        fields = self._block_fields(state, block, total)
+        scalars = {name: getattr(state, name) for name in fields["scalars"]}
+        made: dict[str, tuple[Array, int]] = {}  # buffers made on their first use, gathered
+        first = None
+        for (lo, hi), views in zip(fields["bounds"], fields["views"]):
+            p = self.param[lo:hi]
+            record = type(state)(**views, **scalars)
+            new_p, record = kernel(p, self.grad[lo:hi], record)
+            if new_p is not p:  # a kernel that returned a new array: copied into its block
+                p[...] = new_p
+            for name in fields["arrays"]:  # likewise for a state array
+                value = getattr(record, name)
+                if value is not views[name]:
+                    views[name][...] = value
+            for name in fields["none"]:
+                value = getattr(record, name)
+                if value is not None:  # straight into one flat buffer: no second copy
+                    buf, count = made.get(name) or (
+                        self.xp.empty((total,), dtype=value.dtype, device=self.device), 0)
+                    buf[lo:hi] = value
+                    made[name] = (buf, count + 1)
+            first = record if first is None else first
+        for name in fields["scalars"]:
+            setattr(state, name, getattr(first, name))
+        for name, (buf, count) in made.items():
+            if count != len(fields["bounds"]):
+                raise RuntimeError(f"{type(state).__name__}.{name} was created for some blocks "
+                                   "of a flat unit and not others: the update rule is not "
+                                   "elementwise (set optimizer.update_block = 0)")
+            setattr(state, name, buf)
+
+    def _block_fields(self, state: Any, block: int, total: int) -> dict[str, Any]:
+        """The block bounds, the state's fields by kind and each block's views of the state's
+        flat arrays (cached while the state holds the same arrays)."""
+        arrays, none, scalars = [], [], []
+        for f in dataclasses.fields(state):
+            value = getattr(state, f.name)
+            if value is None:
+                none.append(f.name)
+            elif backend.is_array(value) and value.ndim > 0:
+                arrays.append(f.name)
+            else:
+                scalars.append(f.name)
+        key = (block, type(state), tuple(id(getattr(state, name)) for name in arrays),
+               tuple(none))
+        cached = self._blocks
+        if cached.get("key") == key:
+            return cached
+        bounds = [(lo, min(lo + block, total)) for lo in range(0, total, block)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < block // 4:
+            bounds[-2:] = [(bounds[-2][0], total)]  # no sliver of a block at the end
+        views = [{**{name: getattr(state, name)[lo:hi] for name in arrays},
+                  **{name: None for name in none}} for lo, hi in bounds]
+        self._blocks = {"key": key, "bounds": bounds, "views": views, "arrays": arrays,
+                        "none": none, "scalars": scalars}
+        return self._blocks
 
     def _views(self, flat: Array) -> list[Array]:
         views, start = [], 0
