@@ -655,6 +655,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                         guard.check(f"after step {step} (epoch {epoch})")
                     if batch_hooks:
                         cbs.on_batch_end(batch, {"loss": value, "size": size})
+                        if static is not None:
+                            static.notice_host_code()
                     progress.advance()
                 if replica is not None:  # every rank's shard in the logs
                     loss_sum, states = replica.reduce_epoch(loss_sum, states, metrics, model)
@@ -680,6 +682,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 model.epochs_trained += 1
                 progress.end_epoch(epoch, logs)
                 cbs.on_epoch_end(epoch, logs)
+                if static is not None:  # on_epoch_begin too: it runs before the next step
+                    static.notice_host_code()
                 history.append(epoch, logs)
                 if model.stop_training:
                     break
@@ -1023,6 +1027,7 @@ class _StaticStep:
                          if callable(getattr(layer, "advance_host_state", None))
                          and not getattr(layer, "reads_host_state", True)]
         self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.host_code_ran = False  # see notice_host_code
         self.report: dict[str, Any] = {
             "recorder": None if self.recorder is None else self.recorder.kind,
             "graphs": 0, "replays": 0, "static_steps": 0, "not_recorded": None}
@@ -1040,7 +1045,7 @@ class _StaticStep:
             slot = self.slots[key] = {
                 "x": xp.zeros_like(xb), "y": xp.zeros_like(yb),
                 "w": None if wb is None else xp.zeros_like(wb), "graph": None,
-                "checked": False, "options": None, "outputs": None}
+                "checked": False, "options": None, "outputs": None, "view": None}
         slot["x"][...] = xb
         slot["y"][...] = yb
         if wb is not None:
@@ -1053,19 +1058,47 @@ class _StaticStep:
             guard.note_step()
         return result
 
+    def notice_host_code(self) -> None:
+        """User code ran between steps (a callback): before the next replay, check that it
+        left every array a graph holds and every host value a graph froze as they were
+        (:meth:`_revalidate`)."""
+        self.host_code_ran = True
+
+    def _revalidate(self) -> None:
+        """Drop the graphs of every shape whose recorded arrays or frozen host values were
+        replaced or changed since they were recorded (a callback assigned a new parameter
+        array, restored a snapshot, replaced a BatchNorm statistic): a replay would read and
+        write the old memory. The next step of that shape runs eagerly — the optimizer takes the
+        new arrays up — and is checked again before it is recorded again."""
+        self.host_code_ran = False
+        view = None
+        for slot in self.slots.values():
+            if slot["graph"] is None:
+                continue
+            view = _host_view(self.model, self.optimizer) if view is None else view
+            if view != slot["view"]:
+                slot.update(graph=None, view=None, checked=False, repairing=True)
+
     def _run(self, slot: dict[str, Any], before_update: Callable[[Array], None] | None,
              options: dict[str, Any]) -> tuple[Array, Array]:
         model, optimizer = self.model, self.optimizer
         if self.recorder is None or self.report["not_recorded"] is not None:
             return self._eager(slot, before_update, options)
+        if self.host_code_ran:
+            self._revalidate()
         if not slot["checked"]:
-            problem = _reads_problem(optimizer)
+            reads = _reads_problem(optimizer)
             before = _host_view(model, optimizer)
             extra = [layer.get_extra_state() for layer in self.counting]
             result = self.recorder.warm_up(lambda: self._eager(slot, None, options))
-            problem = problem or _compare_host_views(before, _host_view(model, optimizer))
-            if problem in (None, "new"):
-                problem = self._check_counts(extra) or problem
+            changed = _compare_host_views(before, _host_view(model, optimizer))
+            if changed in (None, "new"):
+                changed = self._check_counts(extra) or changed
+            if changed not in (None, "new") and slot.pop("repairing", False):
+                # the first step after a callback replaced arrays puts them back into the
+                # optimizer's buffers (a replacement by the step itself): check the next one
+                changed = "new"
+            problem = reads or changed
             slot["checked"] = problem != "new"  # state made by this step: check the next one
             if problem not in (None, "new"):
                 self._give_up(problem)
@@ -1080,6 +1113,7 @@ class _StaticStep:
                 lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"], **options))
             self._advance(-1)  # the recording ran the step's Python once: take its counts back
             slot["options"] = settings
+            slot["view"] = _host_view(model, optimizer)  # what the graph holds (_revalidate)
             self.report["graphs"] += 1
         slot["graph"].replay()
         self._advance(1)

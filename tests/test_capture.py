@@ -135,8 +135,12 @@ class FakeRecorder(backend.GraphRecorder):
         outputs = [xp.asarray(o, copy=True) for o in fn()]
         for a, copy in saved:
             a[...] = copy
+        held = [id(a) for a, _ in saved]
 
         def launch() -> None:
+            # a real graph reads and writes the arrays it was recorded on, whatever the model
+            # holds now: replaying after they were replaced would train the old memory
+            assert [id(a) for a in _arrays(self.model)] == held, "replay on replaced arrays"
             host = _host_counts(self.model)
             for static, fresh in zip(outputs, fn()):
                 static[...] = fresh
@@ -502,3 +506,44 @@ def test_batch_norm_keeps_its_running_statistic_arrays_where_it_can(bk: Any) -> 
         assert np.array_equal(nnxp.to_numpy(v), values[k])
         assert v is arrays[k]  # written back in place, or the old array put back
     assert layer.num_batches_tracked == 10
+
+
+class ReplaceArrays(Callback):
+    """Mid-epoch, assigns new arrays to a weight and to a BatchNorm running statistic (what a
+    callback restoring a snapshot does)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_batch_end(self, batch: int, logs: Any) -> None:
+        self.batches += 1
+        if self.batches in (3, 7):
+            xp = self.model.xp
+            dense, bn = self.model.layers[0], self.model.layers[1]
+            dense.params["W"] = xp.asarray(dense.params["W"] * 0.5, copy=True)
+            bn.buffers["running_mean"] = xp.asarray(bn.buffers["running_mean"] + 1.0,
+                                                    copy=True)
+
+
+def test_arrays_replaced_by_a_callback_are_taken_up_not_replayed_over(
+        monkeypatch: Any) -> None:
+    """A graph holds the arrays it was recorded on: after a callback replaced a weight and a
+    running statistic, the step is checked and recorded again on the arrays the model holds,
+    and the run equals the unrecorded one bit for bit (the fake recorder fails a replay whose
+    arrays were replaced, as a real graph would silently train the old memory)."""
+    X, y, w = _data()
+    runs = []
+    with nnxp.use_backend("numpy"):
+        for capture in (False, True):
+            model = _bn_model()
+            if capture:
+                recorder = _recording(monkeypatch, model)
+            history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1, momentum=0.9),
+                                epochs=2, batch_size=5, sample_weight=w, verbose=0,
+                                callbacks=[ReplaceArrays()], capture=capture)
+            runs.append((_weights(model), history.history["loss"], history.capture))
+    (w0, loss0, _), (w1, loss1, report) = runs
+    assert np.array_equal(w0, w1) and loss0 == loss1
+    assert report["not_recorded"] is None
+    assert report["graphs"] == len(recorder.graphs) >= 3  # recorded again after a replacement
+    assert report["replays"] > 0
