@@ -341,6 +341,7 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
         xp = model.xp
         scaled = policy is not None and policy.scaler is not None
         guard = _FiniteGuard(model, None, gated=not scaled, host=scaled, optimizer=opt)
+        counts = guard.counts_start
         with _silence_fp_warnings():
             if accumulate == 1:
                 value, _ = _step(model, X, y, opt, guard=guard, precision=policy)
@@ -355,6 +356,8 @@ def train_on_batch(model: Sequential, X: Any, y: Any, *, loss: str | Loss | None
         if host[1] != 1.0:
             if guard.mode == "gate":
                 opt.rewind(1)
+                for layer, state in zip(guard.counting, counts):  # its batches: not counted
+                    layer.set_extra_state(state)
             what = f"the loss is {result}" if not math.isfinite(result) else \
                 "a gradient or buffer is NaN or infinite"
             raise TrainingDivergedError(
@@ -1401,9 +1404,22 @@ class _FiniteGuard:
         self.halted = False  # "host": a non-finite loss was seen, no update since
         self.skipped = 0  # gated steps to take back from the optimizer's step counts
         self.static = False  # "gate" in a recorded step: the sticky flag updated in place
+        # "gate": the host-side batch counts of the layers that keep one (BatchNorm1d's
+        # num_batches_tracked) at the last check point and after each step since, so that
+        # the gated steps' counts are taken back with their statistics
+        self.counting: list[Any] = [
+            layer for layer in model.layers
+            if callable(getattr(layer, "advance_host_state", None))
+            and callable(getattr(layer, "get_extra_state", None))] if self.mode == "gate" else []
+        self.counts_start = self._counts()
+        self.counts: list[list[Any]] = []
+        self.recount: list[Any] | None = None  # the counts to put back (restore)
         if self.mode == "gate":
             xp = model.xp
             self.ok = xp.ones((), dtype=xp.bool, device=model.device)
+
+    def _counts(self) -> list[Any]:
+        return [layer.get_extra_state() for layer in self.counting]
 
     def admit(self, finite: Array, buffers: _Buffers) -> Array:
         """``"gate"`` mode, once per step: fold this step's flag into the sticky gate, keep the
@@ -1445,6 +1461,8 @@ class _FiniteGuard:
     def record(self, value: Array, epoch: int, batch: int, step: int) -> None:
         self.window.append(value)
         self.where.append((epoch, batch, step))
+        if self.counting:
+            self.counts.append(self._counts())
 
     def due(self, step: int) -> bool:
         return self.every is not None and step % self.every == 0
@@ -1482,6 +1500,8 @@ class _FiniteGuard:
         self.window.clear()
         self.where.clear()
         self.gates.clear()
+        self.counts.clear()
+        self.counts_start = self._counts()
 
     def diverged(self) -> _Diverged:
         """Locate the first non-finite loss (or, gated, the first shut step) of the window
@@ -1499,6 +1519,8 @@ class _FiniteGuard:
                 if not math.isfinite(value) or opened[i] != 1.0:
                     if self.mode == "gate":
                         self.skipped = len(losses) - i  # this step and all after: gated
+                        if self.counting and len(self.counts) == len(losses):
+                            self.recount = self.counts[i - 1] if i else self.counts_start
                     if not math.isfinite(value):
                         return _Diverged(epoch, step, batch, float(value))
                     return _Diverged(epoch, step, batch, None)
@@ -1514,3 +1536,7 @@ class _FiniteGuard:
         elif self.skipped and self.optimizer is not None:
             self.optimizer.rewind(self.skipped)
             self.skipped = 0
+        if self.recount is not None:  # the gated steps' batches were not counted either
+            for layer, state in zip(self.counting, self.recount):
+                layer.set_extra_state(state)
+            self.recount = None

@@ -94,3 +94,35 @@ def test_terminate_on_nan_stops_quietly_on_a_non_finite_buffer() -> None:
     history = model.fit(X, y, epochs=2, batch_size=16, verbose=0, callbacks=[stop])
     assert history.diverged is not None and stop.triggered is not None
     assert all(np.isfinite(a).all() for a in _weights(model))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_gated_steps_do_not_count_their_batches(momentum: float | None) -> None:
+    """A non-finite step and the steps gated after it leave BatchNorm1d's running statistics
+    and its batch count as they were (the count weights the next batch when momentum=None):
+    the model equals one trained on the batches before the failing one — in fit (two gated
+    steps before the check point at the end of the epoch) and in train_on_batch."""
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    X[26, 0] = 1e30  # batch 4 of 5 (rows 24-31): its variance overflows float32
+
+    def make() -> Sequential:
+        return Sequential([Dense(3, 4), BatchNorm1d(4, momentum=momentum), ReLU(),
+                           Dense(4, 2)], seed=0)
+
+    reference = make()
+    reference.fit(X[:24], y[:24], epochs=1, batch_size=8, shuffle=False, verbose=0,
+                  optimizer=SGD(lr=0.1))  # the three steps before the failing one
+    failing = make()
+    with pytest.raises(TrainingDivergedError, match="step 4 "):
+        failing.fit(X, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
+                    optimizer=SGD(lr=0.1))
+    for a, b in zip(_weights(reference), _weights(failing)):
+        np.testing.assert_array_equal(a, b)
+    assert failing.layers[1].num_batches_tracked == 3
+    assert failing.optimizer.iterations == 3
+    with pytest.raises(TrainingDivergedError, match="the update was skipped"):
+        failing.train_on_batch(X[24:32], y[24:32], optimizer=failing.optimizer)
+    assert failing.layers[1].num_batches_tracked == 3
+    for a, b in zip(_weights(reference), _weights(failing)):
+        np.testing.assert_array_equal(a, b)
