@@ -704,6 +704,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
             model.stop_training = True
         finally:
             progress.close()
+            if static is not None:
+                static.close()
     cbs.on_train_end({})
     return history
 
@@ -1031,6 +1033,9 @@ class _StaticStep:
                          and not getattr(layer, "reads_host_state", True)]
         self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.host_code_ran = False  # see notice_host_code
+        # an update that computes numbers from the step count (Adam) reads them from device
+        # tables while steps are recorded (nnxp.optim.steptable): bit for bit the same
+        self.tables = self.recorder is not None and optimizer.use_step_tables(True)
         self.report: dict[str, Any] = {
             "recorder": None if self.recorder is None else self.recorder.kind,
             "graphs": 0, "replays": 0, "static_steps": 0, "not_recorded": None}
@@ -1060,6 +1065,11 @@ class _StaticStep:
         if guard is not None:
             guard.note_step()
         return result
+
+    def close(self) -> None:
+        """The end of ``fit``: the optimizer computes its step numbers on the host again."""
+        if self.tables:
+            self.optimizer.use_step_tables(False)
 
     def notice_host_code(self) -> None:
         """User code ran between steps (a callback): before the next replay, check that it
@@ -1112,6 +1122,7 @@ class _StaticStep:
             if problem is not None:
                 self._give_up(problem)
                 return self._eager(slot, None, options)
+            optimizer.refresh_step_tables()  # refilled now, not inside the recording
             slot["graph"], slot["outputs"] = self.recorder.capture(  # records, runs nothing
                 lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"], **options))
             self._advance(-1)  # the recording ran the step's Python once: take its counts back

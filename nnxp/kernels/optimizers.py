@@ -314,10 +314,16 @@ def adagrad_init(param: Array, *, initial_accumulator_value: float = 0.0,
     return AdagradState(0, acc)
 
 
+def adagrad_scalars(step: int, *, lr: float, lr_decay: float = 0.0) -> tuple[float]:
+    """The number of step ``step`` that :func:`adagrad_update` multiplies by, on the host:
+    ``(−γ / (1 + (t − 1) η),)``."""
+    return (-(lr / (1 + (step - 1) * lr_decay)),)
+
+
 def adagrad_update(
     param: Array, grad: Array, state: AdagradState, *, lr: float, lr_decay: float = 0.0,
     weight_decay: float = 0.0, eps: float = 1e-10, xp: Any, inplace: bool = False,
-    gate: Array | None = None,
+    gate: Array | None = None, scalars: tuple[Any] | None = None,
 ) -> tuple[Array, AdagradState]:
     """Adagrad (torch.optim.Adagrad).
 
@@ -331,11 +337,13 @@ def adagrad_update(
     online learning and stochastic optimization", JMLR 12.
 
     Other libraries: Keras starts the accumulator at 0.1 (torch at 0) and uses ε = 1e-7 (torch
-    1e-10); both put ε outside the square root.
+    1e-10); both put ε outside the square root. ``scalars``: :func:`adagrad_scalars` of this
+    step as a 0-d array (see :func:`adam_update`).
     """
     g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)  # g = 0: nothing moves
     step = state.step + 1
-    clr = lr / (1 + (step - 1) * lr_decay)
+    (neg_clr,) = adagrad_scalars(step, lr=lr, lr_decay=lr_decay) if scalars is None \
+        else scalars
     acc = state.sum
     if inplace:
         sq = g * g
@@ -343,7 +351,7 @@ def adagrad_update(
     else:
         acc = acc + g * g
     std = _plus(xp.sqrt(acc), eps, inplace)
-    param = _add_ratio(param, g, std, -clr, inplace)
+    param = _add_ratio(param, g, std, neg_clr, inplace)
     if inplace:
         state.step = step
         return param, state
@@ -506,11 +514,21 @@ def adam_init(param: Array, *, amsgrad: bool = False, xp: Any) -> AdamState:
                      _zeros_like(param, xp) if amsgrad else None)
 
 
+def adam_scalars(step: int, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> tuple[float, float]:
+    """The two numbers of step ``step`` that :func:`adam_update` multiplies and adds, computed
+    on the host: ``(ε √(1 − β₂ᵗ), −γ √(1 − β₂ᵗ) / (1 − β₁ᵗ))``."""
+    beta1, beta2 = betas
+    bc1 = 1 - beta1**step
+    bc2_sqrt = math.sqrt(1 - beta2**step)
+    return eps * bc2_sqrt, -lr * bc2_sqrt / bc1
+
+
 def adam_update(
     param: Array, grad: Array, state: AdamState, *, lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
     amsgrad: bool = False, decoupled: bool = False, xp: Any, inplace: bool = False,
-    gate: Array | None = None,
+    gate: Array | None = None, scalars: tuple[Any, Any] | None = None,
 ) -> tuple[Array, AdamState]:
     """Adam (torch.optim.Adam), and AdamW with ``decoupled=True``.
 
@@ -531,6 +549,10 @@ def adam_update(
     ε is added *after* the bias-corrected square root, as in torch and Algorithm 1 of the paper.
     Keras/TensorFlow write the same update as ``γ √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε̂)``, i.e. the ε
     they add is not bias-corrected (and their default ε is 1e-7): the two agree only for ε → 0.
+
+    ``scalars``: :func:`adam_scalars` of this step as 0-d arrays of the parameter's dtype, read
+    on the device instead of computed from ``state.step`` (a recorded step: the same numbers,
+    rounded to the dtype as a Python float is, so the same result bit for bit).
     """
     beta1, beta2 = betas
     if decoupled:
@@ -541,8 +563,10 @@ def adam_update(
     step = state.step + 1
     m = _ema(state.exp_avg, g, beta1, inplace, gate, xp)
     v = _ema_sq(state.exp_avg_sq, g, beta2, inplace, gate, xp)
-    bc1 = 1 - beta1**step
-    bc2_sqrt = math.sqrt(1 - beta2**step)
+    # γ/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε) = γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v̂ + ε√(1−β₂ᵗ)):
+    # the bias corrections become two Python scalars instead of a pass over the array.
+    eps_t, ratio = adam_scalars(step, lr=lr, betas=betas, eps=eps) if scalars is None \
+        else scalars
     vmax = state.max_exp_avg_sq
     if amsgrad:
         vmax = _buffer(vmax, param, xp)
@@ -550,10 +574,8 @@ def adam_update(
         v_hat = vmax
     else:
         v_hat = v
-    # γ/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε) = γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v̂ + ε√(1−β₂ᵗ)):
-    # the bias corrections become two Python scalars instead of a pass over the array.
-    denom = _plus(xp.sqrt(v_hat), eps * bc2_sqrt, inplace)
-    param = _add_ratio(param, m, denom, -lr * bc2_sqrt / bc1, inplace, gate, xp)
+    denom = _plus(xp.sqrt(v_hat), eps_t, inplace)
+    param = _add_ratio(param, m, denom, ratio, inplace, gate, xp)
     if inplace:
         state.step, state.max_exp_avg_sq = step, vmax
         return param, state
@@ -564,6 +586,7 @@ def adamw_update(
     param: Array, grad: Array, state: AdamState, *, lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
     amsgrad: bool = False, xp: Any, inplace: bool = False, gate: Array | None = None,
+    scalars: tuple[Any, Any] | None = None,
 ) -> tuple[Array, AdamState]:
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay ``θ ← θ (1 − γ λ)``.
 
@@ -573,7 +596,7 @@ def adamw_update(
     """
     return adam_update(param, grad, state, lr=lr, betas=betas, eps=eps,
                        weight_decay=weight_decay, amsgrad=amsgrad, decoupled=True, xp=xp,
-                       inplace=inplace, gate=gate)
+                       inplace=inplace, gate=gate, scalars=scalars)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,10 +618,18 @@ def adamax_init(param: Array, *, xp: Any) -> AdamaxState:
     return AdamaxState(0, _zeros_like(param, xp), _zeros_like(param, xp))
 
 
+def adamax_scalars(step: int, *, lr: float = 2e-3,
+                   betas: tuple[float, float] = (0.9, 0.999)) -> tuple[float]:
+    """The number of step ``step`` that :func:`adamax_update` multiplies by, on the host:
+    ``(−γ / (1 − β₁ᵗ),)``."""
+    return (-lr / (1 - betas[0]**step),)
+
+
 def adamax_update(
     param: Array, grad: Array, state: AdamaxState, *, lr: float = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
     xp: Any, inplace: bool = False, gate: Array | None = None,
+    scalars: tuple[Any] | None = None,
 ) -> tuple[Array, AdamaxState]:
     """Adamax (torch.optim.Adamax), Adam with the infinity norm.
 
@@ -609,7 +640,8 @@ def adamax_update(
         θ_t &= θ_{t-1} − \\frac{γ}{1 − β_1^t} \\, \\frac{m_t}{u_t}
 
     Kingma & Ba (2015), section 7.1. torch adds ε to ``|g|`` inside the max (so ``u`` is never 0);
-    Keras computes ``max(β₂ u, |g|)`` and adds ε to the denominator instead.
+    Keras computes ``max(β₂ u, |g|)`` and adds ε to the denominator instead. ``scalars``:
+    :func:`adamax_scalars` of this step as a 0-d array (see :func:`adam_update`).
     """
     beta1, beta2 = betas
     g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
@@ -623,7 +655,8 @@ def adamax_update(
         u[...] = xp.maximum(u, g_abs)
     else:
         u = xp.maximum(u * decay, g_abs)
-    param = _add_ratio(param, m, u, -lr / (1 - beta1**step), inplace, gate, xp)
+    (ratio,) = adamax_scalars(step, lr=lr, betas=betas) if scalars is None else scalars
+    param = _add_ratio(param, m, u, ratio, inplace, gate, xp)
     if inplace:
         state.step = step
         return param, state

@@ -56,6 +56,7 @@ class Adam(Optimizer):
         amsgrad: bool = hyperparameter(False, check_flag)
 
     host_reads = ("step",)  # the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ
+    step_scalars = staticmethod(k.adam_scalars)  # ... which a recorded step reads from a table
     State = k.AdamState
     init_state = staticmethod(k.adam_init)  # the kernel adds max_exp_avg_sq if amsgrad comes later
     update = staticmethod(k.adam_update)
@@ -113,6 +114,7 @@ class Adamax(Optimizer):
         lr: float = hyperparameter(2e-3, check_nonneg)
 
     host_reads = ("step",)  # the bias correction 1 − β₁ᵗ
+    step_scalars = staticmethod(k.adamax_scalars)
     State = k.AdamaxState
     init_state = staticmethod(k.adamax_init)
     update = staticmethod(k.adamax_update)

@@ -46,6 +46,7 @@ class Adagrad(Optimizer):
         eps: float = hyperparameter(1e-10, check_nonneg)
 
     host_reads = ("step",)  # the learning-rate decay γ/(1 + (t − 1)η)
+    step_scalars = staticmethod(k.adagrad_scalars)
     State = k.AdagradState
     init_state = staticmethod(k.adagrad_init)
     update = staticmethod(k.adagrad_update)
@@ -55,7 +56,7 @@ class Adagrad(Optimizer):
         ``γ/(1 + (t − 1)·0)`` is ``γ`` for every ``t``, bit for bit."""
         if all(group["lr_decay"] == 0 for group in self.param_groups):
             return ()
-        return self.host_reads
+        return super().reads_host_state()
 
 
 class RMSprop(Optimizer):

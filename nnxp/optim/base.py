@@ -36,6 +36,7 @@ from ..kernels import optimizers as opt_k
 from ..typing import Array
 from ..validation import check_above_zero, check_int, check_nonneg
 from .flat import FlatUnit, flat_backend, unit_bounds
+from .steptable import StepTable
 
 ParamRef = tuple[Any, str]
 """``(layer, key)``: the parameter ``layer.params[key]`` with gradient ``layer.grads[key]``."""
@@ -152,7 +153,15 @@ class Optimizer:
     advances by hand (:meth:`advance`). ``None`` (an optimizer that does not say): every host
     field counts as read."""
 
+    step_scalars: ClassVar[Callable[..., tuple[float, ...]] | None] = None
+    """``step_scalars(t, **options)``: the numbers of step ``t`` that :meth:`update` computes
+    from the host-side ``step`` (Adam's bias corrections: :func:`nnxp.kernels.optimizers.
+    adam_scalars`), when its update also takes them as ``scalars=`` 0-d arrays. A recorded
+    step then reads them from a device table (:meth:`use_step_tables`), and ``step`` becomes
+    bookkeeping. None: the update has no such numbers, or cannot take them."""
+
     _update_options: ClassVar[tuple[str, ...]] = ()
+    _scalar_options: ClassVar[tuple[str, ...]] = ()
     _init_options: ClassVar[tuple[str, ...]] = ()
     _bind_update: ClassVar[Callable[..., Callable[..., Any]]]
     _update_gated: ClassVar[bool] = False
@@ -177,6 +186,8 @@ class Optimizer:
             if unused:
                 raise TypeError(f"{cls.__name__} declares the option(s) {sorted(unused)}, "
                                 "which neither its init_state nor its update accepts")
+            if cls.step_scalars is not None:
+                cls._scalar_options = _keywords(cls.step_scalars, names)
             cls._update_gated = "gate" in inspect.signature(cls.update).parameters
             cls._bind_update = _keyword_binder(cls.update, cls._update_options,
                                                gated=cls._update_gated)
@@ -245,6 +256,8 @@ class Optimizer:
         """Grouped updates over flat buffers: None (the default) where the backend gains from
         them (:data:`nnxp.optim.flat.FLAT_BACKENDS`), False never; see :mod:`nnxp.optim.flat`."""
         self._update_block: int | None = None
+        # use_step_tables: None (off) or the StepTable of each flat unit, by id
+        self._step_tables: dict[int, StepTable] | None = None
         # Per group, its update units (built by bind): FlatUnit for the
         # parameters living in flat buffers, the plan's record for those updated one by one.
         self._units: list[list[Any]] | None = None
@@ -430,13 +443,20 @@ class Optimizer:
                         unit.grouped = False
                         self._update_each(unit.members, group, update, gate)
                         continue
+                    table = None
+                    unit_update = update
+                    if self._step_tables is not None:  # this step's numbers from the device
+                        table = self._table_of(unit, group)
+                        unit_update = _with_scalars(cls, group, table.scalars())
                     if gate is not None:  # the whole unit gated (see gated_gradient)
                         unit.gate_gradients(gate)
-                        unit.update(lambda p, g, s, u=update, xp=unit.xp, gate=gate:
+                        unit.update(lambda p, g, s, u=unit_update, xp=unit.xp, gate=gate:
                                     _gated_update(cls, u, p, g, s, xp, True, gate), block)
                     else:
-                        unit.update(lambda p, g, s, u=update, xp=unit.xp: u(p, g, s, xp, True),
-                                    block)
+                        unit.update(lambda p, g, s, u=unit_update, xp=unit.xp:
+                                    u(p, g, s, xp, True), block)
+                    if table is not None:
+                        table.advance()
                     unit.after_update(states, cls.State)
                     continue
                 layer, key, i, xp, inplace = unit
@@ -488,8 +508,57 @@ class Optimizer:
 
     def reads_host_state(self) -> tuple[str, ...] | None:
         """The host fields this optimizer's update reads with its current options
-        (:attr:`host_reads`; ``None``: all of them)."""
-        return type(self).host_reads
+        (:attr:`host_reads`; ``None``: all of them; not ``step`` while its numbers come from
+        step tables, :meth:`use_step_tables`)."""
+        reads = type(self).host_reads
+        if reads is not None and self._step_tables is not None:
+            return tuple(name for name in reads if name != "step")
+        return reads
+
+    # --- step tables (a recorded step that reads the step count) ----------------------------
+
+    def use_step_tables(self, on: bool = True) -> bool:
+        """Read the numbers the update computes from the step count (Adam's bias corrections,
+        :attr:`step_scalars`) from a table on the device, indexed by a device counter
+        (:mod:`nnxp.optim.steptable`), instead of computing them on the host: the same numbers,
+        bit for bit, and no host value a recorded step would freeze. ``fit(capture=True)``
+        turns it on while it records. Returns whether this optimizer can (it has
+        :attr:`step_scalars`). ``on=False`` drops the tables."""
+        if not on or type(self).step_scalars is None:
+            self._step_tables = None
+            return False
+        if self._step_tables is None:
+            self._step_tables = {}
+        return True
+
+    def refresh_step_tables(self) -> None:
+        """Refill the step tables that the next step would find out of date (another step
+        count, other options, rows used up), in place, now: before a step is recorded, so that
+        the recording reads them and copies nothing from the host."""
+        if self._step_tables is None:
+            return
+        for group, units in zip(self.param_groups, self._units or ()):
+            for unit in units:
+                if type(unit) is FlatUnit and unit.state is not None and unit.grouped:
+                    self._table_of(unit, group)
+
+    def step_tables(self) -> list[StepTable]:
+        """The step tables in use (empty when :meth:`use_step_tables` is off)."""
+        return list((self._step_tables or {}).values())
+
+    def _table_of(self, unit: FlatUnit, group: dict[str, Any]) -> StepTable:
+        """``unit``'s step table, valid for its next step (refilled in place when not)."""
+        tables = self._step_tables
+        fn = type(self).step_scalars
+        assert tables is not None and fn is not None
+        table = tables.get(id(unit))
+        if table is None or table.xp is not unit.xp:
+            table = tables[id(unit)] = StepTable(fn, unit.xp, unit.dtype, unit.device)
+        options = {name: group[name] for name in type(self)._scalar_options}
+        step = unit.state.step
+        if not table.current(step, options):
+            table.fill(step, options)
+        return table
 
     def advance(self, steps: int = 1) -> None:
         """Advance the host-side step counts as ``steps`` calls of :meth:`step` would:
@@ -507,6 +576,9 @@ class Optimizer:
             for unit in group_units:
                 if type(unit) is FlatUnit:
                     unit.advance(steps)
+        for table in (self._step_tables or {}).values():  # a replay moved the counters
+            table.host_k += steps
+        self.refresh_step_tables()  # rows used up: refilled between steps, not in a recording
 
     @staticmethod
     def rewind_state(record: Any, options: dict[str, Any]) -> None:
@@ -778,6 +850,21 @@ def _gated_update(cls: Any, update: Callable[..., Any], param: Array, grad: Arra
     for name, v in copies.items():
         setattr(new_state, name, _select(getattr(new_state, name), v, gate, xp, inplace))
     return new, new_state
+
+
+def _with_scalars(cls: Any, group: dict[str, Any], scalars: tuple[Array, ...]
+                  ) -> Callable[..., Any]:
+    """``call(param, grad, state, xp, inplace, gate=None)`` (as the bound update) passing this
+    step's numbers as ``scalars=`` (:meth:`Optimizer.use_step_tables`)."""
+    options = {name: group[name] for name in cls._update_options}
+    fn = cls.update
+
+    def call(param: Array, grad: Array, state: Any, xp: Any, inplace: bool,
+             gate: Array | None = None) -> Any:
+        return fn(param, grad, state, **options, xp=xp, inplace=inplace, gate=gate,
+                  scalars=scalars)
+
+    return call
 
 
 def _select(new: Array, old: Array, gate: Array, xp: Any, inplace: bool) -> Array:
