@@ -14,7 +14,11 @@ the parts before it on disk):
 4. ``bench`` — training steps of the "big" (784-1024-1024-10, batch 256) and "wide" (4096×4,
    batch 4096) MLPs with SGD and Adam: nnxp on each GPU backend, its matmul bound, torch CUDA
    eager and torch's fused Adam; and the big MLP's peak memory against its live set.
-5. ``tests`` — the GPU parametrisations of the test suite
+5. ``capture`` — issue 13's recorded step: ``fit`` epochs of the small MLP (64-128-10, batch
+   32) with ``capture=True`` against ``capture=False`` on each GPU backend and against numpy on
+   the CPU (SGD with momentum, Adam): time per step, what was recorded and replayed, and how far
+   the weights of the two GPU runs are apart (rounding only).
+6. ``tests`` — the GPU parametrisations of the test suite
    (``NNXP_TEST_BACKENDS=cupy,torch:cuda pytest tests -k "cupy or cuda"``).
 
 Without a GPU (or with ``--dry-run``) the same code runs on torch CPU with small workloads, and
@@ -55,10 +59,12 @@ GPU_SPECS = ("cupy", "torch:cuda")
 DEFAULT_BUDGET = 450.0
 """Seconds for the whole run (7.5 minutes; the parts' caps add up to more, the budget wins)."""
 
-PART_CAPS = {"environment": 30.0, "smoke": 90.0, "syncs": 60.0, "bench": 150.0, "tests": 240.0}
+PART_CAPS = {"environment": 30.0, "smoke": 90.0, "syncs": 60.0, "bench": 150.0,
+             "capture": 45.0, "tests": 240.0}
 """Seconds each part may take at most (less when the total budget has less left)."""
 
-PART_MIN = {"environment": 1.0, "smoke": 10.0, "syncs": 10.0, "bench": 20.0, "tests": 20.0}
+PART_MIN = {"environment": 1.0, "smoke": 10.0, "syncs": 10.0, "bench": 20.0, "capture": 10.0,
+            "tests": 20.0}
 """A part is skipped when less than this is left of the budget."""
 
 LOSS_RTOL = 1e-3
@@ -535,6 +541,73 @@ def part_bench(check: Check, cap: float) -> dict[str, Any]:
     return out
 
 
+def _capture_fit(spec: str, opt_name: str, capture: bool, X: Any, y: Any,
+                 epochs: int) -> dict[str, Any]:
+    import numpy as np
+
+    import nnxp
+    from nnxp import bench
+
+    with nnxp.use_backend(spec):
+        model = bench.build_mlp(bench.MODELS["small"]["widths"])
+        opt = (nnxp.optim.SGD(lr=0.05, momentum=0.9) if opt_name == "sgd"
+               else nnxp.optim.Adam(lr=1e-3))
+        history = model.fit(X, y, optimizer=opt, epochs=epochs, batch_size=32, verbose=0,
+                            shuffle=False, capture=capture)
+        weights = np.concatenate([np.ravel(nnxp.to_numpy(p)) for p, _ in
+                                  ((layer.params[k], k) for layer in model.layers
+                                   for k in layer.params)])
+    steps = -(-X.shape[0] // 32)
+    times = history.history["epoch_time"][1:]  # the first epoch records and warms up
+    return {"spec": spec, "optimizer": opt_name, "capture": capture,
+            "step_ms": min(times) / steps * 1e3, "epochs": epochs, "steps_per_epoch": steps,
+            "report": history.capture, "weights": weights}
+
+
+def part_capture(check: Check, cap: float) -> dict[str, Any]:
+    """Issue 13: is the small MLP's recorded step on a GPU at least as fast as its step on the
+    CPU (numpy)? Per-step times from ``fit``'s own epoch times (best later epoch)."""
+    import numpy as np
+
+    t_end = time.monotonic() + cap - 5
+    n = 640 if check.args.quick else 3200
+    epochs = 3 if check.args.quick else 4
+    X, _ = _smoke_data(n)
+    X = X[:, :16].repeat(4, axis=1)  # 64 features
+    y = X[:, :10].argmax(axis=1)
+    rows, notes = [], []
+    for opt_name in ("sgd", "adam"):
+        runs = [("numpy", False)] + [(spec, c) for spec in check.specs for c in (False, True)]
+        found: dict[tuple[str, bool], dict[str, Any]] = {}
+        for spec, capture in runs:
+            if time.monotonic() > t_end:
+                notes.append(f"{spec}/{opt_name}/capture={capture} skipped: time ran out")
+                continue
+            try:
+                found[(spec, capture)] = _capture_fit(spec, opt_name, capture, X, y, epochs)
+            except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+                rows.append({"spec": spec, "optimizer": opt_name, "capture": capture,
+                             "error": f"{type(exc).__name__}: {exc}"[:500]})
+        cpu = found.get(("numpy", False))
+        for (spec, capture), r in found.items():
+            row = {k: v for k, v in r.items() if k != "weights"}
+            plain = found.get((spec, False))
+            if capture and plain is not None:
+                row["max_abs_weight_diff_vs_uncaptured"] = float(
+                    np.max(np.abs(r["weights"] - plain["weights"])))
+            if cpu is not None and spec != "numpy":
+                row["cpu_numpy_step_ms"] = cpu["step_ms"]
+                row["numpy_over_this"] = cpu["step_ms"] / r["step_ms"]
+            rows.append(row)
+    out: dict[str, Any] = {"rows": rows, "samples": n}
+    if notes:
+        out["note"] = "; ".join(notes)
+    if any("error" in r for r in rows):
+        out.update(status="failed", note="; ".join(
+            [f"{sum('error' in r for r in rows)} row(s) raised", *notes]))
+    return out
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model, optimizer and nnxp backend: nnxp's time against torch eager, torch's fused
     Adam and the matmul bound of the same backend (medians)."""
@@ -691,6 +764,25 @@ def markdown(res: dict[str, Any]) -> str:
                              f"{_fmt(None if peak is None else peak / 2**20, '.1f')} | "
                              f"{m['live_bytes'] / 2**20:.1f} | {_fmt(m['ratio'], '.2f')} | "
                              f"{m['method']} |")
+    cap_part = parts.get("capture", {})
+    if cap_part.get("rows"):
+        lines += ["", f"## Recorded step (issue 13): small MLP fit, {cap_part['samples']} "
+                  "samples, batch 32", "",
+                  "| backend | optimizer | capture | ms / step | numpy CPU ms / step | "
+                  "numpy / this | graphs | replays | not recorded | max weight diff |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+        for r in cap_part["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | error: "
+                             f"{r['error'][:120]} | | | | | | |")
+                continue
+            rep_ = r.get("report") or {}
+            lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | "
+                         f"{r['step_ms']:.3f} | {_fmt(r.get('cpu_numpy_step_ms'), '.3f')} | "
+                         f"{_fmt(r.get('numpy_over_this'), '.2f')} | "
+                         f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
+                         f"{rep_.get('not_recorded') or ''} | "
+                         f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
     tests = parts.get("tests", {})
     if tests.get("command"):
         lines += ["", "## Tests", "", f"`NNXP_TEST_BACKENDS={tests['NNXP_TEST_BACKENDS']} "
@@ -770,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     check.run_part("smoke", part_smoke)
     check.run_part("syncs", part_syncs)
     check.run_part("bench", part_bench)
+    check.run_part("capture", part_capture)
     check.run_part("tests", part_tests)
     check.write()
     print(check.md_path.read_text())
