@@ -429,13 +429,21 @@ def test_gpu_check_dry_run_end_to_end(tmp_path: Path) -> None:
     res = json.loads(json_path.read_text())
     assert res["dry_run"] and res["specs"] == ["torch:cpu"]
     assert {n: p["status"] for n, p in res["parts"].items()} == dict.fromkeys(
-        ["environment", "smoke", "syncs", "bench", "tests"], "ok")
+        ["environment", "smoke", "syncs", "bench", "capture", "tests"], "ok")
     assert res["parts"]["smoke"]["rows"][0]["loss_max_rel_diff"] <= 1e-3
     syncs = res["parts"]["syncs"]["rows"]
     assert {r["optimizer"] for r in syncs} == {"sgd", "adam"}
     assert all(r["fit_epoch_syncs"] > 0 for r in syncs)  # fit reads its logs: it is counted
     impls = {r["impl"] for r in res["parts"]["bench"]["rows"]}
     assert impls == {"nnxp", "matmul-bound", "torch", "torch-fused"}
+    captured = {(r["spec"], r["optimizer"], r["capture"]): r
+                for r in res["parts"]["capture"]["rows"]}
+    assert set(captured) == {(s, o, c) for o in ("sgd", "adam")
+                             for s, c in (("numpy", False), ("torch:cpu", False),
+                                          ("torch:cpu", True))}
+    static = captured[("torch:cpu", "adam", True)]
+    assert static["report"]["static_steps"] > 0  # no recorder on the CPU: static buffers
+    assert static["max_abs_weight_diff_vs_uncaptured"] == 0.0  # bit-identical there
     assert res["parts"]["tests"]["counts"]["passed"] > 0
     text = json_path.with_suffix(".md").read_text()
     assert "| smoke | ok |" in text and "nnxp/torch" in text
@@ -450,7 +458,7 @@ def test_gpu_check_budget_and_failures_still_write_results(
 
     monkeypatch.setattr(gpu_check, "part_smoke", broken)
     status = gpu_check.main(["--dry-run", "--no-install", "--out", str(tmp_path),
-                             "--skip", "syncs,bench,tests"])
+                             "--skip", "syncs,bench,capture,tests"])
     assert status == 1  # a failed part fails the run ...
     res = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert res["parts"]["smoke"]["status"] == "failed"
