@@ -210,3 +210,43 @@ def test_update_block_default_and_checks(bk) -> None:
     for bad in (-1, 2.5, True, "64"):
         with pytest.raises(ValueError, match=r"SGD.update_block must be an int >= 0"):
             opt.update_block = bad
+
+
+def test_a_state_with_a_device_counter_is_updated_per_parameter(bk) -> None:
+    """A user's update rule whose state holds a 0-d array it updates in place once per call
+    (a device step counter): a flat record needs one value per element (and blocks would
+    count once per block), so such parameters are updated one by one, each counting its
+    steps — it crashed in the flat layout before."""
+    from dataclasses import dataclass
+
+    from nnxp.optim.base import Hyperparameters as Options
+    from nnxp.optim.base import Optimizer, hyperparameter
+    from nnxp.validation import check_nonneg
+
+    if not flat_backend(bk.xp):
+        pytest.skip("no flat units on this backend")
+
+    @dataclass
+    class CountingState:
+        calls: Any
+
+    def counting_update(param, grad, state, *, lr, xp, inplace):
+        state.calls += 1
+        param -= grad * lr
+        return param, state
+
+    class CountingSGD(Optimizer):
+        @dataclass(frozen=True)
+        class Hyperparameters(Options):
+            lr: float = hyperparameter(0.1, check_nonneg)
+
+        State = CountingState
+        init_state = staticmethod(lambda param, *, xp: CountingState(
+            xp.zeros((), dtype=xp.int64, device=bk.device)))
+        update = staticmethod(counting_update)
+
+    model, opt = _model(), CountingSGD()
+    opt.update_block = 5
+    _train(model, opt, steps=3)
+    counts = {int(nnxp.to_numpy(record.calls)) for record in opt.state.values()}
+    assert counts == {3}

@@ -83,6 +83,16 @@ def block_elements(setting: int | None, xp: Any, device: Any, dtype: Any) -> int
     return int(setting) or None
 
 
+def _per_element(state: Any, total: int) -> bool:
+    """Whether every array of a fresh state record over ``total`` elements has one value per
+    element (what a flat record needs: its arrays are split into per-parameter views)."""
+    if not dataclasses.is_dataclass(state):
+        return False
+    return all(tuple(v.shape) == (total,) for v in
+               (getattr(state, f.name) for f in dataclasses.fields(state))
+               if backend.is_array(v))
+
+
 def flat_backend(xp: Any) -> bool:
     """Whether parameters on ``xp`` get the flat layout (in-place writes and a measured gain)."""
     return backend.supports_inplace(xp) and backend.namespace_name(xp) in FLAT_BACKENDS
@@ -170,11 +180,12 @@ class FlatUnit:
         gathered into one flat buffer, once.
         """
         total = self.param.shape[0]
-        if block is None or total <= block:
+        fields = None if block is None or total <= block else \
+            self._block_fields(self.state, block, total)
+        if fields is None:
             _, self.state = kernel(self.param, self.grad, self.state)
             return
         state = self.state
-        fields = self._block_fields(state, block, total)
         scalars = {name: getattr(state, name) for name in fields["scalars"]}
         made: dict[str, tuple[Array, int]] = {}  # buffers made on their first use, gathered
         first = None
@@ -205,15 +216,19 @@ class FlatUnit:
                                    "elementwise (set optimizer.update_block = 0)")
             setattr(state, name, buf)
 
-    def _block_fields(self, state: Any, block: int, total: int) -> dict[str, Any]:
+    def _block_fields(self, state: Any, block: int, total: int) -> dict[str, Any] | None:
         """The block bounds, the state's fields by kind and each block's views of the state's
-        flat arrays (cached while the state holds the same arrays)."""
+        flat arrays (cached while the state holds the same arrays); None when the state has an
+        array that is not one value per element (a user's 0-d device counter, say), which
+        the blocks would each update: then the unit is updated in one piece."""
         arrays, none, scalars = [], [], []
         for f in dataclasses.fields(state):
             value = getattr(state, f.name)
             if value is None:
                 none.append(f.name)
-            elif backend.is_array(value) and value.ndim > 0:
+            elif backend.is_array(value):
+                if tuple(value.shape) != (total,):
+                    return None
                 arrays.append(f.name)
             else:
                 scalars.append(f.name)
@@ -292,7 +307,10 @@ class FlatUnit:
             return True
         if all(r is None for r in records):
             options = {name: group[name] for name in init_names}
-            self.state = init(self.param, xp=self.xp, **options)
+            state = init(self.param, xp=self.xp, **options)
+            if not _per_element(state, self.param.shape[0]):
+                return False  # e.g. a user's 0-d device counter: one record per parameter
+            self.state = state
         elif any(r is None for r in records):
             return False
         else:
@@ -308,6 +326,8 @@ class FlatUnit:
         fields: dict[str, Any] = {}
         for f in dataclasses.fields(state_cls):
             values = [getattr(r, f.name) for r in records]
+            if any(backend.is_array(v) and v.ndim == 0 for v in values):
+                return None  # a 0-d array per parameter (a device counter): not groupable
             arrays = [backend.is_array(v) and v.ndim > 0 for v in values]
             if all(arrays):
                 if any(tuple(v.shape) != s for v, s in zip(values, self.shapes)):
