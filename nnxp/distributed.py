@@ -307,11 +307,7 @@ class Replica:
         self._pending = []
         if self._local == 0:  # a short last batch left this rank nothing: contribute zeros
             out = model.forward(xb, training=False)
-            value = xp.zeros((), dtype=model.dtype, device=model.device)
-            for layer in reversed(model.layers):
-                for k, p in layer.params.items():
-                    layer.grads[k] = xp.zeros_like(p)
-                self.layer_ready(layer)
+            value = _zero_contribution(model, self.layer_ready)
         else:
             out = model.forward(xb, training=True)
             value, cache = model.loss.forward(  # weights checked once in fit
@@ -351,10 +347,7 @@ class Replica:
             value = weighted if value is None else value + weighted
             outs.append(out)
         if value is None:  # nothing on this rank in the whole step: contribute zeros
-            value = xp.zeros((), dtype=model.dtype, device=model.device)
-            for layer in model.layers:
-                for k, p in layer.params.items():
-                    layer.grads[k] = xp.zeros_like(p)
+            value = _zero_contribution(model)
         else:
             grads.write()
         if model.has_penalty:
@@ -462,3 +455,16 @@ class Replica:
         # moment to read the message first (under load it was sometimes lost)
         time.sleep(0.5)
         self.comm.Abort(1)
+
+
+def _zero_contribution(model: Any, ready: Any = None) -> Array:
+    """A rank without samples in a step: zero gradients for every parameter (last layer
+    first, announcing each layer to ``ready`` when given, as a backward pass would) and a 0-d
+    zero loss, so that its all-reduce adds nothing."""
+    xp = model.xp
+    for layer in reversed(model.layers):
+        for k, p in layer.params.items():
+            layer.grads[k] = xp.zeros_like(p)
+        if ready is not None:
+            ready(layer)
+    return xp.zeros((), dtype=model.dtype, device=model.device)
