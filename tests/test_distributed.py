@@ -71,6 +71,15 @@ def test_two_ranks_equal_one_process_with_twice_the_batch() -> None:
 
 
 @needs_mpi
+def test_a_rank_without_samples_in_a_step_contributes_zeros() -> None:
+    """97 samples: the last global batch (and the last accumulated step) holds one sample, so
+    one rank has none and adds zero gradients; still equal to one process."""
+    out = _run(str(HERE / "mpi" / "equality.py"), "97")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK" in out.stdout
+
+
+@needs_mpi
 @pytest.mark.parametrize("scenario", ["model", "data"])
 def test_mismatch_across_ranks_is_named_at_start_up(scenario: str) -> None:
     out = _run(str(HERE / "mpi" / "scenarios.py"), scenario)

@@ -17,10 +17,13 @@ from nnxp.layers import Dense, ReLU
 from nnxp.optim import SGD, Adam
 
 B = 8
+# 100 = 6 global batches of 16 and a last one of 4; with argv[1] = 97 the last batch has one
+# sample, so one rank has none in the last step (it contributes zero gradients)
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 100
 rng = np.random.default_rng(0)
-X = rng.normal(size=(100, 6))  # 100 = 6 global batches of 16 and a last one of 4
-y = rng.integers(0, 3, size=100)
-w = rng.uniform(0.5, 2.0, size=100)
+X = rng.normal(size=(N, 6))
+y = rng.integers(0, 3, size=N)
+w = rng.uniform(0.5, 2.0, size=N)
 
 
 def model():
