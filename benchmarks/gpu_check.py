@@ -531,8 +531,13 @@ def part_bench(check: Check, cap: float) -> dict[str, Any]:
                 continue
             name = "small" if check.args.quick else "big"
             memory.append(bench.peak_memory(spec, name, opt))
-    out: dict[str, Any] = {"rows": rows, "memory": memory, "ratios": ratios(rows),
-                           "budget_per_row_s": budget}
+    return _with_status({"rows": rows, "memory": memory, "ratios": ratios(rows),
+                         "budget_per_row_s": budget}, rows, notes)
+
+
+def _with_status(out: dict[str, Any], rows: list[dict[str, Any]],
+                 notes: list[str]) -> dict[str, Any]:
+    """A part's result with its notes, failed when a row raised (the other rows kept)."""
     if notes:
         out["note"] = "; ".join(notes)
     if any("error" in r for r in rows):
@@ -599,13 +604,7 @@ def part_capture(check: Check, cap: float) -> dict[str, Any]:
                 row["cpu_numpy_step_ms"] = cpu["step_ms"]
                 row["numpy_over_this"] = cpu["step_ms"] / r["step_ms"]
             rows.append(row)
-    out: dict[str, Any] = {"rows": rows, "samples": n}
-    if notes:
-        out["note"] = "; ".join(notes)
-    if any("error" in r for r in rows):
-        out.update(status="failed", note="; ".join(
-            [f"{sum('error' in r for r in rows)} row(s) raised", *notes]))
-    return out
+    return _with_status({"rows": rows, "samples": n}, rows, notes)
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

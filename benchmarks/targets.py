@@ -188,13 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         result["torch_threads"] = torch.get_num_threads()
-    text = markdown(result)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        args.out.with_suffix(".md").write_text(text)
+    save(result, markdown(result), args.out)
     return 0
+
+
+def save(result: dict[str, Any], text: str, out: Path | None) -> None:
+    """Print the markdown ``text``; with ``out``, write ``out.json`` and ``out.md``."""
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(text)
 
 
 if __name__ == "__main__":

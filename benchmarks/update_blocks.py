@@ -20,7 +20,6 @@ round, in turn, so all of them see the same load), one thread:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -151,12 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "threads": 1, "load_before": load_before,
               "load_after": [round(v, 2) for v in os.getloadavg()],
               "update": update, "step": step}
-    text = markdown(result)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        args.out.with_suffix(".md").write_text(text)
+    targets.save(result, markdown(result), args.out)
     return 0
 
 
