@@ -734,17 +734,32 @@ def zero_unless(xp: Any) -> Any:
 
     ``where(gate, g, 0)`` followed by ``g[...] = ...`` does the same in two passes and a
     temporary (on NumPy 1.4 ms against 0.47 ms for a 1024×1024 float32 gradient: most of the
-    divergence gate's cost). numpy/cupy: ``copyto(g, 0, where=not gate)``; torch:
-    ``masked_fill_(not gate, 0)``; none of them reads the gate on the host.
+    divergence gate's cost). cupy: ``copyto(g, 0, where=not gate)``; torch:
+    ``masked_fill_(not gate, 0)``; neither reads the gate on the host.
+
+    numpy: ``g[...] = 0`` when ``not gate``. A NumPy array lives in host memory, so reading
+    the flag is a load, not a transfer or a wait — there is no device to wait for. The
+    masked ``copyto`` visits every entry whatever the flag, which is the whole cost of a
+    training step's gate when it is open, as it is on every finite step: 5.8 µs for the small
+    MLP's 9546 gradients and 0.56 ms per 2²⁰ (the big MLP's 1.9 M: about 1 ms a step);
+    the test costs 0.05 µs. The same zeros (``+0.0``) when it is shut.
     """
     name = _name_of_namespace(xp)
     if name == "torch":
         torch = _import("torch", "torch")
         return lambda g, gate: g.masked_fill_(torch.logical_not(gate), 0)
-    if name in ("numpy", "cupy"):
-        lib = np if name == "numpy" else _import("cupy", "cupy")
-        return lambda g, gate: lib.copyto(g, 0, where=lib.logical_not(gate))
+    if name == "numpy":
+        return _zero_unless_numpy
+    if name == "cupy":
+        cupy = _import("cupy", "cupy")
+        return lambda g, gate: cupy.copyto(g, 0, where=cupy.logical_not(gate))
     return None
+
+
+def _zero_unless_numpy(g: Any, gate: Any) -> None:
+    """:func:`zero_unless` on NumPy: the flag is in host memory, read where it lies."""
+    if not gate:
+        g[...] = 0
 
 
 def synchronize(device: Any = None) -> None:

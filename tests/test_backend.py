@@ -308,3 +308,21 @@ def test_out_writer_matches_the_namespace(dtype: str) -> None:
     w = rng.standard_normal((17, 5)).astype(dtype)
     out = np.empty((33, 5), dtype)
     assert writer.matmul(x, w, out) is out and _same(out, x @ w)
+
+
+@pytest.mark.parametrize("name", ["numpy"] + (["torch"] if HAS_TORCH else []))
+def test_zero_unless_zeroes_only_behind_a_shut_gate(name: str) -> None:
+    """The gated gradient of the flat buffers: untouched (NaN and -0.0 included) while the
+    gate is open, +0.0 everywhere once it is shut; the same on every library."""
+    with nnxp.use_backend(name) as info:
+        xp = info.xp
+        zero = backend.zero_unless(xp)
+        assert zero is not None
+        host = np.array([1.5, -0.0, np.nan, np.inf, -3.0], dtype=np.float32)
+        for flag in (True, False):
+            g = backend.asarray(host.copy(), xp=xp)
+            gate = xp.asarray(flag)
+            for gate_value in (gate, xp.logical_and(gate, gate)):  # 0-d arrays, as gates are
+                zero(g, gate_value)
+            expected = host if flag else np.zeros_like(host)
+            assert backend.to_numpy(g).tobytes() == expected.tobytes()
