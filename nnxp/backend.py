@@ -156,7 +156,7 @@ def _numpy_namespace(base: Any) -> types.ModuleType:
     ns.__dict__.update({k: v for k, v in vars(base).items() if k != "__name__"})
     ndarray = np.ndarray
     if base.sum is np.sum:
-        generic_sum, add = np.sum, np.add.reduce
+        generic_sum, add = np.sum, cast(Any, np.add.reduce)
 
         def sum(x: Any, /, *args: Any, axis: Any = None, dtype: Any = None,  # noqa: A001
                 keepdims: Any = _UNSET, **kwargs: Any) -> Any:
@@ -166,7 +166,7 @@ def _numpy_namespace(base: Any) -> types.ModuleType:
                                                   keepdims=keepdims))
 
         sum.__doc__ = np.sum.__doc__
-        ns.sum = sum
+        ns.__dict__["sum"] = sum
     for name, ufunc in (("max", np.maximum), ("min", np.minimum)):
         if getattr(base, name) is getattr(np, name):
             ns.__dict__[name] = _direct_extremum(getattr(np, name), ufunc.reduce, name)
