@@ -13,8 +13,10 @@ change and the ratio to torch come from the same rounds, and with this tree's st
 time ("new again": the A/A row, the resolution of the run).
 
 With ``--fit-seconds S`` it also times one ``fit`` epoch of the same model (the ``bench``
-epoch case: 1792 samples, batch 32, the divergence gate on) old against new, with
-``compare_revisions.interleave`` (several calls per timing, order shuffled per round).
+epoch case: 1792 samples, batch 32) old against new, with the divergence gate on (the
+default) and off (``keep_finite_weights=False``), with ``compare_revisions.interleave``
+(several calls per timing, order shuffled per round); the difference per step is the gate's
+cost.
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ def interleave(cands: dict[str, Callable[[], Any]], seconds: float) -> dict[str,
             for name, ts in times.items()}
 
 
+def fit_epoch(pkg: Any, opt: str, gate: bool) -> Callable[[], Any]:
+    """One ``fit`` epoch of ``pkg``'s bench epoch case (1792 samples, batch 32), with the
+    divergence gate on (``keep_finite_weights=True``, the default) or off."""
+    with pkg.backend.use_backend("numpy"):
+        model = pkg.bench.build_mlp(pkg.bench.MODELS["small"]["widths"])
+        optimizer = pkg.bench.make_optimizer(opt)
+        X, y = pkg.bench.model_inputs("small", model.xp, model.device,
+                                      pkg.bench.epoch_samples("small"))
+    batch = pkg.bench.MODELS["small"]["batch"]
+    return lambda: model.fit(X, y, optimizer=optimizer, epochs=1, batch_size=batch, verbose=0,
+                             keep_finite_weights=gate)
+
+
 def ratios(res: dict[str, Any], pairs: list[tuple[str, str, str]]) -> dict[str, float]:
     out = {}
     for label, a, b in pairs:
@@ -117,13 +132,18 @@ def main(argv: list[str] | None = None) -> int:
                          "timing": "one call per timing, shuffled order",
                          "results": res, "ratios": ratios(res, PAIRS)})
             if args.fit_seconds > 0:
-                cands = {"old": compare_revisions.build(old_pkg, "small", opt, "epoch"),
-                         "new": compare_revisions.build(nnxp, "small", opt, "epoch"),
-                         "new again": compare_revisions.build(nnxp, "small", opt, "epoch")}
+                cands = {"old": fit_epoch(old_pkg, opt, True), "new": fit_epoch(nnxp, opt, True),
+                         "new again": fit_epoch(nnxp, opt, True),
+                         "old, no gate": fit_epoch(old_pkg, opt, False),
+                         "new, no gate": fit_epoch(nnxp, opt, False)}
                 fres = compare_revisions.interleave(cands, args.fit_seconds)
-                rows.append({"case": f"small {opt} fit epoch",
+                steps = -(-bench.epoch_samples("small") // bench.MODELS["small"]["batch"])
+                gate = {f"{who} gate µs/step {stat}":
+                        (fres[who][stat] - fres[f"{who}, no gate"][stat]) / steps * 1e6
+                        for who in ("old", "new") for stat in ("median", "min")}
+                rows.append({"case": f"small {opt} fit epoch ({steps} steps)",
                              "timing": "calls batched per timing, shuffled order",
-                             "results": fres, "ratios": ratios(fres, PAIRS)})
+                             "results": fres, "ratios": {**ratios(fres, PAIRS), **gate}})
     result = {"revision": args.rev, "machine": bench.machine_info(), "rows": rows,
               "threads": 1}
     text = markdown(result)
@@ -147,7 +167,7 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{r['rounds']} |")
         lines += ["", "| ratio | value |", "|---|---:|"]
         for name, v in row["ratios"].items():
-            lines.append(f"| {name} | {v:.3f} |")
+            lines.append(f"| {name} | {v:.1f} |" if "µs" in name else f"| {name} | {v:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
