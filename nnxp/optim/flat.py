@@ -96,6 +96,9 @@ class FlatUnit:
         self.grad = xp.zeros((total,), dtype=self.dtype, device=self.device)
         self.param_views = self._views(self.param)
         self.grad_views = self._views(self.grad)
+        # what sync() checks every step, one tuple per member (members and views never change)
+        self._slots = [(layer, key, pv, gv, k) for k, ((layer, key, _), pv, gv)
+                       in enumerate(zip(members, self.param_views, self.grad_views))]
         self.state: Any = None
         self.grouped = True  # False once its state could not be grouped (see prepare_state)
         self.records: list[Any] = []  # the members' per-parameter records (views into state)
@@ -158,8 +161,7 @@ class FlatUnit:
 
         Raises KeyError naming the key of a parameter without a gradient.
         """
-        for k, ((layer, key, _), pv, gv) in enumerate(zip(self.members, self.param_views,
-                                                          self.grad_views)):
+        for layer, key, pv, gv, k in self._slots:
             params = layer.params
             p = params[key]
             if p is not pv:
