@@ -691,7 +691,7 @@ def namespace_name(xp: Any) -> str | None:
 class OutWriter(NamedTuple):
     """The two reductions a dense layer's gradients need, written into a given array.
 
-    ``matmul(a, b, out)`` is ``out[...] = a @ b`` and ``sum0(x, out)`` is
+    ``matmul(a, b, out)`` is ``out[...] = a @ b`` and ``sum0(x, out=out)`` is
     ``out[...] = sum(x, axis=0)``, each as ONE operation of the library (its ``out=``
     argument), where the array API would need a second pass (a copy) to land the result in an
     existing buffer. Used to write gradients straight into the flat buffers of grouped
@@ -713,12 +713,10 @@ def out_writer(xp: Any) -> OutWriter | None:
         return OutWriter(lambda a, b, out: torch.matmul(a, b, out=out),
                          lambda x, out: torch.sum(x, dim=0, out=out))
     if name == "numpy":
-        # sum0 as the namespace's sum does it (_numpy_namespace): np.add.reduce for a plain
-        # ndarray is what np.sum calls, without its Python wrapper
-        ndarray, add, matmul = np.ndarray, np.add.reduce, np.matmul
-        return OutWriter(lambda a, b, out: matmul(a, b, out=out),
-                         lambda x, out: (add(x, 0, None, out) if type(x) is ndarray
-                                         else np.sum(x, axis=0, out=out)))
+        # The ufuncs themselves, no Python in between (a small MLP's step makes four of these
+        # calls): matmul takes ``out`` by position, and sum0 is np.add.reduce along axis 0,
+        # the call np.sum(x, axis=0, out=out) makes for an ndarray (see _numpy_namespace).
+        return OutWriter(np.matmul, functools.partial(np.add.reduce, axis=0))
     if name == "cupy":
         cupy = _import("cupy", "cupy")
         return OutWriter(lambda a, b, out: cupy.matmul(a, b, out=out),

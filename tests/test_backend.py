@@ -304,7 +304,7 @@ def test_out_writer_matches_the_namespace(dtype: str) -> None:
     x = rng.standard_normal((33, 17)).astype(dtype)
     for arr in (x, x[::2], x.T[:, :9].T):
         out = np.empty(arr.shape[1], dtype)
-        assert writer.sum0(arr, out) is out and _same(out, xp.sum(arr, axis=0))
+        assert writer.sum0(arr, out=out) is out and _same(out, xp.sum(arr, axis=0))
     w = rng.standard_normal((17, 5)).astype(dtype)
     out = np.empty((33, 5), dtype)
     assert writer.matmul(x, w, out) is out and _same(out, x @ w)
