@@ -174,7 +174,11 @@ class Sequential:
             for layer in reversed(layers):
                 dy = layer.backward(dy)
             return dy
-        first = next((i for i, layer in enumerate(layers) if layer.params), len(layers))
+        first = len(layers)
+        for i, layer in enumerate(layers):  # the first layer with parameters
+            if layer.params:
+                first = i
+                break
         for i in range(len(layers) - 1, first, -1):
             dy = layers[i].backward(dy)
         if first < len(layers):
@@ -221,7 +225,10 @@ class Sequential:
     @property
     def has_penalty(self) -> bool:
         """Whether any layer adds a weight penalty to the loss (``Dense(l1=, l2=)``)."""
-        return any(getattr(layer, "has_penalty", False) for layer in self.layers)
+        for layer in self.layers:  # a loop, not any(generator): asked on every step
+            if getattr(layer, "has_penalty", False):
+                return True
+        return False
 
     def penalty(self) -> Array:
         """Σ of the layers' weight penalties (``Dense(l1=, l2=)``): a 0-d array.

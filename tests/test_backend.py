@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -209,3 +210,119 @@ def test_asarray_accepts_non_contiguous_numpy_views(bk) -> None:
     host = np.arange(12, dtype=np.float32).reshape(3, 4)
     for view in (host[::-1], host[:, ::2], host.T):
         np.testing.assert_array_equal(nnxp.to_numpy(nnxp.asarray(view)), view)
+
+
+# --- nnxp's NumPy namespace: the reductions that skip NumPy's Python wrapper -----------------
+
+_REDUCTION_DTYPES = ["float32", "float64", "float16", "int8", "int32", "int64", "uint8", "bool",
+                     "complex64"]
+
+
+def _same(a: object, b: object) -> bool:
+    """Same type, dtype, shape and bytes (NaN payloads included)."""
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    return (type(a) is type(b) and a_arr.dtype == b_arr.dtype and a_arr.shape == b_arr.shape
+            and a_arr.tobytes() == b_arr.tobytes())
+
+
+@pytest.mark.parametrize("dtype", _REDUCTION_DTYPES)
+def test_numpy_namespace_reductions_are_numpys_own(dtype: str) -> None:
+    """nnxp's sum/max/min on NumPy give what array-api-compat's (NumPy's own) give, bit for bit:
+    the same values, dtype, shape and type (a 0-d result stays a NumPy scalar), over axes,
+    keepdims and dtype=, NaN and infinities included."""
+    import array_api_compat.numpy as compat
+
+    xp = backend.get_backend().xp
+    assert xp is not compat and xp.__name__ == compat.__name__
+    assert backend.namespace_name(xp) == "numpy" and backend.namespace_of(np.ones(2)) is xp
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((7, 5, 3)) * 50).astype(dtype)
+    if np.dtype(dtype).kind in "fc":
+        x[0, 0, 0], x[1, 2, 0], x[3, 1, 2] = np.nan, np.inf, -np.inf
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # inf + (-inf), overflow, complex to int: both warn alike
+        _compare_reductions(xp, compat, x)
+
+
+def _compare_reductions(xp: object, compat: object, x: np.ndarray) -> None:
+    for name in ("sum", "max", "min"):
+        for axis in (None, 0, 1, -1, (0, 2), (0, 1, 2)):
+            for keepdims in (None, False, True):
+                kw: dict[str, object] = {"axis": axis}
+                if keepdims is not None:
+                    kw["keepdims"] = keepdims
+                assert _same(getattr(xp, name)(x, **kw),
+                             getattr(compat, name)(x, **kw)), (name, axis, keepdims)
+                assert _same(getattr(xp, name)(x[::2, 1:], **kw),
+                             getattr(compat, name)(x[::2, 1:], **kw)), (name, axis, "strided")
+    for out_dtype in ("float64", "int64", None):
+        assert _same(xp.sum(x, axis=1, dtype=out_dtype),  # type: ignore[attr-defined]
+                     compat.sum(x, axis=1, dtype=out_dtype))  # type: ignore[attr-defined]
+    assert _same(xp.sum(x[0, 0, 0]), compat.sum(x[0, 0, 0]))  # type: ignore[attr-defined]
+
+
+
+def test_numpy_namespace_reductions_defer_for_other_inputs() -> None:
+    """Subclasses, lists, positional and other arguments, empty arrays: NumPy's function with
+    the arguments as given (the same result or the same error)."""
+    import array_api_compat.numpy as compat
+
+    xp = backend.get_backend().xp
+    x = np.arange(12.0).reshape(3, 4)
+    seen: list[dict[str, object]] = []
+
+    class Recording(np.ndarray):  # a subclass: NumPy calls its own method
+        def sum(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            seen.append(kwargs)
+            return super().sum(*args, **kwargs)
+
+    r = x.view(Recording)
+    assert _same(xp.sum(r, axis=0), compat.sum(r, axis=0))
+    assert seen[0] == seen[1] and "keepdims" not in seen[0]  # not passed when not given
+    assert _same(xp.max(r, axis=1, keepdims=True), compat.max(r, axis=1, keepdims=True))
+    assert _same(xp.sum([[1, 2], [3, 4]], axis=0), compat.sum([[1, 2], [3, 4]], axis=0))
+    assert _same(xp.sum(x, 1), compat.sum(x, 1))  # axis by position
+    out = np.empty(4)
+    assert xp.sum(x, axis=0, out=out) is out and _same(out, compat.sum(x, axis=0))
+    assert _same(xp.max(x, axis=0, initial=7.0), compat.max(x, axis=0, initial=7.0))
+    assert _same(xp.min(x, axis=None, where=x > 3, initial=100.0),
+                 compat.min(x, axis=None, where=x > 3, initial=100.0))
+    with pytest.raises(ValueError, match="zero-size"):
+        xp.max(np.empty((0, 3)), axis=0)
+    assert _same(xp.sum(np.empty((0, 3), np.float32), axis=0),
+                 compat.sum(np.empty((0, 3), np.float32), axis=0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_out_writer_matches_the_namespace(dtype: str) -> None:
+    """The dense layer's gradient writer (numpy): ``sum0`` and ``matmul`` into a given array
+    are ``sum(x, axis=0)`` and ``a @ b`` bit for bit, on plain and strided arrays."""
+    xp = backend.get_backend().xp
+    writer = backend.out_writer(xp)
+    assert writer is not None
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((33, 17)).astype(dtype)
+    for arr in (x, x[::2], x.T[:, :9].T):
+        out = np.empty(arr.shape[1], dtype)
+        assert writer.sum0(arr, out=out) is out and _same(out, xp.sum(arr, axis=0))
+    w = rng.standard_normal((17, 5)).astype(dtype)
+    out = np.empty((33, 5), dtype)
+    assert writer.matmul(x, w, out) is out and _same(out, x @ w)
+
+
+@pytest.mark.parametrize("name", ["numpy"] + (["torch"] if HAS_TORCH else []))
+def test_zero_unless_zeroes_only_behind_a_shut_gate(name: str) -> None:
+    """The gated gradient of the flat buffers: untouched (NaN and -0.0 included) while the
+    gate is open, +0.0 everywhere once it is shut; the same on every library."""
+    with nnxp.use_backend(name) as info:
+        xp = info.xp
+        zero = backend.zero_unless(xp)
+        assert zero is not None
+        host = np.array([1.5, -0.0, np.nan, np.inf, -3.0], dtype=np.float32)
+        for flag in (True, False):
+            g = backend.asarray(host.copy(), xp=xp)
+            gate = xp.asarray(flag)
+            for gate_value in (gate, xp.logical_and(gate, gate)):  # 0-d arrays, as gates are
+                zero(g, gate_value)
+            expected = host if flag else np.zeros_like(host)
+            assert backend.to_numpy(g).tobytes() == expected.tobytes()

@@ -59,7 +59,7 @@ def dense_backward(
     dx = dy @ cache.W.T if need_dx else None
     if out is not None and writer is not None:
         dW = writer.matmul(cache.x.T, dy, out[0])
-        db = xp.sum(dy, axis=0) if out[1] is None else writer.sum0(dy, out[1])
+        db = xp.sum(dy, axis=0) if out[1] is None else writer.sum0(dy, out=out[1])
         return dx, dW, db
     dW = cache.x.T @ dy
     db = xp.sum(dy, axis=0)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from ..typing import Array
 from .activations import sigmoid
-from .scalars import clamp, sign
+from .scalars import clamp, index_range, sign
 
 DEFAULT_EPS = 1e-7
 """Clip bound of the losses on probabilities: ``p`` is clipped to ``[eps, 1 − eps]`` (Keras'
@@ -47,9 +47,11 @@ def log_softmax(z: Array, *, xp: Any) -> Array:
 
 
 def one_hot(labels: Array, n_classes: int, *, dtype: Any, xp: Any) -> Array:
-    """``(batch,)`` integer labels → ``(batch, n_classes)`` one-hot rows of ``dtype``."""
-    classes = xp.arange(n_classes, dtype=labels.dtype, device=labels.device)
-    return xp.astype(labels[:, None] == classes, dtype)
+    """``(batch,)`` integer labels → ``(batch, n_classes)`` one-hot rows of ``dtype``.
+
+    The labels are compared with the range ``0 … n_classes − 1``, made once per length, dtype
+    and device (:func:`~nnxp.kernels.scalars.index_range`), not on every call."""
+    return xp.astype(labels[:, None] == index_range(n_classes, labels, xp=xp), dtype)
 
 
 def smooth_labels(targets: Array, label_smoothing: float, n_classes: int) -> Array:

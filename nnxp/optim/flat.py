@@ -126,6 +126,9 @@ class FlatUnit:
         """Elements per block of a blocked update on this library and device (:meth:`update`),
         None for one piece."""
         self._blocks: dict[str, Any] = {}  # the block views of the state, keyed on its arrays
+        # what sync() checks every step, one tuple per member (members and views never change)
+        self._slots = [(layer, key, pv, gv, k) for k, ((layer, key, _), pv, gv)
+                       in enumerate(zip(members, self.param_views, self.grad_views))]
         self.state: Any = None
         self.grouped = True  # False once its state could not be grouped (see prepare_state)
         self.records: list[Any] = []  # the members' per-parameter records (views into state)
@@ -266,8 +269,7 @@ class FlatUnit:
 
         Raises KeyError naming the key of a parameter without a gradient.
         """
-        for k, ((layer, key, _), pv, gv) in enumerate(zip(self.members, self.param_views,
-                                                          self.grad_views)):
+        for layer, key, pv, gv, k in self._slots:
             params = layer.params
             p = params[key]
             if p is not pv:
