@@ -17,8 +17,9 @@ The model of a training step (docs/training.md, "Memory plan", explains it with 
   step (found by running the optimizer's own ``init_state``/``update`` on a 4-element probe,
   so momentum, AMSGrad, centred RMSprop ... are counted as configured), in the master dtype.
 * **activations**: what the backward pass keeps, read from each layer's forward: Dense keeps
-  its input; ReLU, Sigmoid, Tanh, ELU, SELU and Softmax keep their output; LeakyReLU, GELU,
-  SiLU, Softplus, PReLU and PiecewiseLinear their input; RReLU its input and slopes; Maxout
+  its input; ReLU, Sigmoid, Tanh, ELU, SELU and Softmax keep their output; LeakyReLU, PReLU
+  and PiecewiseLinear their input; GELU its derivative; SiLU its output and σ(x); Softplus
+  its output; RReLU its input and slopes; Maxout
   its input and the (batch, out, k) winner mask; BatchNorm1d and LayerNorm the normalised
   input x̂ and 1/σ; Dropout its mask; Identity, Step, Sign and Standardize nothing. An array
   kept by two layers (a ReLU's output is the next Dense's input) is counted once, on the
@@ -102,7 +103,7 @@ _PROBE = 4  # elements of the optimizer probe parameter
 
 LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
     "Dense": (0, 0), "ReLU": (0, 1), "Sigmoid": (3, 1), "Tanh": (0, 1), "LeakyReLU": (1, 2),
-    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, 1), "GELU(tanh)": (3, 5), "SiLU": (2, 1),
+    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, 0), "GELU(tanh)": (3, 0), "SiLU": (2, 1),
     "Softplus": (2, 1), "Softmax": (1, 1), "PReLU": (2, 2), "RReLU": (3, 2),
     "BatchNorm1d": (1, 2), "LayerNorm": (2, 3), "Dropout": (1, 0), "Identity": (0, 0),
     "Standardize": (1, 0), "PiecewiseLinear": (1, 1), "Step": (2, 0), "Sign": (2, 0),
@@ -164,8 +165,8 @@ def _keeps(layer: Any, n_in: int, n_out: int) -> _Keeps:
         return _Keeps()
     if isinstance(layer, SiLU):
         return _Keeps(output=True, per_sample=n_out)  # y and σ(x)
-    if isinstance(layer, GELU):  # x and Φ(x), clamped x, x² (exact) or the tanh (approximate)
-        return _Keeps(input=True, per_sample=n_out * (1 if layer.approximate == "tanh" else 3))
+    if isinstance(layer, GELU):  # the derivative f′(x), finished in the forward pass
+        return _Keeps(per_sample=n_out)
     if isinstance(layer, RReLU):
         return _Keeps(input=True, per_sample=n_in)  # the input and the drawn slopes
     if isinstance(layer, Maxout):

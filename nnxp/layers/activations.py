@@ -418,13 +418,15 @@ class GELU(Layer):
         self.approximate = check_choice(approximate, ("none", "tanh"), argument="approximate")
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        y, aux = act.gelu_forward(x, self.approximate, xp=self.xp)
-        self._cache = (x, aux) if training else None  # Φ(x) (or the tanh): not computed twice
+        if not training:
+            self._cache = None
+            return act.gelu(x, self.approximate, xp=self.xp)
+        # the derivative, finished from the forward pass's intermediates: the only array kept
+        y, self._cache = act.gelu_forward(x, self.approximate, xp=self.xp)
         return y
 
     def backward(self, dy: Array) -> Array:
-        x, aux = self._take_cache()
-        return act.gelu_backward_cached(dy, x, aux, self.approximate, xp=self.xp)
+        return act.gelu_backward_cached(dy, self._take_cache(), xp=self.xp)
 
     def get_config(self) -> dict[str, Any]:
         return {"approximate": self.approximate}
