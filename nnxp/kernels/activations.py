@@ -349,22 +349,35 @@ _ERFC_CAP = 30.0
 # ``math.erfc`` in float64 on [0, 4.3], weighted by how much an error in R moves erf in float32
 # ulps, ``(1 − erf²) t / ulp(erf)`` (floored at 10, which keeps R increasing up to the clamp);
 # the fit itself is within 0.06 ulp of erf, and Q ≥ 1 (all its coefficients are positive: no
-# pole). Evaluated in float32 the max error against ``math.erf`` is 3.1 ulp with NumPy's tanh
-# and 2.6 with torch's, relative 2.3e-7, over a dense grid (tests/test_activations.py::
-# test_erf_float32_max_error_in_ulps): the rounding of the last steps and of the library's tanh,
-# not the fit, sets it. At the clamp the argument of the tanh is 10.6, where every float32 tanh
-# (NumPy's returns 1 − ulp up to 10) gives exactly ±1, so erf and Φ saturate exactly
-# (erf(4.3) = 1 − 1.6e-9), t² cannot overflow, and R is never evaluated outside the range it
-# was fitted on. 18 elementwise passes in all.
+# pole). Evaluated in float32 (in the monic form below) the max error against ``math.erf`` is
+# 3.0 ulp with NumPy's tanh and 2.5 with torch's, relative 2.3e-7, over a dense grid
+# (tests/test_activations.py::test_erf_float32_max_error_in_ulps): the rounding of the last
+# steps and of the library's tanh, not the fit, sets it. At the clamp the argument of the tanh
+# is 10.6, where every float32 tanh (NumPy's returns 1 − ulp up to 10) gives exactly ±1, so erf
+# saturates exactly (erf(4.3) = 1 − 1.6e-9), t² cannot overflow, and R is never evaluated
+# outside the range it was fitted on.
 _ERF_P0 = 1.1283791707887316
 _ERF_S = (0.10277250456983913, 0.015913080031737883, 0.0018098833617022265)
 _ERF_Q = (1.0, 0.15687018996420646, 0.0236733304927803, 0.0003244410020452439)
 _ERF_TANH_CLAMP = 4.3
+# Φ(x) = ½ (1 + erf(x/√2)) — the CDF behind GELU — needs less than erf: an *absolute* error of
+# a fraction of Φ's ulp (2^-24 on [½, 1)), not erf's relative accuracy near 0, so it has a fit
+# of its own, of degree (3, 2), one division step shorter: the same function atanh(erf(t))/t on
+# [0, 4.3], weighted by the error of Φ in units of 2^-24 that an error of R causes,
+# ``½ (1 − erf²) t / 2^-24`` (floored at 0.05), made minimax by the differential-correction
+# algorithm (a linear program per step, scipy's ``linprog``). The fit is within 0.9 · 2^-24
+# (5.4e-8) of Φ, Q ≥ 1 again, and t R(t²) = 10.7 at the clamp. Evaluated in float32, Φ is within
+# 1.25e-7 of the exact CDF (2 ulp on [½, 1)), exactly 0 and 1 beyond x = ∓6.08
+# (test_normal_cdf_float32_absolute_error). (3, 3) was 7.8e-8 and two passes slower; (2, 2)
+# fits only to 6e-7.
+_PHI_P0 = 1.1283801159135236
+_PHI_S = (0.1027614436556954, 0.014062173398134903, 0.0006545369848159993)
+_PHI_Q = (1.0, 0.13854716780721227, 0.012758513690253348)
 
 
 class _TanhRational(NamedTuple):
     """``tanh(c · (p0 + v · N(v) / D(v)))`` with ``v = scale · c²``, D monic: the coefficients of
-    ``R`` above rewritten for the variable the caller has at hand (see :func:`_tanh_rational`)."""
+    a fit above rewritten for the variable the caller has at hand (see :func:`_tanh_rational`)."""
 
     p0: float
     num: tuple[float, ...]  # N, lowest degree first
@@ -390,16 +403,9 @@ def _monic_form(p0: float, s: tuple[float, ...], q: tuple[float, ...], x_scale: 
 
 
 _ERF_FORM = _monic_form(_ERF_P0, _ERF_S, _ERF_Q, 1.0, 1.0, _ERF_TANH_CLAMP)
-# Φ(x) = ½ (1 + erf(x/√2)) needs less: an *absolute* error of a fraction of Φ's ulp (2^-24 on
-# [½, 1)), not erf's relative accuracy near 0, so its own fit of degree (3, 2) suffices: the
-# same function and method, weighted by ½ (1 − erf²) t / 2^-24 (the error of Φ, in 2^-24, that
-# an error of R causes; floored at 0.05) — the fit is within 0.9 · 2^-24 (5.4e-8) of Φ. t = x/√2
-# is folded into the coefficients, and the variable is h = −x²/2, the exponent of the normal
-# density, which the GELU derivative then reuses.
-_PHI_P0 = 1.1283801159135236
-_PHI_S = (0.1027614436556954, 0.014062173398134903, 0.0006545369848159993)
-_PHI_Q = (1.0, 0.13854716780721227, 0.012758513690253348)
-_CDF_FORM = _monic_form(_ERF_P0, _ERF_S, _ERF_Q, _INV_SQRT_2, -0.5,
+# Φ: t = x/√2 folded into the coefficients, and the variable is h = −x²/2, the exponent of the
+# normal density, which the GELU derivative reuses
+_CDF_FORM = _monic_form(_PHI_P0, _PHI_S, _PHI_Q, _INV_SQRT_2, -0.5,
                         _ERF_TANH_CLAMP * math.sqrt(2.0))
 
 
@@ -430,7 +436,8 @@ def _tanh_rational(x: Array, form: _TanhRational, xp: Any) -> tuple[Array, Array
     Every array after the clamp is one this function made, so each Horner step and the final
     products are written in place (``acc *= v; acc += k``): on NumPy a pass that allocates its
     result costs twice one that does not. ``c`` and ``v`` are returned untouched, for the
-    derivative. 12 in-place and 6 allocating elementwise operations (the tanh included).
+    derivative. erf: 11 in-place and 6 allocating elementwise operations, the tanh included
+    (18 allocating ones before); Φ: 10 and 6.
     """
     c = clamp(x, -form.bound, form.bound, xp=xp)
     v = c * c
@@ -460,7 +467,7 @@ def erf(x: Array, *, xp: Any) -> Array:
     below 1e-13 over the whole real line (tests compare with ``math.erf`` and ``torch.erf``).
 
     Other dtypes (float32, and the half-precision types): ``tanh(x · R(x²))`` with x clamped to
-    ±4.3 and R a rational function of degree (3, 3) in x² — 18 elementwise passes instead of
+    ±4.3 and R a rational function of degree (3, 3) in x² — 17 elementwise passes instead of
     ~250; within 3.5 ulp (relative 2.3e-7) of the correctly rounded float32 erf (see
     ``_ERF_P0``). Which branch runs depends on
     the dtype only, never on the data. Derivative: ``erf'(x) = (2/√π) e^(−x²)``.
@@ -493,11 +500,12 @@ def normal_cdf(x: Array, *, xp: Any) -> Array:
     """Standard normal CDF ``Φ(x)``.
 
     float64: ``½ erfc(−x/√2)``, accurate in the far left tail too (full relative precision).
-    Other dtypes: ``½ + ½ tanh(x · R'(x²))``, the fast erf of :func:`erf` with the ``1/√2``
-    folded into its coefficients — an absolute error below 1e-7 (in the left tail, below
-    x ≈ −4, that is not a small *relative* error: Φ(−5) ≈ 2.9e-7 comes out with an error of
-    ~10%, as it does in torch's float32 GELU, ``½ x (1 + erf(x/√2))``); exactly 0 and 1 beyond
-    x = ∓6.1 (4.3 √2).
+    Other dtypes: ``½ + ½ tanh(x · R'(x²))``, the form of the fast erf of :func:`erf` with a
+    rational ``R'`` of degree (3, 2) fitted for Φ's absolute error (``_PHI_P0``) and the
+    ``1/√2`` folded into its coefficients — an absolute error below 1.25e-7, 2 ulp on [½, 1)
+    (in the left tail, below x ≈ −4, that is not a small *relative* error: Φ(−5) ≈ 2.9e-7
+    comes out with an error of ~6%; torch's float32 GELU, ``½ x (1 + erf(x/√2))``, has the same
+    kind of error there); exactly 0 and 1 beyond x = ∓6.1 (4.3 √2).
     """
     return _normal_cdf_parts(x, xp)[0]
 
