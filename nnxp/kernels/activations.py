@@ -108,15 +108,28 @@ def sigmoid(x: Array, *, xp: Any) -> Array:
     arguments, so there is no overflow for any input; for large |x| it underflows quietly to 0,
     which gives exactly 1 and 0 in the limits (``sigmoid(1e4) == 1``, ``sigmoid(-1e4) == 0``),
     and small outputs keep full relative precision (no ``1 − (something close to 1)``). NaN
-    propagates (``maximum`` propagates it).
+    propagates (``maximum`` propagates it). Every array after ``|x|`` is the kernel's own, so
+    the negation, the ``1 + z`` and the division are written in place (the same operations,
+    the same bits, three fresh arrays fewer).
     """
-    z = xp.exp(-xp.abs(x))
-    return xp.maximum(z, _mask(x >= 0, x, xp)) / (1.0 + z)
+    z = xp.abs(x)
+    z *= -1.0
+    z = xp.exp(z)
+    y = xp.maximum(z, _mask(x >= 0, x, xp))
+    z += 1.0
+    y /= z
+    return y
 
 
 def sigmoid_backward(dy: Array, y: Array, *, xp: Any) -> Array:
-    """``dx = dy · y (1 − y)`` from the output ``y = sigmoid(x)``; at most ¼, at x = 0."""
-    return dy * (y * (1.0 - y))
+    """``dx = dy · y (1 − y)`` from the output ``y = sigmoid(x)``; at most ¼, at x = 0.
+
+    One fresh array, ``1 − y``, multiplied in place by ``y`` and then ``dy``.
+    """
+    g = 1.0 - y
+    g *= y
+    g *= dy
+    return g
 
 
 def tanh(x: Array, *, xp: Any) -> Array:
@@ -679,7 +692,8 @@ def softmax(x: Array, axis: int = -1, *, xp: Any, accumulate_dtype: Any = None) 
     :mod:`nnxp.kernels.accumulate`; float16 inputs under mixed precision).
     """
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
-    return e / sum_as(e, axis=axis, xp=xp, acc=accumulator(e.dtype, xp, accumulate_dtype))
+    e /= sum_as(e, axis=axis, xp=xp, acc=accumulator(e.dtype, xp, accumulate_dtype))
+    return e  # divided in place: e is the kernel's own array
 
 
 def softmax_backward(dy: Array, y: Array, axis: int = -1, *, xp: Any) -> Array:
@@ -693,7 +707,9 @@ def softmax_backward(dy: Array, y: Array, axis: int = -1, *, xp: Any) -> Array:
     (``vecdot`` for the row sums was measured and rejected: 4× faster than ``sum(dy * y)`` on
     NumPy, but 6× slower through array-api-compat's torch namespace; docs/design.md.)
     """
-    return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
+    g = dy - xp.sum(dy * y, axis=axis, keepdims=True)
+    g *= y
+    return g
 
 
 # ----------------------------------------------------------------------------------------------
