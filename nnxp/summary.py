@@ -103,7 +103,7 @@ _PROBE = 4  # elements of the optimizer probe parameter
 
 LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
     "Dense": (0, 0), "ReLU": (0, 1), "Sigmoid": (2, 0), "Tanh": (0, 1), "LeakyReLU": (1, 2),
-    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, 0), "GELU(tanh)": (3, 0), "SiLU": (1, 1),
+    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, 0), "GELU(tanh)": (2, 0), "SiLU": (1, 1),
     "Softplus": (2, 1), "Softmax": (1, 0), "PReLU": (2, 2), "RReLU": (3, 2),
     "BatchNorm1d": (1, 2), "LayerNorm": (2, 3), "Dropout": (1, 0), "Identity": (0, 0),
     "Standardize": (1, 0), "PiecewiseLinear": (1, 1), "Step": (2, 0), "Sign": (2, 0),

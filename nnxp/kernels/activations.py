@@ -589,20 +589,23 @@ def _gelu_exact(x: Array, with_grad: bool, xp: Any) -> tuple[Array, Array | None
     ``c`` is the clamped input and ``h = −c²/2`` the variable of :func:`_normal_cdf_parts`, so
     ``c φ(c) = c e^h / √(2π)`` costs an exponential and three in-place products. The order of
     the statements keeps at most four arrays alive besides ``x`` (the CDF's numerator and
-    denominator, ``c`` and ``h``): on NumPy, fresh memory costs more than the arithmetic.
-    float32: 8 allocating and 15 in-place elementwise operations for ``y`` and ``f′`` (the
-    backward pass adds one product).
+    denominator, ``c`` and ``h``), and the output is written over Φ once the derivative has
+    used it: on NumPy, fresh memory costs more than the arithmetic. float32: 7 allocating and
+    16 in-place elementwise operations for ``y`` and ``f′`` (the backward pass adds one
+    product).
     """
     cdf, c, h = _normal_cdf_parts(x, xp)
     if not with_grad:
-        return x * cdf, None
+        cdf *= x  # y = x Φ, in Φ's memory
+        return cdf, None
     grad = xp.exp(h)
     del h
     grad *= c
     del c
     grad *= _INV_SQRT_2PI
     grad += cdf
-    return x * cdf, grad
+    cdf *= x  # y = x Φ, in Φ's memory
+    return cdf, grad
 
 
 def _gelu_tanh(x: Array, with_grad: bool, xp: Any) -> tuple[Array, Array | None]:
@@ -624,9 +627,9 @@ def _gelu_tanh(x: Array, with_grad: bool, xp: Any) -> tuple[Array, Array | None]
     del arg
     cdf = u + 1.0
     cdf *= 0.5  # ½ (1 + u), at most 1: x · it cannot overflow
-    y = x * cdf
     if not with_grad:
-        return y, None
+        cdf *= x  # y, in the memory of ½ (1 + u)
+        return cdf, None
     z *= -1.5 * _SQRT_2_OVER_PI * _GELU_CUBIC
     z += -0.5 * _SQRT_2_OVER_PI
     u *= u  # the derivative is formed in u's memory
@@ -634,7 +637,8 @@ def _gelu_tanh(x: Array, with_grad: bool, xp: Any) -> tuple[Array, Array | None]
     u *= c
     u *= z
     u += cdf
-    return y, u
+    cdf *= x  # y, in the memory of ½ (1 + u)
+    return cdf, u
 
 
 def gelu_backward(dy: Array, x: Array, approximate: str = "none", *, xp: Any) -> Array:
