@@ -103,7 +103,7 @@ _PROBE = 4  # elements of the optimizer probe parameter
 
 LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
     "Dense": (0, 0), "ReLU": (0, 1), "Sigmoid": (2, 0), "Tanh": (0, 1), "LeakyReLU": (1, 2),
-    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, 0), "GELU(tanh)": (2, 0), "SiLU": (1, 1),
+    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, -1), "GELU(tanh)": (2, -1), "SiLU": (1, 1),
     "Softplus": (2, 1), "Softmax": (1, 0), "PReLU": (2, 2), "RReLU": (3, 2),
     "BatchNorm1d": (1, 2), "LayerNorm": (2, 3), "Dropout": (1, 0), "Identity": (0, 0),
     "Standardize": (1, 0), "PiecewiseLinear": (1, 1), "Step": (2, 0), "Sign": (2, 0),
@@ -113,7 +113,8 @@ LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
 allocate beyond its output, cache, input gradient and weight gradients, at their worst
 moment: ``(forward, backward)``, measured with :mod:`tracemalloc` on NumPy by
 ``tests/test_memory_plan.py`` (which fails when a kernel changes). Unknown layers count
-``(3, 3)``."""
+``(3, 3)``. GELU's backward is −1: it writes the input gradient into its cached derivative,
+so the input gradient costs no array of its own."""
 
 
 itemsize = backend.itemsize  # bytes per element of a dtype; public here since the summary's start

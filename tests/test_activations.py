@@ -750,6 +750,11 @@ def test_cached_backwards_equal_the_input_forms(bk, rng) -> None:
         y, aux = K.gelu_forward(x, approximate, xp=bk.xp)
         np.testing.assert_array_equal(bk.to_numpy(y), bk.to_numpy(K.gelu(x, approximate,
                                                                            xp=bk.xp)))
+        kept = bk.to_numpy(aux).copy()
+        dx = bk.to_numpy(K.gelu_backward_cached(dy, aux, xp=bk.xp))
+        np.testing.assert_array_equal(bk.to_numpy(aux), kept)  # not written by default
+        np.testing.assert_array_equal(dx, bk.to_numpy(K.gelu_backward(dy, x, approximate,
+                                                                      xp=bk.xp)))
+        # overwrite=True (what the layer passes: its cache is dropped) gives the same values
         np.testing.assert_array_equal(
-            bk.to_numpy(K.gelu_backward_cached(dy, aux, xp=bk.xp)),
-            bk.to_numpy(K.gelu_backward(dy, x, approximate, xp=bk.xp)))
+            bk.to_numpy(K.gelu_backward_cached(dy, aux, xp=bk.xp, overwrite=True)), dx)

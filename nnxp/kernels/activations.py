@@ -651,8 +651,16 @@ def gelu_backward(dy: Array, x: Array, approximate: str = "none", *, xp: Any) ->
     return gelu_backward_cached(dy, gelu_forward(x, approximate, xp=xp)[1], xp=xp)
 
 
-def gelu_backward_cached(dy: Array, grad: Array, *, xp: Any) -> Array:
-    """``dx = dy · f′(x)`` from the derivative ``grad`` that :func:`gelu_forward` returned."""
+def gelu_backward_cached(dy: Array, grad: Array, *, xp: Any, overwrite: bool = False) -> Array:
+    """``dx = dy · f′(x)`` from the derivative ``grad`` that :func:`gelu_forward` returned.
+
+    ``overwrite=True`` writes the product into ``grad`` (when it has ``dy``'s dtype and shape)
+    and returns it: for a caller that drops ``grad`` afterwards, as the layer does with its
+    cache — one fresh array fewer per backward pass.
+    """
+    if overwrite and grad.dtype == dy.dtype and tuple(grad.shape) == tuple(dy.shape):
+        grad *= dy
+        return grad
     return dy * grad
 
 

@@ -427,7 +427,8 @@ class GELU(Layer):
         return y
 
     def backward(self, dy: Array) -> Array:
-        return act.gelu_backward_cached(dy, self._take_cache(), xp=self.xp)
+        # the cache is dropped here, so the product is written into it
+        return act.gelu_backward_cached(dy, self._take_cache(), xp=self.xp, overwrite=True)
 
     def get_config(self) -> dict[str, Any]:
         return {"approximate": self.approximate}
