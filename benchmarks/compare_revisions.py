@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the cases whose name ('big sgd epoch') contains this")
     parser.add_argument("--kernels", action="store_true",
                         help="compare the kernel cases (forward + backward) instead of the "
-                             "training steps; --only filters them by kernel name")
+                             "training steps; --only filters them by kernel name (several, "
+                             "comma-separated)")
     parser.add_argument("--size", default="256x1024", help="batch x width of --kernels")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="time per call by the wall clock or by this thread's CPU time")
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         old_pkg = unpack_revision(args.rev, Path(tmp))
         if args.kernels:
             batch, width = (int(v) for v in args.size.split("x"))
-            names = [k for k in KERNELS if args.only in k]
+            wanted = args.only.split(",")  # --kernels: a comma-separated list of names
+            names = [k for k in KERNELS if any(w in k for w in wanted)]
             rows = kernel_rows(old_pkg, names, batch, width, args.seconds / max(len(names), 1),
                                clock=args.clock)
             cases = []

@@ -17,8 +17,9 @@ The model of a training step (docs/training.md, "Memory plan", explains it with 
   step (found by running the optimizer's own ``init_state``/``update`` on a 4-element probe,
   so momentum, AMSGrad, centred RMSprop ... are counted as configured), in the master dtype.
 * **activations**: what the backward pass keeps, read from each layer's forward: Dense keeps
-  its input; ReLU, Sigmoid, Tanh, ELU, SELU and Softmax keep their output; LeakyReLU, GELU,
-  SiLU, Softplus, PReLU and PiecewiseLinear their input; RReLU its input and slopes; Maxout
+  its input; ReLU, Sigmoid, Tanh, ELU, SELU and Softmax keep their output; LeakyReLU, PReLU
+  and PiecewiseLinear their input; GELU its derivative; SiLU its output and σ(x); Softplus
+  its output; RReLU its input and slopes; Maxout
   its input and the (batch, out, k) winner mask; BatchNorm1d and LayerNorm the normalised
   input x̂ and 1/σ; Dropout its mask; Identity, Step, Sign and Standardize nothing. An array
   kept by two layers (a ReLU's output is the next Dense's input) is counted once, on the
@@ -101,9 +102,9 @@ _KEEPS_NOTHING = (Identity, Step, Sign, Standardize)
 _PROBE = 4  # elements of the optimizer probe parameter
 
 LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
-    "Dense": (0, 0), "ReLU": (0, 1), "Sigmoid": (3, 1), "Tanh": (0, 1), "LeakyReLU": (1, 2),
-    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, 1), "GELU(tanh)": (3, 5), "SiLU": (2, 1),
-    "Softplus": (2, 1), "Softmax": (1, 1), "PReLU": (2, 2), "RReLU": (3, 2),
+    "Dense": (0, 0), "ReLU": (0, 1), "Sigmoid": (2, 0), "Tanh": (0, 1), "LeakyReLU": (1, 2),
+    "ELU": (1, 1), "SELU": (3, 4), "GELU": (2, -1), "GELU(tanh)": (2, -1), "SiLU": (1, 1),
+    "Softplus": (2, 1), "Softmax": (1, 0), "PReLU": (2, 2), "RReLU": (3, 2),
     "BatchNorm1d": (1, 2), "LayerNorm": (2, 3), "Dropout": (1, 0), "Identity": (0, 0),
     "Standardize": (1, 0), "PiecewiseLinear": (1, 1), "Step": (2, 0), "Sign": (2, 0),
     "Maxout": (3.5, 2),
@@ -112,7 +113,8 @@ LAYER_TEMPORARIES: dict[str, tuple[float, float]] = {
 allocate beyond its output, cache, input gradient and weight gradients, at their worst
 moment: ``(forward, backward)``, measured with :mod:`tracemalloc` on NumPy by
 ``tests/test_memory_plan.py`` (which fails when a kernel changes). Unknown layers count
-``(3, 3)``."""
+``(3, 3)``. GELU's backward is −1: it writes the input gradient into its cached derivative,
+so the input gradient costs no array of its own."""
 
 
 itemsize = backend.itemsize  # bytes per element of a dtype; public here since the summary's start
@@ -164,8 +166,8 @@ def _keeps(layer: Any, n_in: int, n_out: int) -> _Keeps:
         return _Keeps()
     if isinstance(layer, SiLU):
         return _Keeps(output=True, per_sample=n_out)  # y and σ(x)
-    if isinstance(layer, GELU):  # x and Φ(x), clamped x, x² (exact) or the tanh (approximate)
-        return _Keeps(input=True, per_sample=n_out * (1 if layer.approximate == "tanh" else 3))
+    if isinstance(layer, GELU):  # the derivative f′(x), finished in the forward pass
+        return _Keeps(per_sample=n_out)
     if isinstance(layer, RReLU):
         return _Keeps(input=True, per_sample=n_in)  # the input and the drawn slopes
     if isinstance(layer, Maxout):

@@ -108,15 +108,28 @@ def sigmoid(x: Array, *, xp: Any) -> Array:
     arguments, so there is no overflow for any input; for large |x| it underflows quietly to 0,
     which gives exactly 1 and 0 in the limits (``sigmoid(1e4) == 1``, ``sigmoid(-1e4) == 0``),
     and small outputs keep full relative precision (no ``1 − (something close to 1)``). NaN
-    propagates (``maximum`` propagates it).
+    propagates (``maximum`` propagates it). Every array after ``|x|`` is the kernel's own, so
+    the negation, the ``1 + z`` and the division are written in place (the same operations,
+    the same bits, three fresh arrays fewer).
     """
-    z = xp.exp(-xp.abs(x))
-    return xp.maximum(z, _mask(x >= 0, x, xp)) / (1.0 + z)
+    z = xp.abs(x)
+    z *= -1.0
+    z = xp.exp(z)
+    y = xp.maximum(z, _mask(x >= 0, x, xp))
+    z += 1.0
+    y /= z
+    return y
 
 
 def sigmoid_backward(dy: Array, y: Array, *, xp: Any) -> Array:
-    """``dx = dy · y (1 − y)`` from the output ``y = sigmoid(x)``; at most ¼, at x = 0."""
-    return dy * (y * (1.0 - y))
+    """``dx = dy · y (1 − y)`` from the output ``y = sigmoid(x)``; at most ¼, at x = 0.
+
+    One fresh array, ``1 − y``, multiplied in place by ``y`` and then ``dy``.
+    """
+    g = 1.0 - y
+    g *= y
+    g *= dy
+    return g
 
 
 def tanh(x: Array, *, xp: Any) -> Array:
@@ -349,23 +362,64 @@ _ERFC_CAP = 30.0
 # ``math.erfc`` in float64 on [0, 4.3], weighted by how much an error in R moves erf in float32
 # ulps, ``(1 − erf²) t / ulp(erf)`` (floored at 10, which keeps R increasing up to the clamp);
 # the fit itself is within 0.06 ulp of erf, and Q ≥ 1 (all its coefficients are positive: no
-# pole). Evaluated in float32 the max error against ``math.erf`` is 3.1 ulp with NumPy's tanh
-# and 2.6 with torch's, relative 2.3e-7, over a dense grid (tests/test_activations.py::
-# test_erf_float32_max_error_in_ulps): the rounding of the last steps and of the library's tanh,
-# not the fit, sets it. At the clamp the argument of the tanh is 10.6, where every float32 tanh
-# (NumPy's returns 1 − ulp up to 10) gives exactly ±1, so erf and Φ saturate exactly
-# (erf(4.3) = 1 − 1.6e-9), t² cannot overflow, and R is never evaluated outside the range it
-# was fitted on. 18 elementwise passes in all.
+# pole). Evaluated in float32 (in the monic form below) the max error against ``math.erf`` is
+# 3.0 ulp with NumPy's tanh and 2.5 with torch's, relative 2.3e-7, over a dense grid
+# (tests/test_activations.py::test_erf_float32_max_error_in_ulps): the rounding of the last
+# steps and of the library's tanh, not the fit, sets it. At the clamp the argument of the tanh
+# is 10.6, where every float32 tanh (NumPy's returns 1 − ulp up to 10) gives exactly ±1, so erf
+# saturates exactly (erf(4.3) = 1 − 1.6e-9), t² cannot overflow, and R is never evaluated
+# outside the range it was fitted on.
 _ERF_P0 = 1.1283791707887316
 _ERF_S = (0.10277250456983913, 0.015913080031737883, 0.0018098833617022265)
 _ERF_Q = (1.0, 0.15687018996420646, 0.0236733304927803, 0.0003244410020452439)
 _ERF_TANH_CLAMP = 4.3
-# the same function for Φ(x) = ½ (1 + erf(x/√2)): t = x/√2 and t² = x²/2 folded into the
-# coefficients, so that it is evaluated on x and x² directly
-_CDF_P0 = _ERF_P0 / math.sqrt(2.0)
-_CDF_S = tuple(c / (math.sqrt(2.0) * 2.0 ** (k + 1)) for k, c in enumerate(_ERF_S))
-_CDF_Q = tuple(c / 2.0**k for k, c in enumerate(_ERF_Q))
-_CDF_TANH_CLAMP = _ERF_TANH_CLAMP * math.sqrt(2.0)
+# Φ(x) = ½ (1 + erf(x/√2)) — the CDF behind GELU — needs less than erf: an *absolute* error of
+# a fraction of Φ's ulp (2^-24 on [½, 1)), not erf's relative accuracy near 0, so it has a fit
+# of its own, of degree (3, 2), one division step shorter: the same function atanh(erf(t))/t on
+# [0, 4.3], weighted by the error of Φ in units of 2^-24 that an error of R causes,
+# ``½ (1 − erf²) t / 2^-24`` (floored at 0.05), made minimax by the differential-correction
+# algorithm (a linear program per step, scipy's ``linprog``). The fit is within 0.9 · 2^-24
+# (5.4e-8) of Φ, Q ≥ 1 again, and t R(t²) = 10.7 at the clamp. Evaluated in float32, Φ is within
+# 1.25e-7 of the exact CDF (2 ulp on [½, 1)), exactly 0 and 1 beyond x = ∓6.08
+# (test_normal_cdf_float32_absolute_error). (3, 3) was 7.8e-8 and two passes slower; (2, 2)
+# fits only to 6e-7.
+_PHI_P0 = 1.1283801159135236
+_PHI_S = (0.1027614436556954, 0.014062173398134903, 0.0006545369848159993)
+_PHI_Q = (1.0, 0.13854716780721227, 0.012758513690253348)
+
+
+class _TanhRational(NamedTuple):
+    """``tanh(c · (p0 + v · N(v) / D(v)))`` with ``v = scale · c²``, D monic: the coefficients of
+    a fit above rewritten for the variable the caller has at hand (see :func:`_tanh_rational`)."""
+
+    p0: float
+    num: tuple[float, ...]  # N, lowest degree first
+    den: tuple[float, ...]  # D without its leading 1, lowest degree first
+    scale: float  # v = scale · c²
+    bound: float  # the clamp of the input
+
+
+def _monic_form(p0: float, s: tuple[float, ...], q: tuple[float, ...], x_scale: float,
+                v_scale: float, bound: float) -> _TanhRational:
+    """R for the input ``x = t / x_scale`` and the variable ``v = v_scale · x²``.
+
+    With ``t = x_scale · x`` and ``t² = v · x_scale² / v_scale =: λ v``,
+    ``t R(t²) = x · x_scale · (p0 + λ v S(λ v) / Q(λ v))``; dividing numerator and denominator
+    by the leading coefficient of ``Q(λ v)`` makes the denominator monic (one Horner step less:
+    its first step is an addition), and ``x_scale`` is folded into ``p0`` and the numerator.
+    """
+    lam = x_scale**2 / v_scale
+    lead = q[-1] * lam ** (len(q) - 1)
+    num = tuple(x_scale * lam * c * lam**k / lead for k, c in enumerate(s))
+    den = tuple(c * lam**k / lead for k, c in enumerate(q[:-1]))
+    return _TanhRational(x_scale * p0, num, den, v_scale, bound)
+
+
+_ERF_FORM = _monic_form(_ERF_P0, _ERF_S, _ERF_Q, 1.0, 1.0, _ERF_TANH_CLAMP)
+# Φ: t = x/√2 folded into the coefficients, and the variable is h = −x²/2, the exponent of the
+# normal density, which the GELU derivative reuses
+_CDF_FORM = _monic_form(_PHI_P0, _PHI_S, _PHI_Q, _INV_SQRT_2, -0.5,
+                        _ERF_TANH_CLAMP * math.sqrt(2.0))
 
 
 def _erf_series(x: Array) -> Array:
@@ -389,20 +443,32 @@ def _is_float64(x: Array, xp: Any) -> bool:
     return bool(x.dtype == xp.float64)
 
 
-def _horner(z: Array, coeffs: tuple[float, ...]) -> Array:
-    """``Σ coeffs[k] z^k`` by Horner's rule (at least two coefficients)."""
-    acc = z * coeffs[-1] + coeffs[-2]
-    for k in reversed(coeffs[:-2]):
-        acc = acc * z + k
-    return acc
+def _tanh_rational(x: Array, form: _TanhRational, xp: Any) -> tuple[Array, Array, Array]:
+    """``(tanh(c · (p0 + v N(v) / D(v))), c, v)`` with ``c = clamp(x, ±bound)``, ``v = scale · c²``.
 
-
-def _tanh_rational(x: Array, p0: float, s: tuple[float, ...], q: tuple[float, ...],
-                   bound: float, xp: Any) -> tuple[Array, Array, Array]:
-    """``(tanh(c · (p0 + c² S(c²) / Q(c²))), c, c²)`` with ``c = clamp(x, ±bound)``."""
-    c = clamp(x, -bound, bound, xp=xp)
-    z = c * c
-    return xp.tanh(c * ((z * _horner(z, s)) / _horner(z, q) + p0)), c, z
+    Every array after the clamp is one this function made, so each Horner step and the final
+    products are written in place (``acc *= v; acc += k``): on NumPy a pass that allocates its
+    result costs twice one that does not. ``c`` and ``v`` are returned untouched, for the
+    derivative. erf: 11 in-place and 6 allocating elementwise operations, the tanh included
+    (18 allocating ones before); Φ: 10 and 6.
+    """
+    c = clamp(x, -form.bound, form.bound, xp=xp)
+    v = c * c
+    if form.scale != 1.0:
+        v *= form.scale
+    num = v * form.num[-1]
+    for k in reversed(form.num[:-1]):
+        num += k
+        num *= v
+    den = v + form.den[-1]
+    for k in reversed(form.den[:-1]):
+        den *= v
+        den += k
+    num /= den
+    del den  # the tanh's result takes its memory (peak: four arrays besides x)
+    num += form.p0
+    num *= c
+    return xp.tanh(num), c, v
 
 
 def erf(x: Array, *, xp: Any) -> Array:
@@ -414,13 +480,13 @@ def erf(x: Array, *, xp: Any) -> Array:
     below 1e-13 over the whole real line (tests compare with ``math.erf`` and ``torch.erf``).
 
     Other dtypes (float32, and the half-precision types): ``tanh(x · R(x²))`` with x clamped to
-    ±4.3 and R a rational function of degree (3, 3) in x² — 18 elementwise passes instead of
+    ±4.3 and R a rational function of degree (3, 3) in x² — 17 elementwise passes instead of
     ~250; within 3.5 ulp (relative 2.3e-7) of the correctly rounded float32 erf (see
     ``_ERF_P0``). Which branch runs depends on
     the dtype only, never on the data. Derivative: ``erf'(x) = (2/√π) e^(−x²)``.
     """
     if not _is_float64(x, xp):
-        return _tanh_rational(x, _ERF_P0, _ERF_S, _ERF_Q, _ERF_TANH_CLAMP, xp)[0]
+        return _tanh_rational(x, _ERF_FORM, xp)[0]
     a = xp.abs(x)
     small = _erf_series(clamp(x, -_ERF_SPLIT, _ERF_SPLIT, xp=xp))
     tail = 1.0 - _erfc_fraction(clamp(a, _ERF_SPLIT, _ERFC_CAP, xp=xp), xp)
@@ -447,17 +513,21 @@ def normal_cdf(x: Array, *, xp: Any) -> Array:
     """Standard normal CDF ``Φ(x)``.
 
     float64: ``½ erfc(−x/√2)``, accurate in the far left tail too (full relative precision).
-    Other dtypes: ``½ + ½ tanh(x · R'(x²))``, the fast erf of :func:`erf` with the ``1/√2``
-    folded into its coefficients — an absolute error below 1e-7 (in the left tail, below
-    x ≈ −4, that is not a small *relative* error: Φ(−5) ≈ 2.9e-7 comes out with an error of
-    ~10%, as it does in torch's float32 GELU, ``½ x (1 + erf(x/√2))``); exactly 0 and 1 beyond
-    x = ∓6.1 (4.3 √2).
+    Other dtypes: ``½ + ½ tanh(x · R'(x²))``, the form of the fast erf of :func:`erf` with a
+    rational ``R'`` of degree (3, 2) fitted for Φ's absolute error (``_PHI_P0``) and the
+    ``1/√2`` folded into its coefficients — an absolute error below 1.25e-7, 2 ulp on [½, 1)
+    (in the left tail, below x ≈ −4, that is not a small *relative* error: Φ(−5) ≈ 2.9e-7
+    comes out with an error of ~6%; torch's float32 GELU, ``½ x (1 + erf(x/√2))``, has the same
+    kind of error there); exactly 0 and 1 beyond x = ∓6.1 (4.3 √2).
     """
     return _normal_cdf_parts(x, xp)[0]
 
 
 def _normal_cdf_parts(x: Array, xp: Any) -> tuple[Array, Array, Array]:
-    """``(Φ(x), c, c²)``, with ``c`` the input clamped where it no longer changes anything.
+    """``(Φ(x), c, −c²/2)``, with ``c`` the input clamped where it no longer changes anything.
+
+    ``−c²/2`` is the exponent of the density, ``φ(c) = e^(−c²/2) / √(2π)``, which the fast Φ
+    uses as its variable anyway; the GELU derivative takes it from here.
 
     float64: ``c = clamp(x, ±40)`` (where ``c φ(c)`` is 0); other dtypes: the clamp of the
     fast Φ, ``±6.08``, reused by the backward pass (``c φ(c)`` is 2.2e-8 there, below half an
@@ -466,25 +536,19 @@ def _normal_cdf_parts(x: Array, xp: Any) -> tuple[Array, Array, Array]:
     """
     if _is_float64(x, xp):
         c = clamp(x, -40.0, 40.0, xp=xp)
-        return 0.5 * erfc(-_INV_SQRT_2 * x, xp=xp), c, c * c
-    t, c, z = _tanh_rational(x, _CDF_P0, _CDF_S, _CDF_Q, _CDF_TANH_CLAMP, xp)
-    return 0.5 + 0.5 * t, c, z
+        h = c * c
+        h *= -0.5
+        return 0.5 * erfc(-_INV_SQRT_2 * x, xp=xp), c, h
+    t, c, h = _tanh_rational(x, _CDF_FORM, xp)
+    t *= 0.5
+    t += 0.5
+    return t, c, h
 
 
 def normal_pdf(x: Array, *, xp: Any) -> Array:
     """Standard normal density ``φ(x) = e^(−x²/2) / √(2π)`` (x clamped to ±40, where φ is 0)."""
     c = clamp(x, -40.0, 40.0, xp=xp)
     return _INV_SQRT_2PI * xp.exp(-0.5 * (c * c))
-
-
-def _gelu_tanh_inner(x: Array, xp: Any) -> tuple[Array, Array]:
-    """``(u, c)`` with ``u = tanh(√(2/π)(c + 0.044715 c³))`` and ``c = clip(x, ±20)``.
-
-    At |x| = 20 the tanh is already exactly ±1 in float64 and float32, so clamping changes no
-    value and keeps ``c³`` from overflowing for huge inputs.
-    """
-    c = clamp(x, -20.0, 20.0, xp=xp)
-    return xp.tanh(_SQRT_2_OVER_PI * (c + _GELU_CUBIC * (c * c * c))), c
 
 
 def gelu(x: Array, approximate: str = "none", *, xp: Any) -> Array:
@@ -494,52 +558,110 @@ def gelu(x: Array, approximate: str = "none", *, xp: Any) -> Array:
     :func:`normal_cdf` (float64: through :func:`erfc`; other dtypes: the fast erf of
     :func:`erf`); ``approximate="tanh"`` uses
     ``Φ(x) ≈ ½ (1 + tanh(√(2/π) (x + 0.044715 x³)))``, which is within 5e-4 of the exact GELU.
+    Only the output: no derivative is computed (what evaluation-mode layers call).
     """
-    return gelu_forward(x, approximate, xp=xp)[0]
+    return _gelu(x, approximate, False, xp)[0]
 
 
-def gelu_forward(x: Array, approximate: str = "none", *, xp: Any) -> tuple[Array, Any]:
-    """:func:`gelu` and what :func:`gelu_backward_cached` needs: ``(y, aux)``.
+def gelu_forward(x: Array, approximate: str = "none", *, xp: Any) -> tuple[Array, Array]:
+    """:func:`gelu` and its derivative at ``x``: ``(y, f′(x))``, for :func:`gelu_backward_cached`.
 
-    ``aux`` is ``(Φ(x), c, c²)`` (exact; ``c`` the clamped input of :func:`normal_cdf`'s
-    evaluation) or ``u = tanh(√(2/π)(x + 0.044715 x³))`` (tanh), so the backward pass neither
-    evaluates the CDF again nor squares ``x`` again: six passes for the exact derivative.
+    The derivative is finished in the forward pass, from the arrays the output was computed
+    from (the clamped input, the CDF, the exponent ``−c²/2``), so that only it is kept for the
+    backward pass — one array instead of the input, the CDF, the clamped input and its square —
+    and the backward pass is a single product.
     """
-    if approximate == "tanh":
-        u, _ = _gelu_tanh_inner(x, xp)
-        return 0.5 * x * (1.0 + u), u
+    y, grad = _gelu(x, approximate, True, xp)
+    return y, grad
+
+
+def _gelu(x: Array, approximate: str, with_grad: bool, xp: Any) -> tuple[Array, Any]:
     if approximate == "none":
-        cdf, c, z = _normal_cdf_parts(x, xp)
-        return x * cdf, (cdf, c, z)
+        return _gelu_exact(x, with_grad, xp)
+    if approximate == "tanh":
+        return _gelu_tanh(x, with_grad, xp)
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
+def _gelu_exact(x: Array, with_grad: bool, xp: Any) -> tuple[Array, Array | None]:
+    """``(x Φ(x), Φ(x) + c φ(c))`` (the second None unless ``with_grad``).
+
+    ``c`` is the clamped input and ``h = −c²/2`` the variable of :func:`_normal_cdf_parts`, so
+    ``c φ(c) = c e^h / √(2π)`` costs an exponential and three in-place products. The order of
+    the statements keeps at most four arrays alive besides ``x`` (the CDF's numerator and
+    denominator, ``c`` and ``h``), and the output is written over Φ once the derivative has
+    used it: on NumPy, fresh memory costs more than the arithmetic. float32: 7 allocating and
+    16 in-place elementwise operations for ``y`` and ``f′`` (the backward pass adds one
+    product).
+    """
+    cdf, c, h = _normal_cdf_parts(x, xp)
+    if not with_grad:
+        cdf *= x  # y = x Φ, in Φ's memory
+        return cdf, None
+    grad = xp.exp(h)
+    del h
+    grad *= c
+    del c
+    grad *= _INV_SQRT_2PI
+    grad += cdf
+    cdf *= x  # y = x Φ, in Φ's memory
+    return cdf, grad
+
+
+def _gelu_tanh(x: Array, with_grad: bool, xp: Any) -> tuple[Array, Array | None]:
+    """``(½ x (1 + u), f′)`` with ``u = tanh(k (c + 0.044715 c³))``, ``k = √(2/π)``.
+
+    ``c = clamp(x, ±20)``: at |x| = 20 the tanh is already exactly ±1 in float64 and float32, so
+    the clamp changes no value and keeps ``c³`` from overflowing for huge inputs. The derivative
+    ``f′ = ½ (1 + u) + ½ c (1 − u²) k (1 + 3 · 0.044715 c²)`` is formed as
+    ``½ (1 + u) + (u² − 1) · c · r`` with ``r = −½ k (1 + 3 · 0.044715 c²)``, each written over
+    an array of the forward pass that is no longer needed. ``c`` rather than ``x`` in the second
+    term: where they differ ``1 − u²`` is 0, and ``x = ±inf`` then gives 1 and 0, not NaN.
+    """
+    c = clamp(x, -20.0, 20.0, xp=xp)
+    z = c * c
+    arg = z * (_SQRT_2_OVER_PI * _GELU_CUBIC)
+    arg += _SQRT_2_OVER_PI
+    arg *= c
+    u = xp.tanh(arg)
+    del arg
+    cdf = u + 1.0
+    cdf *= 0.5  # ½ (1 + u), at most 1: x · it cannot overflow
+    if not with_grad:
+        cdf *= x  # y, in the memory of ½ (1 + u)
+        return cdf, None
+    z *= -1.5 * _SQRT_2_OVER_PI * _GELU_CUBIC
+    z += -0.5 * _SQRT_2_OVER_PI
+    u *= u  # the derivative is formed in u's memory
+    u -= 1.0
+    u *= c
+    u *= z
+    u += cdf
+    cdf *= x  # y, in the memory of ½ (1 + u)
+    return cdf, u
+
+
 def gelu_backward(dy: Array, x: Array, approximate: str = "none", *, xp: Any) -> Array:
-    """GELU's derivative, from the input ``x`` (recomputes Φ; see :func:`gelu_backward_cached`).
+    """GELU's input gradient from the input ``x`` (evaluates the forward pass again).
 
     * exact: ``dx = dy · (Φ(x) + x φ(x))``, φ the standard normal density;
     * tanh:  with ``u = tanh(k (x + 0.044715 x³))``, ``k = √(2/π)``:
       ``dx = dy · (½ (1 + u) + ½ x (1 − u²) k (1 + 3 · 0.044715 x²))``.
     """
-    _, aux = gelu_forward(x, approximate, xp=xp)
-    return gelu_backward_cached(dy, x, aux, approximate, xp=xp)
+    return gelu_backward_cached(dy, gelu_forward(x, approximate, xp=xp)[1], xp=xp)
 
 
-def gelu_backward_cached(
-    dy: Array, x: Array, aux: Any, approximate: str = "none", *, xp: Any
-) -> Array:
-    """GELU's derivative from the input ``x`` and the ``aux`` of :func:`gelu_forward`.
+def gelu_backward_cached(dy: Array, grad: Array, *, xp: Any, overwrite: bool = False) -> Array:
+    """``dx = dy · f′(x)`` from the derivative ``grad`` that :func:`gelu_forward` returned.
 
-    Exact: ``dy · (Φ + c · e^(−c²/2) / √(2π))`` with ``(Φ, c, c²) = aux``.
+    ``overwrite=True`` writes the product into ``grad`` (when it has ``dy``'s dtype and shape)
+    and returns it: for a caller that drops ``grad`` afterwards, as the layer does with its
+    cache — one fresh array fewer per backward pass.
     """
-    if approximate == "tanh":
-        c = clamp(x, -20.0, 20.0, xp=xp)
-        inner = _SQRT_2_OVER_PI * (1.0 + (3.0 * _GELU_CUBIC) * (c * c))
-        return dy * (0.5 * (1.0 + aux) + 0.5 * x * (1.0 - aux * aux) * inner)
-    if approximate == "none":
-        cdf, c, z = aux
-        return dy * (cdf + c * (_INV_SQRT_2PI * xp.exp(z * -0.5)))
-    raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    if overwrite and grad.dtype == dy.dtype and tuple(grad.shape) == tuple(dy.shape):
+        grad *= dy
+        return grad
+    return dy * grad
 
 
 def silu(x: Array, *, xp: Any) -> Array:
@@ -583,7 +705,8 @@ def softmax(x: Array, axis: int = -1, *, xp: Any, accumulate_dtype: Any = None) 
     :mod:`nnxp.kernels.accumulate`; float16 inputs under mixed precision).
     """
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
-    return e / sum_as(e, axis=axis, xp=xp, acc=accumulator(e.dtype, xp, accumulate_dtype))
+    e /= sum_as(e, axis=axis, xp=xp, acc=accumulator(e.dtype, xp, accumulate_dtype))
+    return e  # divided in place: e is the kernel's own array
 
 
 def softmax_backward(dy: Array, y: Array, axis: int = -1, *, xp: Any) -> Array:
@@ -597,7 +720,9 @@ def softmax_backward(dy: Array, y: Array, axis: int = -1, *, xp: Any) -> Array:
     (``vecdot`` for the row sums was measured and rejected: 4× faster than ``sum(dy * y)`` on
     NumPy, but 6× slower through array-api-compat's torch namespace; docs/design.md.)
     """
-    return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
+    g = dy - xp.sum(dy * y, axis=axis, keepdims=True)
+    g *= y
+    return g
 
 
 # ----------------------------------------------------------------------------------------------
