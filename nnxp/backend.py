@@ -170,8 +170,26 @@ def _numpy_namespace(base: Any) -> types.ModuleType:
     for name, ufunc in (("max", np.maximum), ("min", np.minimum)):
         if getattr(base, name) is getattr(np, name):
             ns.__dict__[name] = _direct_extremum(getattr(np, name), ufunc.reduce, name)
+    if getattr(base.astype, "__module__", None) == "array_api_compat.numpy._aliases":
+        ns.__dict__["astype"] = _direct_astype(base.astype)
     _numpy_namespaces[id(base)] = ns
     return ns
+
+
+def _direct_astype(generic: Any) -> Any:
+    """``astype`` of :func:`_numpy_namespace`: array-api-compat's NumPy ``astype`` checks that
+    ``device`` is None or "cpu" and then returns ``x.astype(dtype=dtype, copy=copy)``; for a
+    plain ``ndarray`` without a device that call is made directly (about 1 µs less; a small
+    MLP's step makes two). Anything else goes to array-api-compat's function."""
+    ndarray = np.ndarray
+
+    def astype(x: Any, dtype: Any, /, *, copy: bool = True, device: Any = None) -> Any:
+        if device is None and type(x) is ndarray:
+            return x.astype(dtype, copy=copy)
+        return generic(x, dtype, copy=copy, device=device)
+
+    astype.__doc__ = generic.__doc__
+    return astype
 
 
 def _given(kwargs: dict[str, Any], **named: Any) -> dict[str, Any]:

@@ -262,6 +262,31 @@ def _compare_reductions(xp: object, compat: object, x: np.ndarray) -> None:
 
 
 
+def test_numpy_namespace_astype_is_array_api_compats() -> None:
+    """nnxp's astype on NumPy: the same array, dtype, and copy-or-not as array-api-compat's,
+    for every pair of dtypes and copy=True/False; a device or a subclass goes to compat's."""
+    import array_api_compat.numpy as compat
+
+    xp = backend.get_backend().xp
+    assert xp.astype is not compat.astype
+    x = np.array([[0.0, -1.5, 2.5], [np.nan, np.inf, 3.0]])
+    for src in ("float32", "float64", "int32", "int64", "bool"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = x.astype(src)
+            for dst in ("float32", "float64", "int32", "int64", "bool"):
+                for copy in (True, False):
+                    mine = xp.astype(a, getattr(np, dst), copy=copy)
+                    theirs = compat.astype(a, getattr(np, dst), copy=copy)
+                    assert _same(mine, theirs), (src, dst, copy)
+                    assert (mine is a) == (theirs is a), (src, dst, copy)
+    assert _same(xp.astype(x, np.float32, device="cpu"), compat.astype(x, np.float32))
+    with pytest.raises(ValueError):
+        xp.astype(x, np.float32, device="gpu")
+    m = x.view(np.matrix) if x.ndim == 2 else x
+    assert type(xp.astype(m, np.float32)) is type(compat.astype(m, np.float32))
+
+
 def test_numpy_namespace_reductions_defer_for_other_inputs() -> None:
     """Subclasses, lists, positional and other arguments, empty arrays: NumPy's function with
     the arguments as given (the same result or the same error)."""
