@@ -118,6 +118,13 @@ def _host_counts(model: nnxp.Sequential) -> list[tuple[Any, str, Any]]:
     return saved
 
 
+def _host_fields(record: Any) -> tuple[tuple[str, Any], ...]:
+    """A state record's host values (step counts, NAdam's running product), by name."""
+    return tuple((f.name, getattr(record, f.name)) for f in dataclasses.fields(record)
+                 if not backend.is_array(getattr(record, f.name))
+                 and getattr(record, f.name) is not None)
+
+
 class FakeRecorder(backend.GraphRecorder):
     """Records the way a GPU does: ``capture`` leaves every array as it found it (a CUDA
     recording runs nothing on the device) and returns static outputs; ``replay`` runs the step
@@ -236,8 +243,6 @@ def _bn_model(momentum: float | None = 0.1) -> nnxp.Sequential:
 
 
 @pytest.mark.parametrize("make, optimizer, reason", [
-    (_mlp, lambda: nnxp.optim.NAdam(), r"NAdam's update reads its host-side state 'step', "
-                                       r"'mu_product'"),
     (_mlp, lambda: StepCountingSGD(), r"StepCountingSGD state\[0\]\.step is a host value "
                                       r"that changed from 1 to 2"),
     (lambda: _bn_model(None), lambda: nnxp.optim.SGD(lr=0.1),
@@ -423,8 +428,10 @@ def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
     lambda: nnxp.optim.AdamW(lr=0.01),
     lambda: nnxp.optim.Adamax(lr=0.01),
     lambda: nnxp.optim.Adagrad(lr=0.1, lr_decay=0.1),
+    lambda: nnxp.optim.NAdam(lr=0.01, weight_decay=1e-3),
+    lambda: nnxp.optim.NAdam(lr=0.01, weight_decay=1e-3, decoupled_weight_decay=True),
 ], ids=["sgd-nesterov-wd", "sgd-dampening", "sgd", "rmsprop", "adagrad", "adadelta", "adam",
-        "adamw", "adamax", "adagrad-lr-decay"])
+        "adamw", "adamax", "adagrad-lr-decay", "nadam", "nadam-decoupled"])
 def test_shipped_optimizers_and_batch_norm_are_recorded(monkeypatch: Any, name: str,
                                                         optimizer: Any) -> None:
     """Recorded and replayed (graphs and replays > 0) with BatchNorm1d, the default gate, a
@@ -443,15 +450,15 @@ def test_shipped_optimizers_and_batch_norm_are_recorded(monkeypatch: Any, name: 
                                 sample_weight=w, verbose=0, metrics=["accuracy"],
                                 callbacks=[HalveLr()], capture=capture)
             opt = model.optimizer
-            counts = (opt.iterations, sorted((i, r.step) for i, r in opt.state.items()),
-                      sorted(u.state.step for u in _flat_units(opt)),
+            counts = (opt.iterations, sorted((i, _host_fields(r)) for i, r in opt.state.items()),
+                      sorted(_host_fields(u.state) for u in _flat_units(opt)),
                       model.layers[1].num_batches_tracked)
             runs.append((_weights(model), history.history["loss"],
                          history.history["accuracy"], counts, history.capture))
     (w0, loss0, acc0, counts0, _), (w1, loss1, acc1, counts1, report) = runs
     assert np.array_equal(w0, w1)
     assert loss0 == loss1 and acc0 == acc1
-    assert counts0 == counts1 and counts0[0] == 15 and counts0[3] == 15
+    assert counts0 == counts1 and counts0[0] == 15 and counts0[3] == 15  # NAdam's Π too
     assert report["not_recorded"] is None
     assert report["graphs"] >= 4 and report["replays"] >= 8  # two shapes, lr halved twice
     assert report["graphs"] == len(recorder.graphs)
@@ -554,45 +561,48 @@ def test_arrays_replaced_by_a_callback_are_taken_up_not_replayed_over(
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_step_table_numbers_are_the_host_numbers_bit_for_bit(bk: Any, dtype: str) -> None:
     """A step table's row, read with the device counter, gives the update the very numbers the
-    host computes (rounded to the dtype as a Python float is): Adam, Adamax and Adagrad with a
-    learning-rate decay, 40 steps apart, bit-identical in place."""
-    from nnxp.kernels import optimizers as k
+    host computes (rounded to the dtype as a Python float is): Adam, Adamax, Adagrad with a
+    learning-rate decay and NAdam (its running product carried from row to row), 40 steps,
+    bit-identical in place."""
     from nnxp.optim.steptable import StepTable
 
     if not backend.supports_inplace(bk.xp):
         pytest.skip("tables serve recorded steps, which need in-place arrays")
     rng = np.random.default_rng(5)
-    cases = [(k.adam_update, k.adam_init, k.adam_scalars, {"lr": 0.01, "betas": (0.8, 0.99),
-                                                           "eps": 1e-6}),
-             (k.adamax_update, k.adamax_init, k.adamax_scalars, {"lr": 0.01, "betas": (0.8,
-                                                                                       0.99)}),
-             (k.adagrad_update, k.adagrad_init, k.adagrad_scalars, {"lr": 0.1,
-                                                                    "lr_decay": 0.05})]
-    for update, init, scalars_of, options in cases:
+    opts = nnxp.optim
+    cases = [(opts.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}, {}),
+             (opts.Adamax, {"lr": 0.01, "betas": (0.8, 0.99)}, {"eps": 1e-6}),
+             (opts.Adagrad, {"lr": 0.1, "lr_decay": 0.05}, {}),
+             (opts.NAdam, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6,
+                        "momentum_decay": 0.05}, {})]
+    for cls, table_options, more in cases:
         values = rng.normal(size=(2, 6))
         runs = []
         for tabled in (False, True):
             param = bk.asarray(values[0], dtype=dtype)
-            state = init(param, xp=bk.xp)
-            table = StepTable(scalars_of, bk.xp, param.dtype, bk.device)
+            state = cls.init_state(param, xp=bk.xp)
+            table = StepTable(cls.step_scalar_rows, bk.xp, param.dtype, bk.device)
             for step in range(40):
                 grad = bk.asarray(values[1] * (step % 7 - 3), dtype=dtype)
+                extra: dict[str, Any] = {}
                 if tabled:
-                    if not table.current(step, options):
-                        table.fill(step, options)
-                    param, state = update(param, grad, state, **options, xp=bk.xp,
-                                          inplace=True, scalars=table.scalars())
+                    if not table.current(state.step, table_options):
+                        table.fill(state, table_options)
+                    extra = {"scalars": table.scalars()}
+                param, state = cls.update(param, grad, state, **table_options, **more,
+                                          xp=bk.xp, inplace=True, **extra)
+                if tabled:
                     table.advance()
-                else:
-                    param, state = update(param, grad, state, **options, xp=bk.xp,
-                                          inplace=True)
             runs.append(bk.to_numpy(param))
-        assert np.array_equal(runs[0], runs[1]), update.__name__
+        assert np.array_equal(runs[0], runs[1]), cls.__name__
 
 
-def test_step_tables_are_refilled_in_place_between_replays(monkeypatch: Any) -> None:
-    """With tables of 4 rows, 15 recorded Adam steps refill them between replays, into the
-    same arrays (the graphs keep reading them), and stay bit-identical to capture=False."""
+@pytest.mark.parametrize("make", [lambda: nnxp.optim.Adam(lr=0.01),
+                                  lambda: nnxp.optim.NAdam(lr=0.01)], ids=["adam", "nadam"])
+def test_step_tables_are_refilled_in_place_between_replays(monkeypatch: Any, make: Any) -> None:
+    """With tables of 4 rows, 15 recorded steps refill them between replays (NAdam's from the
+    running product the loop advanced by hand), into the same arrays (the graphs keep reading
+    them), and stay bit-identical to capture=False, host state included."""
     from nnxp.optim import steptable
 
     monkeypatch.setattr(steptable, "LENGTH", 4)
@@ -607,15 +617,15 @@ def test_step_tables_are_refilled_in_place_between_replays(monkeypatch: Any) -> 
             model = _bn_model()
             if capture:
                 _recording(monkeypatch, model)
-            opt = nnxp.optim.Adam(lr=0.01)
+            opt = make()
             fills.clear()
             history = model.fit(X, y, optimizer=opt, epochs=3, batch_size=5, sample_weight=w,
                                 verbose=0, capture=capture)
             runs.append((_weights(model), history.history["loss"], history.capture,
-                         list(fills)))
+                         list(fills), sorted((i, _host_fields(r)) for i, r in opt.state.items())))
             assert not opt.step_tables()  # off again after fit
-    (w0, loss0, _, fills0), (w1, loss1, report, fills1) = runs
-    assert np.array_equal(w0, w1) and loss0 == loss1
+    (w0, loss0, _, fills0, host0), (w1, loss1, report, fills1, host1) = runs
+    assert np.array_equal(w0, w1) and loss0 == loss1 and host0 == host1
     assert not fills0 and len(fills1) >= 15 // 4
     assert len(set(fills1[1:])) == 1  # after the first fill, always the same array
     assert report["not_recorded"] is None and report["replays"] >= 8

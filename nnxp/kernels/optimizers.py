@@ -684,11 +684,27 @@ def nadam_init(param: Array, *, xp: Any) -> NAdamState:
     return NAdamState(0, 1.0, _zeros_like(param, xp), _zeros_like(param, xp))
 
 
+def nadam_scalars(step: int, mu_product: float, *, lr: float = 2e-3,
+                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                  momentum_decay: float = 4e-3) -> tuple[tuple[float, float, float], float]:
+    """The numbers of step ``step`` that :func:`nadam_update` adds and multiplies by, computed
+    on the host from Π_{t−1} = ``mu_product``: ``((ε √(1 − β₂ᵗ), c_g, c_m), Π_t)``."""
+    beta1, beta2 = betas
+    bc2_sqrt = math.sqrt(1 - beta2**step)
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = mu_product * mu
+    c_g = -lr * (1.0 - mu) / (1.0 - mu_product) * bc2_sqrt
+    c_m = -lr * mu_next / (1.0 - mu_product * mu_next) * bc2_sqrt
+    return (eps * bc2_sqrt, c_g, c_m), mu_product
+
+
 def nadam_update(
     param: Array, grad: Array, state: NAdamState, *, lr: float = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
     momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, xp: Any,
     inplace: bool = False, gate: Array | None = None,
+    scalars: tuple[Any, Any, Any] | None = None,
 ) -> tuple[Array, NAdamState]:
     """NAdam (torch.optim.NAdam): Adam with Nesterov momentum and Dozat's momentum schedule.
 
@@ -704,7 +720,9 @@ def nadam_update(
     momentum into Adam", ICLR workshop. ``state.mu_product`` holds Π_t.
 
     Other libraries: Keras' Nadam uses the same schedule with ψ fixed at 0.004 but its own ε
-    placement (``m̂ / (√v̂ + ε)`` with ε = 1e-7).
+    placement (``m̂ / (√v̂ + ε)`` with ε = 1e-7). ``scalars``: the numbers of
+    :func:`nadam_scalars` as 0-d arrays (see :func:`adam_update`); Π_t is still kept on the
+    host.
     """
     beta1, beta2 = betas
     step = state.step + 1
@@ -713,17 +731,15 @@ def nadam_update(
         g = grad
     else:
         g = _gated_l2(grad, param, weight_decay, inplace, gate, xp)
-    bc2_sqrt = math.sqrt(1 - beta2**step)
-    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
-    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
-    mu_product = state.mu_product * mu
-    m = _ema(state.exp_avg, g, beta1, inplace, gate, xp)
-    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace, gate, xp)
     # √(v/(1−β₂ᵗ)) + ε = (√v + ε√(1−β₂ᵗ)) / √(1−β₂ᵗ): the bias correction moves into the two
     # scalar coefficients, and both terms share one division: θ += (c_g g + c_m m) / s.
-    denom = _plus(xp.sqrt(v), eps * bc2_sqrt, inplace)
-    c_g = -lr * (1.0 - mu) / (1.0 - mu_product) * bc2_sqrt
-    c_m = -lr * mu_next / (1.0 - mu_product * mu_next) * bc2_sqrt
+    (eps_t, c_g, c_m), mu_product = nadam_scalars(
+        step, state.mu_product, lr=lr, betas=betas, eps=eps, momentum_decay=momentum_decay)
+    if scalars is not None:
+        eps_t, c_g, c_m = scalars
+    m = _ema(state.exp_avg, g, beta1, inplace, gate, xp)
+    v = _ema_sq(state.exp_avg_sq, g, beta2, inplace, gate, xp)
+    denom = _plus(xp.sqrt(v), eps_t, inplace)
     if inplace:
         num = g * c_g
         num_m = m * c_m

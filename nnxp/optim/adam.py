@@ -157,9 +157,34 @@ class NAdam(Optimizer):
         decoupled_weight_decay: bool = hyperparameter(False, check_flag)
 
     host_reads = ("step", "mu_product")  # bias correction and momentum schedule
+    table_reads = ("step", "mu_product")  # ... which a recorded step reads from a table
+    step_scalars = staticmethod(k.nadam_scalars)
     State = k.NAdamState
     init_state = staticmethod(k.nadam_init)
     update = staticmethod(k.nadam_update)
+
+    @classmethod
+    def step_scalar_rows(cls, record: Any, count: int,
+                         options: dict[str, Any]) -> list[tuple[float, ...]]:
+        """The numbers of the ``count`` steps after ``record``'s, Π carried from row to row
+        as the steps would carry it."""
+        rows: list[tuple[float, ...]] = []
+        product = record.mu_product
+        for j in range(count):
+            row, product = k.nadam_scalars(record.step + 1 + j, product, **options)
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def advance_state(record: Any, steps: int, options: dict[str, Any]) -> None:
+        """Π moved on by ``steps`` steps, multiplied in the order the steps multiply it (so the
+        same float); taken back (``steps < 0``) by multiplying up again from 1."""
+        if steps < 0:
+            NAdam.rewind_state(record, options)
+            return
+        beta1, psi = options["betas"][0], options["momentum_decay"]
+        for t in range(record.step - steps + 1, record.step + 1):
+            record.mu_product *= beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
 
     @staticmethod
     def rewind_state(record: Any, options: dict[str, Any]) -> None:

@@ -153,12 +153,17 @@ class Optimizer:
     advances by hand (:meth:`advance`). ``None`` (an optimizer that does not say): every host
     field counts as read."""
 
-    step_scalars: ClassVar[Callable[..., tuple[float, ...]] | None] = None
+    step_scalars: ClassVar[Callable[..., Any] | None] = None
     """``step_scalars(t, **options)``: the numbers of step ``t`` that :meth:`update` computes
     from the host-side ``step`` (Adam's bias corrections: :func:`nnxp.kernels.optimizers.
     adam_scalars`), when its update also takes them as ``scalars=`` 0-d arrays. A recorded
-    step then reads them from a device table (:meth:`use_step_tables`), and ``step`` becomes
-    bookkeeping. None: the update has no such numbers, or cannot take them."""
+    step then reads them from a device table (:meth:`use_step_tables`, rows made by
+    :meth:`step_scalar_rows`), and ``step`` becomes bookkeeping. None: the update has no such
+    numbers, or cannot take them."""
+
+    table_reads: ClassVar[tuple[str, ...]] = ("step",)
+    """The host fields of :attr:`host_reads` that only enter :attr:`step_scalars`: with step
+    tables on they are bookkeeping (NAdam adds its ``mu_product``)."""
 
     _update_options: ClassVar[tuple[str, ...]] = ()
     _scalar_options: ClassVar[tuple[str, ...]] = ()
@@ -512,7 +517,7 @@ class Optimizer:
         step tables, :meth:`use_step_tables`)."""
         reads = type(self).host_reads
         if reads is not None and self._step_tables is not None:
-            return tuple(name for name in reads if name != "step")
+            return tuple(name for name in reads if name not in type(self).table_reads)
         return reads
 
     # --- step tables (a recorded step that reads the step count) ----------------------------
@@ -549,16 +554,31 @@ class Optimizer:
     def _table_of(self, unit: FlatUnit, group: dict[str, Any]) -> StepTable:
         """``unit``'s step table, valid for its next step (refilled in place when not)."""
         tables = self._step_tables
-        fn = type(self).step_scalars
-        assert tables is not None and fn is not None
+        assert tables is not None
         table = tables.get(id(unit))
         if table is None or table.xp is not unit.xp:
-            table = tables[id(unit)] = StepTable(fn, unit.xp, unit.dtype, unit.device)
+            table = tables[id(unit)] = StepTable(type(self).step_scalar_rows, unit.xp,
+                                                 unit.dtype, unit.device)
         options = {name: group[name] for name in type(self)._scalar_options}
-        step = unit.state.step
-        if not table.current(step, options):
-            table.fill(step, options)
+        if not table.current(unit.state.step, options):
+            table.fill(unit.state, options)
         return table
+
+    @classmethod
+    def step_scalar_rows(cls, record: Any, count: int,
+                         options: dict[str, Any]) -> list[tuple[float, ...]]:
+        """:attr:`step_scalars` of the ``count`` steps after ``record``'s (a step table's
+        rows). An update whose numbers depend on more host state than ``step`` (NAdam's
+        running product) overrides it to carry that state from row to row."""
+        fn = cls.step_scalars
+        assert fn is not None
+        return [fn(record.step + 1 + j, **options) for j in range(count)]
+
+    @staticmethod
+    def advance_state(record: Any, steps: int, options: dict[str, Any]) -> None:
+        """After :meth:`advance` moved ``record.step`` by ``steps``: move the other host fields
+        that follow the step count as that many steps would (none for most optimizers; NAdam's
+        running product)."""
 
     def advance(self, steps: int = 1) -> None:
         """Advance the host-side step counts as ``steps`` calls of :meth:`step` would:
@@ -569,13 +589,17 @@ class Optimizer:
         does not read ``step`` (:meth:`reads_host_state`).
         """
         self.iterations += steps
-        for record in self.state.values():
+        cls = type(self)
+        group_of = {i: group for group, records in zip(self.param_groups, self._plan)
+                    for _, _, i, _, _ in records}
+        for i, record in self.state.items():
             if isinstance(getattr(record, "step", None), int):
                 record.step += steps
-        for group_units in getattr(self, "_units", None) or ():
+                cls.advance_state(record, steps, group_of.get(i, self.param_groups[-1]))
+        for group, group_units in zip(self.param_groups, getattr(self, "_units", None) or ()):
             for unit in group_units:
-                if type(unit) is FlatUnit:
-                    unit.advance(steps)
+                if type(unit) is FlatUnit and unit.advance(steps):
+                    cls.advance_state(unit.state, steps, group)
         for table in (self._step_tables or {}).values():  # a replay moved the counters
             table.host_k += steps
         self.refresh_step_tables()  # rows used up: refilled between steps, not in a recording

@@ -151,11 +151,14 @@ class FlatUnit:
         self._states = None
         self.records = []
 
-    def advance(self, steps: int) -> None:
+    def advance(self, steps: int) -> bool:
         """Advance the flat record's step count (:meth:`nnxp.optim.Optimizer.advance`; the
-        members' records are advanced through the optimizer's state dict)."""
+        members' records are advanced through the optimizer's state dict); whether it has
+        one."""
         if self.state is not None and isinstance(getattr(self.state, "step", None), int):
             self.state.step += steps
+            return True
+        return False
 
     def gate_gradients(self, gate: Array) -> None:
         """Zero the flat gradient where the 0-d ``gate`` is false: in one in-place operation

@@ -26,13 +26,14 @@ LENGTH = 1024
 
 
 class StepTable:
-    """``rows[j]`` = ``fn(start + 1 + j, **options)`` on the device, and the counter ``k`` of
-    the row the next step reads (``host_k`` is the same count kept on the host, never read
-    from the device)."""
+    """``rows[j]``: the numbers of step ``start + 1 + j`` on the device
+    (``rows_of(record, LENGTH, options)``, from a state record at step ``start``:
+    :meth:`nnxp.optim.Optimizer.step_scalar_rows`), and the counter ``k`` of the row the next
+    step reads (``host_k`` is the same count kept on the host, never read from the device)."""
 
-    def __init__(self, fn: Callable[..., tuple[float, ...]], xp: Any, dtype: Any,
+    def __init__(self, rows_of: Callable[..., list[tuple[float, ...]]], xp: Any, dtype: Any,
                  device: Any) -> None:
-        self.fn, self.xp, self.dtype, self.device = fn, xp, dtype, device
+        self.rows_of, self.xp, self.dtype, self.device = rows_of, xp, dtype, device
         self.rows: Array | None = None
         self.k = xp.zeros((1,), dtype=xp.int64, device=device)
         self.start = 0
@@ -45,10 +46,11 @@ class StepTable:
         return (self.rows is not None and self.start + self.host_k == step
                 and self.host_k < LENGTH and self.options == tuple(sorted(options.items())))
 
-    def fill(self, step: int, options: dict[str, Any]) -> None:
-        """The rows of the steps after ``step`` for ``options``, written into the same arrays
-        (made on the first fill), and the counter back at row 0."""
-        rows = [self.fn(step + 1 + j, **options) for j in range(LENGTH)]
+    def fill(self, record: Any, options: dict[str, Any]) -> None:
+        """The rows of the steps after ``record``'s for ``options``, written into the same
+        arrays (made on the first fill), and the counter back at row 0."""
+        step = record.step
+        rows = self.rows_of(record, LENGTH, options)
         host = backend.host_array(rows, dtype=backend.dtype_name(self.dtype))
         fresh = backend.asarray(host, xp=self.xp, device=self.device)
         if self.rows is None:
