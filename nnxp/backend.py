@@ -1880,6 +1880,9 @@ class MemoryLimit(NamedTuple):
 
     nbytes: int | None
     source: str
+    measured: bool = False
+    """Whether ``nbytes`` is the device's free memory measured now (arrays already on the
+    device are outside it), not a budget (which everything nnxp allocates counts against)."""
 
 
 def available_memory(budget: int | str | None = None, *, xp: Any = None,
@@ -1898,7 +1901,7 @@ def available_memory(budget: int | str | None = None, *, xp: Any = None,
         extra = "" if free is None else f" (the device has {free:,} bytes free)"
         return MemoryLimit(chosen, f"{where}{extra}")
     if free is not None:
-        return MemoryLimit(free, "free device memory")
+        return MemoryLimit(free, "free device memory", measured=True)
     return MemoryLimit(None, "no limit (a CPU backend and no memory budget)")
 
 

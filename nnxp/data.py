@@ -202,16 +202,21 @@ class Chunks:
     def nbytes(self, itemsize: int) -> int:
         """Bytes of the data once cast to floats of ``itemsize`` bytes (targets as they are
         stored, at least 8 bytes for labels that become int64)."""
-        total = 0
+        return sum(self.part_nbytes(itemsize))
+
+    def part_nbytes(self, itemsize: int) -> list[int]:
+        """:meth:`nbytes` of each part."""
+        sizes = []
         for X, y, w in self.parts:
             shape, _ = backend.host_info(X)  # type: ignore[misc]
-            total += shape[0] * shape[1] * itemsize
+            total = shape[0] * shape[1] * itemsize
             if y is not None:
                 y_shape, _ = backend.host_info(y)  # type: ignore[misc]
                 total += math.prod(y_shape) * 8
             if w is not None:
                 total += shape[0] * itemsize
-        return total
+            sizes.append(total)
+        return sizes
 
 
 def is_streamable(X: Any) -> bool:
@@ -363,6 +368,12 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"Stream({self.chunks!r})"
+
+    def device_bytes(self) -> int:
+        """The most bytes of data the stream holds on the device at once: two chunks, the one
+        being trained on and the next one on its way (:meth:`device_chunks`)."""
+        sizes = sorted(self.chunks.part_nbytes(backend.itemsize(self.dtype)), reverse=True)
+        return sum(sizes[:2])
 
     # --- the host side: reading one chunk ---------------------------------------------------
 

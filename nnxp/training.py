@@ -228,8 +228,16 @@ def fit(
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     if loss is not None:
         model.loss = get_loss(loss)
+    given = (X, y, sample_weight)
     X, y, w = _training_data(model, X, y, sample_weight, batch_size, memory_budget)
+    if parallel and isinstance(X, data.Stream):
+        raise ValueError("distributed training does not stream: X does not fit the device "
+                         "memory budget; give each rank its own shard that fits (see "
+                         "docs/streaming.md)")
+    placed = _placed_bytes((X, y, w), given)  # before the split: X_val is a view of X
     X, y, val = _validation_sets(model, X, y, validation_split, validation_data)
+    if isinstance(validation_data, (tuple, list)) and val is not None:
+        placed += _placed_bytes(val, tuple(validation_data)[:2])
     if w is not None and w.shape[0] != X.shape[0]:
         w = w[:X.shape[0]]  # validation_split held out the last samples
     if not incremental or metrics is not None or model.metrics is None or loss is not None:
@@ -243,7 +251,8 @@ def fit(
     check_memory_plan(model, opt, batch_size=X.shape[0] if batch_size is None else
                       min(batch_size, X.shape[0]), memory_budget=memory_budget,
                       keep_finite_weights=keep_finite_weights and parallel,
-                      accumulate=accumulate, precision=precision)
+                      accumulate=accumulate, precision=precision, data_bytes=placed,
+                      stream_bytes=X.device_bytes() if isinstance(X, data.Stream) else 0)
     if incremental:
         first_epoch = last_epoch = model.epochs_trained + 1
     else:
@@ -258,10 +267,6 @@ def fit(
         else None
     policy = prec.resolve(precision, loss_scale, model)  # after a restore: its loss scaler
     if parallel:
-        if isinstance(X, data.Stream):
-            raise ValueError("distributed training does not stream: X does not fit the device "
-                             "memory budget; give each rank its own shard that fits (see "
-                             "docs/streaming.md)")
         return _fit_distributed(model, X, y, val, distributed, opt, cbs, dict(
             first_epoch=first_epoch, last_epoch=last_epoch, batch_size=batch_size,
             shuffle=shuffle, verbose=verbose, diagnostics=diagnostics,
@@ -392,7 +397,8 @@ class MemoryPlanError(MemoryError):
 
 def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
                       memory_budget: Any = None, keep_finite_weights: bool = False,
-                      precision: str | None = None, accumulate: int = 1) -> Any:
+                      precision: str | None = None, accumulate: int = 1,
+                      data_bytes: int = 0, stream_bytes: int = 0) -> Any:
     """Refuse, before any step, a training step that will not fit (:mod:`nnxp.summary`).
 
     Compares the plan's total with :func:`nnxp.backend.available_memory` (the device's free
@@ -401,8 +407,11 @@ def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
     plan: the divergence guard's copy of the parameters and buffers when
     ``keep_finite_weights`` (only distributed training keeps one; elsewhere the guard gates
     the update on the device and copies nothing), and the gradient-sized sum of
-    ``accumulate > 1``, whose micro-batches have ``batch_size`` samples. Without a limit (a
-    CPU backend and no budget) nothing is planned. Returns the plan, or None.
+    ``accumulate > 1``, whose micro-batches have ``batch_size`` samples; the training data
+    that ``fit`` copied onto the device (``data_bytes``) when the limit is a budget (a measured
+    free memory was measured after the copy); and the two chunks a data stream holds on the
+    device (``stream_bytes``). Without a limit (a CPU backend and no budget) nothing is
+    planned. Returns the plan, or None.
     """
     limit = backend.available_memory(memory_budget, xp=model.xp, device=model.device)
     if limit.nbytes is None:
@@ -417,6 +426,10 @@ def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
                        "saves it)"))
     if accumulate > 1:  # nnxp.accumulation.GradientSum: one more set of gradients
         extras.append((int(mem["gradients"] or 0), f"the gradient sum of accumulate={accumulate}"))
+    if data_bytes and not limit.measured:
+        extras.append((data_bytes, "the training data fit placed on the device"))
+    if stream_bytes:
+        extras.append((stream_bytes, "the two chunks of the data stream on the device"))
     guard = sum(n for n, _ in extras)
     if total + guard <= limit.nbytes:
         return plan
@@ -494,6 +507,16 @@ def _training_data(model: Sequential, X: Any, y: Any, sample_weight: Any,
             return X, None, None
     X, y = model.check_data(X, y)
     return X, y, _sample_weight(model, sample_weight, X.shape[0])
+
+
+def _placed_bytes(placed: tuple[Any, ...], given: tuple[Any, ...]) -> int:
+    """Bytes of the arrays in ``placed`` that ``fit`` made (copies onto the device, casts),
+    not the caller's own ``given`` arrays used as they are, nor a stream."""
+    total = 0
+    for a, original in zip(placed, given):
+        if a is not None and a is not original and backend.is_array(a):
+            total += math.prod(a.shape) * backend.itemsize(a.dtype)
+    return total
 
 
 def _sample_weight(model: Sequential, sample_weight: Any, n_samples: int) -> Array | None:

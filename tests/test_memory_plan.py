@@ -17,7 +17,7 @@ import nnxp
 from nnxp import backend, optim
 from nnxp.layers import BatchNorm1d, Dense, Dropout, LayerNorm, ReLU, Tanh
 from nnxp.summary import UPDATE_TEMPORARIES, memory_plan
-from nnxp.training import MemoryPlanError
+from nnxp.training import MemoryPlanError, check_memory_plan
 
 
 def _mlp(width: int) -> nnxp.Sequential:
@@ -207,14 +207,17 @@ def test_fit_refuses_a_plan_over_the_budget_before_any_step() -> None:
     y = np.arange(64) % 10
     opt = optim.Adam()
     plan = memory_plan(model, 64, optimizer=opt)
-    budget = plan.total_for(20)  # fit keeps no copy of the weights: the plan is all it needs
+    labels = 64 * 8  # fit's int64 copy of the labels, which the budget covers too
+    # fit keeps no copy of the weights: the plan and the labels are all it needs
+    budget = plan.total_for(20) + labels
     with pytest.raises(MemoryPlanError) as err:
         model.fit(X, y, optimizer=opt, batch_size=64, epochs=1, verbose=0, memory_budget=budget)
     message = str(err.value)
-    needed = plan.memory["total"]
+    needed = plan.memory["total"] + labels
     assert f"needs {needed:,} bytes" in message and f"but {budget:,} bytes" in message
     assert "the memory_budget argument" in message
-    best = plan.largest_batch_size(budget)
+    assert "512 B for the training data fit placed on the device" in message
+    best = plan.largest_batch_size(budget, extra=labels)
     assert f"the largest batch size that fits is {best}" in message and 20 <= best < 64
     assert opt.iterations == 0
     after = [np.array(p) for layer in model.layers for p in layer.params.values()]
@@ -227,7 +230,7 @@ def test_fit_refuses_a_plan_over_the_budget_before_any_step() -> None:
         model.fit(X, y, optimizer=opt, batch_size=best, epochs=1, verbose=0,
                   memory_budget=budget, accumulate=2)
     model.fit(X, y, optimizer=opt, batch_size=best, epochs=1, verbose=0, accumulate=2,
-              memory_budget=plan.total_for(best) + plan.memory["gradients"])
+              memory_budget=plan.total_for(best) + plan.memory["gradients"] + labels)
 
 
 def test_configured_budget_and_environment(monkeypatch) -> None:
@@ -358,3 +361,43 @@ def test_layer_temporaries_match_the_kernels(name) -> None:
     planned_fwd, planned_bwd = LAYER_TEMPORARIES[name]
     assert planned_fwd - 0.05 <= fwd <= planned_fwd + 0.35, (fwd, planned_fwd)
     assert planned_bwd - 0.05 <= bwd <= planned_bwd + 0.35, (bwd, planned_bwd)
+
+
+def test_data_fit_places_on_the_device_counts_against_a_budget() -> None:
+    """A budget covers what fit allocates: the copy of the training data it makes (float64
+    inputs cast to the model's float32) is added to the plan; inputs used as they are (already
+    float32 NumPy on the numpy backend) are the caller's memory and are not."""
+    model = _mlp(32)
+    rng = np.random.default_rng(0)
+    X32 = rng.random((64, 32), dtype=np.float32)
+    y = np.arange(64) % 10
+    opt = optim.SGD(lr=0.01)
+    plan = memory_plan(model, 64, optimizer=opt)
+    budget = plan.memory["total"] + 1024  # the step and the labels fit, a copy of X does not
+    model.fit(X32, y, optimizer=opt, batch_size=64, epochs=1, verbose=0, memory_budget=budget)
+    # X cast to float32 (8 KiB) and the labels as int64 (512 B)
+    with pytest.raises(MemoryPlanError, match=r"plus 8\.5 KiB for the training data fit "
+                                              r"placed on the device"):
+        model.fit(X32.astype(np.float64), y, optimizer=opt, batch_size=64, epochs=1,
+                  verbose=0, memory_budget=budget)
+    with pytest.raises(MemoryPlanError, match="the training data fit placed on the device"):
+        model.fit(X32, y, optimizer=opt, batch_size=64, epochs=1, verbose=0,
+                  memory_budget=budget, validation_data=(X32.astype(np.float64), y))
+
+
+def test_a_stream_counts_its_two_device_chunks() -> None:
+    from nnxp import data
+
+    rng = np.random.default_rng(1)
+    parts = [(rng.random((n, 8), dtype=np.float32), np.arange(n) % 3) for n in (40, 30, 50)]
+    model = nnxp.Sequential([Dense(8, 3)], seed=0)
+    stream = data.Stream(data.Chunks(parts), model)
+    # the two largest chunks: 50 and 40 rows of 8 float32 features and an 8-byte label
+    assert stream.device_bytes() == (50 + 40) * (8 * 4 + 8)
+    plan = memory_plan(model, 16, optimizer=optim.SGD(lr=0.1))
+    budget = plan.memory["total"] + 100
+    assert check_memory_plan(model, optim.SGD(lr=0.1), batch_size=16,
+                             memory_budget=budget) is not None
+    with pytest.raises(MemoryPlanError, match="the two chunks of the data stream"):
+        check_memory_plan(model, optim.SGD(lr=0.1), batch_size=16, memory_budget=budget,
+                          stream_bytes=stream.device_bytes())

@@ -166,12 +166,14 @@ def test_data_that_fits_moves_once_as_before(files: Any, budget: Any) -> None:
 def test_chunks_of_npy_paths_and_partial_fit(files: Any, budget: Any) -> None:
     d = files["dir"]
     parts = []
-    for i, (a, b) in enumerate([(0, 90), (90, 150), (150, N)]):
+    # parts small enough that two of them on the device fit the budget beside the step
+    bounds = [(0, 35), (35, 70), (70, 100), (100, 135), (135, 170), (170, N)]
+    for i, (a, b) in enumerate(bounds):
         np.save(d / f"X{i}.npy", files["X"][a:b])
         np.save(d / f"y{i}.npy", files["y"][a:b])
         parts.append((d / f"X{i}.npy", str(d / f"y{i}.npy")))
     chunks = data.Chunks(parts)
-    assert chunks.lengths == [90, 60, 53] and chunks.n_features == F
+    assert chunks.lengths == [35, 35, 30, 35, 35, 33] and chunks.n_features == F
     ref = _model()
     ref.partial_fit(files["X"], files["y"], batch_size=32, shuffle=False)
     budget(12_000)
