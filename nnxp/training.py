@@ -1056,9 +1056,12 @@ class _StaticStep:
                          and not getattr(layer, "reads_host_state", True)]
         self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.host_code_ran = False  # see notice_host_code
+        self.last_view: list[tuple[str, Any]] | None = None  # after the last step Python ran
+        self.repair = False  # the next check step puts back arrays a callback replaced
         # an update that computes numbers from the step count (Adam) reads them from device
         # tables while steps are recorded (nnxp.optim.steptable): bit for bit the same
-        self.tables = self.recorder is not None and optimizer.use_step_tables(True)
+        self.tables = (self.recorder is not None and not optimizer.uses_step_tables
+                       and optimizer.use_step_tables(True))  # turned off again by close()
         self.report: dict[str, Any] = {
             "recorder": None if self.recorder is None else self.recorder.kind,
             "graphs": 0, "replays": 0, "static_steps": 0, "not_recorded": None}
@@ -1076,7 +1079,7 @@ class _StaticStep:
             slot = self.slots[key] = {
                 "x": xp.zeros_like(xb), "y": xp.zeros_like(yb),
                 "w": None if wb is None else xp.zeros_like(wb), "graph": None,
-                "checked": False, "options": None, "outputs": None, "view": None}
+                "checked": False, "options": None, "outputs": None}
         slot["x"][...] = xb
         slot["y"][...] = yb
         if wb is not None:
@@ -1101,19 +1104,19 @@ class _StaticStep:
         self.host_code_ran = True
 
     def _revalidate(self) -> None:
-        """Drop the graphs of every shape whose recorded arrays or frozen host values were
-        replaced or changed since they were recorded (a callback assigned a new parameter
-        array, restored a snapshot, replaced a BatchNorm statistic): a replay would read and
-        write the old memory. The next step of that shape runs eagerly — the optimizer takes the
-        new arrays up — and is checked again before it is recorded again."""
+        """When a callback replaced or changed what the steps hold (assigned a new parameter
+        array, restored a snapshot, replaced a BatchNorm statistic) since the last step:
+        drop every shape's graph and check (a replay would read and write the old memory, a
+        recording would copy the stale array in). The next step runs eagerly — the optimizer
+        takes the new arrays up, which its check accepts once (:attr:`repair`) — and each shape
+        is checked again before it is recorded again. Replays leave the view as it was, so
+        one view after the last eager step or recording serves every shape."""
         self.host_code_ran = False
-        view = None
+        if self.last_view is None or _host_view(self.model, self.optimizer) == self.last_view:
+            return
+        self.repair = True
         for slot in self.slots.values():
-            if slot["graph"] is None:
-                continue
-            view = _host_view(self.model, self.optimizer) if view is None else view
-            if view != slot["view"]:
-                slot.update(graph=None, view=None, checked=False, repairing=True)
+            slot.update(graph=None, checked=False)
 
     def _run(self, slot: dict[str, Any], before_update: Callable[[Array], None] | None,
              options: dict[str, Any]) -> tuple[Array, Array]:
@@ -1123,17 +1126,20 @@ class _StaticStep:
         if self.host_code_ran:
             self._revalidate()
         if not slot["checked"]:
+            optimizer.prepare_state()  # loaded records gathered now, not by the checked step
             reads = _reads_problem(optimizer)
             before = _host_view(model, optimizer)
             extra = [layer.get_extra_state() for layer in self.counting]
             result = self.recorder.warm_up(lambda: self._eager(slot, None, options))
-            changed = _compare_host_views(before, _host_view(model, optimizer))
+            after = self.last_view = _host_view(model, optimizer)
+            changed = _compare_host_views(before, after)
             if changed in (None, "new"):
                 changed = self._check_counts(extra) or changed
-            if changed not in (None, "new") and slot.pop("repairing", False):
+            if changed not in (None, "new") and self.repair:
                 # the first step after a callback replaced arrays puts them back into the
                 # optimizer's buffers (a replacement by the step itself): check the next one
                 changed = "new"
+            self.repair = False
             problem = reads or changed
             slot["checked"] = problem != "new"  # state made by this step: check the next one
             if problem not in (None, "new"):
@@ -1146,23 +1152,24 @@ class _StaticStep:
                 self._give_up(problem)
                 return self._eager(slot, None, options)
             optimizer.refresh_step_tables()  # refilled now, not inside the recording
+            counts = optimizer.host_counts()
             slot["graph"], slot["outputs"] = self.recorder.capture(  # records, runs nothing
                 lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"], **options))
-            self._advance(-1)  # the recording ran the step's Python once: take its counts back
+            # the recording ran the step's Python once: its host counts are put back as they
+            # were (the optimizer's exactly; the layers' batch counts moved back by one)
+            optimizer.restore_host_counts(counts)
+            for layer in self.counting:
+                layer.advance_host_state(-1)
             slot["options"] = settings
-            slot["view"] = _host_view(model, optimizer)  # what the graph holds (_revalidate)
+            self.last_view = _host_view(model, optimizer)  # what the graph holds (_revalidate)
             self.report["graphs"] += 1
         slot["graph"].replay()
-        self._advance(1)
+        self.optimizer.advance(1, replayed=True)  # the host counts a replay does not move
+        for layer in self.counting:
+            layer.advance_host_state(1)
         self.report["replays"] += 1
         value, out = slot["outputs"]
         return model.xp.asarray(value, copy=True), out
-
-    def _advance(self, steps: int) -> None:
-        """The host-side bookkeeping of ``steps`` training steps (negative: taken back)."""
-        self.optimizer.advance(steps)
-        for layer in self.counting:
-            layer.advance_host_state(steps)
 
     def _check_counts(self, before: list[Any]) -> str | None:
         """Whether advancing each counting layer by hand from its state before the check step

@@ -237,6 +237,11 @@ class StepCountingSGD(InPlaceSGD):
         return _update(param, grad, state, lr=lr, xp=xp, inplace=inplace)
 
 
+def _per_parameter(optimizer: Any) -> Any:
+    optimizer.flat = False
+    return optimizer
+
+
 def _bn_model(momentum: float | None = 0.1) -> nnxp.Sequential:
     return nnxp.Sequential([Dense(F, 6), BatchNorm1d(6, momentum=momentum), Tanh(),
                             Dense(6, C)], seed=3)
@@ -245,6 +250,9 @@ def _bn_model(momentum: float | None = 0.1) -> nnxp.Sequential:
 @pytest.mark.parametrize("make, optimizer, reason", [
     (_mlp, lambda: StepCountingSGD(), r"StepCountingSGD state\[0\]\.step is a host value "
                                       r"that changed from 1 to 2"),
+    # one update per parameter computes Adam's numbers on the host: no tables serve it
+    (_mlp, lambda: _per_parameter(nnxp.optim.Adam()),
+     r"Adam's update reads its host-side state 'step'"),
     (lambda: _bn_model(None), lambda: nnxp.optim.SGD(lr=0.1),
      r"layers\[1\] \(BatchNorm1d\) extra state\['num_batches_tracked'\] is a host value "
      r"that changed from 0 to 1"),
@@ -518,15 +526,15 @@ def test_batch_norm_keeps_its_running_statistic_arrays_where_it_can(bk: Any) -> 
 
 
 class ReplaceArrays(Callback):
-    """Mid-epoch, assigns new arrays to a weight and to a BatchNorm running statistic (what a
-    callback restoring a snapshot does)."""
+    """After the given batches, assigns new arrays to a weight and to a BatchNorm running
+    statistic (what a callback restoring a snapshot does)."""
 
-    def __init__(self) -> None:
-        self.batches = 0
+    def __init__(self, when: tuple[int, ...]) -> None:
+        self.batches, self.when = 0, when
 
     def on_batch_end(self, batch: int, logs: Any) -> None:
         self.batches += 1
-        if self.batches in (3, 7):
+        if self.batches in self.when:
             xp = self.model.xp
             dense, bn = self.model.layers[0], self.model.layers[1]
             dense.params["W"] = xp.asarray(dense.params["W"] * 0.5, copy=True)
@@ -534,11 +542,14 @@ class ReplaceArrays(Callback):
                                                     copy=True)
 
 
+@pytest.mark.parametrize("when", [(3, 7), (1,), (2,), (3, 4)],
+                         ids=["after-replays", "after-check", "before-recording", "twice"])
 def test_arrays_replaced_by_a_callback_are_taken_up_not_replayed_over(
-        monkeypatch: Any) -> None:
+        monkeypatch: Any, when: tuple[int, ...]) -> None:
     """A graph holds the arrays it was recorded on: after a callback replaced a weight and a
-    running statistic, the step is checked and recorded again on the arrays the model holds,
-    and the run equals the unrecorded one bit for bit (the fake recorder fails a replay whose
+    running statistic — after replays, after the check step, between the check step and the
+    recording — the step is checked and recorded (again) on the arrays the model holds, and
+    the run equals the unrecorded one bit for bit (the fake recorder fails a replay whose
     arrays were replaced, as a real graph would silently train the old memory)."""
     X, y, w = _data()
     runs = []
@@ -549,12 +560,12 @@ def test_arrays_replaced_by_a_callback_are_taken_up_not_replayed_over(
                 recorder = _recording(monkeypatch, model)
             history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1, momentum=0.9),
                                 epochs=2, batch_size=5, sample_weight=w, verbose=0,
-                                callbacks=[ReplaceArrays()], capture=capture)
+                                callbacks=[ReplaceArrays(when)], capture=capture)
             runs.append((_weights(model), history.history["loss"], history.capture))
     (w0, loss0, _), (w1, loss1, report) = runs
     assert np.array_equal(w0, w1) and loss0 == loss1
     assert report["not_recorded"] is None
-    assert report["graphs"] == len(recorder.graphs) >= 3  # recorded again after a replacement
+    assert report["graphs"] == len(recorder.graphs) >= 2  # recorded again after a replacement
     assert report["replays"] > 0
 
 
@@ -629,3 +640,38 @@ def test_step_tables_are_refilled_in_place_between_replays(monkeypatch: Any, mak
     assert not fills0 and len(fills1) >= 15 // 4
     assert len(set(fills1[1:])) == 1  # after the first fill, always the same array
     assert report["not_recorded"] is None and report["replays"] >= 8
+
+
+@pytest.mark.parametrize("change", ["momentum_decay", "loaded product"])
+def test_recording_nadam_keeps_its_running_product_as_the_steps_left_it(
+        monkeypatch: Any, change: str) -> None:
+    """NAdam's Π after a recorded fit equals the eager run's bit for bit, also when it no
+    longer equals the product recomputed from step 1 (the momentum decay changed between fits,
+    or a checkpoint stored a rounded Π): a recording takes back exactly what its one Python
+    run moved, and then one more eager epoch agrees too."""
+    X, y, w = _data()
+    runs = []
+    with nnxp.use_backend("numpy"):
+        for capture in (False, True):
+            model = _mlp()
+            opt = nnxp.optim.NAdam(lr=0.01, betas=(0.99, 0.999), momentum_decay=0.5)
+            model.fit(X, y, optimizer=opt, epochs=1, batch_size=5, sample_weight=w, verbose=0)
+            if change == "momentum_decay":
+                opt.param_groups[0]["momentum_decay"] = 2.0
+            else:
+                saved = opt.state_dict()
+                for record in saved["state"].values():
+                    record["mu_product"] = float(np.float32(record["mu_product"]))
+                opt.load_state_dict(saved)
+            if capture:
+                recorder = _recording(monkeypatch, model)
+            history = model.fit(X, y, optimizer=opt, epochs=2, batch_size=5, sample_weight=w,
+                                verbose=0, capture=capture)
+            monkeypatch.undo()
+            model.fit(X, y, optimizer=opt, epochs=1, batch_size=5, sample_weight=w, verbose=0)
+            runs.append((_weights(model), sorted((i, _host_fields(r))
+                                                 for i, r in opt.state.items()),
+                         history.capture))
+    (w0, host0, _), (w1, host1, report) = runs
+    assert np.array_equal(w0, w1) and host0 == host1
+    assert report["not_recorded"] is None and report["graphs"] == len(recorder.graphs) > 0

@@ -250,3 +250,24 @@ def test_a_state_with_a_device_counter_is_updated_per_parameter(bk) -> None:
     _train(model, opt, steps=3)
     counts = {int(nnxp.to_numpy(record.calls)) for record in opt.state.values()}
     assert counts == {3}
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "Adamax"])
+def test_step_tables_follow_host_steps_and_advance(bk, name) -> None:
+    """With step tables on, eager steps read the same numbers as from the host, also after
+    advance(n) outside a replay (the tables are refilled, the device counter did not move)
+    and after rewind; tables off give the reference."""
+    if not flat_backend(bk.xp):
+        pytest.skip("tables serve flat units")
+    runs = []
+    for tables in (False, True):
+        model, opt = _model(), getattr(optim, name)(lr=0.01)
+        opt.use_step_tables(tables)
+        _train(model, opt, steps=2)
+        opt.advance(2)  # as two steps would count, without their device work
+        _train(model, opt, steps=3)
+        opt.rewind(1)
+        _train(model, opt, steps=2)
+        runs.append((model, opt))
+    _assert_same(*runs)
+    assert runs[1][1].step_tables() and not runs[0][1].step_tables()

@@ -485,6 +485,22 @@ class Optimizer:
         self.iterations += 1
         return loss
 
+    def prepare_state(self) -> None:
+        """Gather state records given from outside (``load_state_dict``, a rebuilt layout) into
+        the flat units now, as the next :meth:`step` would first: so that a recorded step's
+        check (``fit(capture=True)``) sees the arrays the steps will keep using, not a one-off
+        replacement by the step that gathers them."""
+        if self._pending is not None:
+            self._materialize()
+        cls = type(self)
+        for group, units in zip(self.param_groups, self._units or ()):
+            for unit in units:
+                if type(unit) is FlatUnit and unit.grouped and any(
+                        self.state.get(i) is not None for _, _, i in unit.members):
+                    if not unit.prepare_state(self.state, cls.State, cls.init_state, group,
+                                              cls._init_options):
+                        unit.grouped = False
+
     def rewind(self, steps: int) -> None:
         """Take back the host-side step counts of ``steps`` gated steps that were skipped.
 
@@ -516,9 +532,19 @@ class Optimizer:
         (:attr:`host_reads`; ``None``: all of them; not ``step`` while its numbers come from
         step tables, :meth:`use_step_tables`)."""
         reads = type(self).host_reads
-        if reads is not None and self._step_tables is not None:
+        if reads is not None and self._step_tables is not None and self._tables_cover():
             return tuple(name for name in reads if name not in type(self).table_reads)
         return reads
+
+    def _tables_cover(self) -> bool:
+        """Whether step tables serve every update of a step: every parameter in a grouped flat
+        unit of float32 or float64 (a parameter updated on its own computes its numbers on the
+        host; a 0-d half-precision array would round them otherwise than a Python float does)."""
+        units = self._units
+        return units is not None and all(
+            type(unit) is FlatUnit and unit.grouped
+            and backend.dtype_name(unit.dtype) in ("float32", "float64")
+            for group_units in units for unit in group_units)
 
     # --- step tables (a recorded step that reads the step count) ----------------------------
 
@@ -528,7 +554,9 @@ class Optimizer:
         (:mod:`nnxp.optim.steptable`), instead of computing them on the host: the same numbers,
         bit for bit, and no host value a recorded step would freeze. ``fit(capture=True)``
         turns it on while it records. Returns whether this optimizer can (it has
-        :attr:`step_scalars`). ``on=False`` drops the tables."""
+        :attr:`step_scalars`). ``on=False`` drops the tables. Only grouped flat units of
+        float32 or float64 read tables; while any other unit exists, :meth:`reads_host_state`
+        still names ``step``, so a recording is refused rather than frozen."""
         if not on or type(self).step_scalars is None:
             self._step_tables = None
             return False
@@ -550,6 +578,34 @@ class Optimizer:
     def step_tables(self) -> list[StepTable]:
         """The step tables in use (empty when :meth:`use_step_tables` is off)."""
         return list((self._step_tables or {}).values())
+
+    @property
+    def uses_step_tables(self) -> bool:
+        """Whether :meth:`use_step_tables` is on."""
+        return self._step_tables is not None
+
+    def host_counts(self) -> Any:
+        """The host values a :meth:`step` moves — ``iterations``, every state record's host
+        fields (``step``, NAdam's running product), the step tables' host counters — for
+        :meth:`restore_host_counts` (a recording runs a step's Python once without its device
+        work, and takes back what that run moved exactly, not by undoing a step)."""
+        records = list(self.state.values()) + [
+            unit.state for group_units in self._units or () for unit in group_units
+            if type(unit) is FlatUnit and unit.state is not None]
+        return (self.iterations,
+                [(r, [(f.name, getattr(r, f.name)) for f in dataclasses.fields(r)
+                      if not backend.is_array(getattr(r, f.name))])
+                 for r in records if dataclasses.is_dataclass(r)],
+                [(t, t.host_k) for t in self.step_tables()])
+
+    def restore_host_counts(self, saved: Any) -> None:
+        """Put back what :meth:`host_counts` saved."""
+        self.iterations, records, tables = saved
+        for record, fields in records:
+            for name, value in fields:
+                setattr(record, name, value)
+        for table, host_k in tables:
+            table.host_k = host_k
 
     def _table_of(self, unit: FlatUnit, group: dict[str, Any]) -> StepTable:
         """``unit``'s step table, valid for its next step (refilled in place when not)."""
@@ -580,9 +636,12 @@ class Optimizer:
         that follow the step count as that many steps would (none for most optimizers; NAdam's
         running product)."""
 
-    def advance(self, steps: int = 1) -> None:
+    def advance(self, steps: int = 1, *, replayed: bool = False) -> None:
         """Advance the host-side step counts as ``steps`` calls of :meth:`step` would:
         ``iterations`` and each state record's ``step`` (the flat units' records included).
+        ``replayed``: the steps were replays of a recorded step, which moved the step tables'
+        device counters already (their host mirrors move with them); otherwise the tables are
+        refilled at the next step.
 
         For a recorded step that is replayed (``fit(capture=True)``): the replay runs the
         device work only, so the Python counts are moved on here. Only valid when the update
@@ -600,9 +659,10 @@ class Optimizer:
             for unit in group_units:
                 if type(unit) is FlatUnit and unit.advance(steps):
                     cls.advance_state(unit.state, steps, group)
-        for table in (self._step_tables or {}).values():  # a replay moved the counters
-            table.host_k += steps
-        self.refresh_step_tables()  # rows used up: refilled between steps, not in a recording
+        if replayed:  # the replays moved the device counters: the host mirrors follow
+            for table in (self._step_tables or {}).values():
+                table.host_k += steps
+        self.refresh_step_tables()  # out of date or used up: refilled now, between steps
 
     @staticmethod
     def rewind_state(record: Any, options: dict[str, Any]) -> None:
@@ -699,6 +759,8 @@ class Optimizer:
                 if type(unit) is FlatUnit:
                     unit.release()
         self._units = None
+        if self._step_tables is not None:  # keyed on the units: made afresh for new ones
+            self._step_tables.clear()
 
     def _clip(self, units_of_groups: list[list[Any]]) -> None:
         # the gradients the update will read: a flat unit's views, else layer.grads

@@ -243,9 +243,12 @@ class FlatUnit:
         cached = self._blocks
         if cached.get("key") == key:
             return cached
-        bounds = [(lo, min(lo + block, total)) for lo in range(0, total, block)]
-        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < block // 4:
-            bounds[-2:] = [(bounds[-2][0], total)]  # no sliver of a block at the end
+        # blocks of about equal size, none above ``block`` (what a memory plan assumes), each
+        # starting on a multiple of 16 elements where blocks are that large (aligned for SIMD)
+        size = -(-total // -(-total // block))
+        if block >= 16:
+            size = min(block, -(-size // 16) * 16)
+        bounds = [(lo, min(lo + size, total)) for lo in range(0, total, size)]
         views = [{**{name: getattr(state, name)[lo:hi] for name in arrays},
                   **{name: None for name in none}} for lo, hi in bounds]
         self._blocks = {"key": key, "bounds": bounds, "views": views, "arrays": arrays,
