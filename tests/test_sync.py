@@ -593,3 +593,24 @@ def test_a_shut_gate_costs_no_sync_either(name: str) -> None:
     for step in range(1, counter.steps + 1):
         assert_budget([e for e in counter.events if e.step == step], 0, f"training step {step}")
     assert model.optimizer.iterations == 1
+
+
+def test_step_tables_read_the_step_numbers_without_a_sync() -> None:
+    """Adam reading its bias corrections from step tables (what a recorded step does): after
+    the first step, which fills the tables (one host-to-device copy per flat unit), no step
+    synchronises or copies from the host; the step count never leaves the device."""
+    with nnxp.use_backend("torch"):
+        model = nnxp.Sequential(_mlp("relu")(), seed=0)
+        X, y = _data()
+        opt = nnxp.optim.Adam(lr=0.01)
+        opt.bind(model.parameters())
+        assert opt.use_step_tables(True)
+        with SyncCounter() as counter:
+            model.fit(X, y, optimizer=opt, epochs=2, batch_size=BATCH, verbose=0)
+        assert opt.step_tables() and opt.reads_host_state() == ()
+    assert counter.steps > 2
+    assert_budget(counter.in_steps(first=2), 0, "training steps after the first")
+    first = [e for e in counter.events if e.step == 1]
+    assert len(first) == len(opt.step_tables()), report(first)  # one fill per table
+    assert all("steptable.py" in e.where and e.kind == "host->device" for e in first), \
+        report(first)
