@@ -48,12 +48,15 @@ def constant(value: float, like: Array, *, xp: Any) -> Array:
     try:
         return _MEMO[key]
     except KeyError:
-        pass
+        return _remember(key, xp.full((), value, dtype=like.dtype, device=device))
+
+
+def _remember(key: tuple[Any, ...], array: Array) -> Array:
+    """Keep ``array`` under ``key`` (the memo is emptied when it holds too many)."""
     if len(_MEMO) >= _MEMO_LIMIT:
         _MEMO.clear()
-    c = xp.full((), value, dtype=like.dtype, device=device)
-    _MEMO[key] = c
-    return c
+    _MEMO[key] = array
+    return array
 
 
 def index_range(n: int, like: Array, *, xp: Any) -> Array:
@@ -67,12 +70,7 @@ def index_range(n: int, like: Array, *, xp: Any) -> Array:
     try:
         return _MEMO[key]
     except KeyError:
-        pass
-    if len(_MEMO) >= _MEMO_LIMIT:
-        _MEMO.clear()
-    r = xp.arange(n, dtype=like.dtype, device=device)
-    _MEMO[key] = r
-    return r
+        return _remember(key, xp.arange(n, dtype=like.dtype, device=device))
 
 
 def clamp(x: Array, low: float | None = None, high: float | None = None, *, xp: Any) -> Array:
