@@ -24,6 +24,7 @@ A new update rule therefore takes a kernel and a dozen declarative lines::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import operator
@@ -428,6 +429,7 @@ class Optimizer:
             self._clip(units_of_groups)
         states = self.state
         cls = type(self)
+        blocking = self._update_block
         bind, read, init, init_names = (cls._bind_update, cls._read_options, cls.init_state,
                                         cls._init_options)
         for group, units in zip(self.param_groups, units_of_groups):
@@ -440,7 +442,7 @@ class Optimizer:
                 if type(unit) is FlatUnit:
                     # all of the unit's parameters in one pass per operation (block by block
                     # on a CPU: FlatUnit.update)
-                    block = self._block_of(unit)
+                    block = unit.default_block if blocking is None else (blocking or None)
                     if not (unit.grouped and unit.prepare_state(states, cls.State, init, group,
                                                                  init_names)):
                         # state that cannot be grouped (loaded with unequal step counts, say):
@@ -455,11 +457,10 @@ class Optimizer:
                         unit_update = _with_scalars(cls, group, table.scalars())
                     if gate is not None:  # the whole unit gated (see gated_gradient)
                         unit.gate_gradients(gate)
-                        unit.update(lambda p, g, s, u=unit_update, xp=unit.xp, gate=gate:
-                                    _gated_update(cls, u, p, g, s, xp, True, gate), block)
+                        unit.update(functools.partial(_gated_update, cls, unit_update), block,
+                                    unit.xp, True, gate)
                     else:
-                        unit.update(lambda p, g, s, u=unit_update, xp=unit.xp:
-                                    u(p, g, s, xp, True), block)
+                        unit.update(unit_update, block, unit.xp, True)
                     if table is not None:
                         table.advance()
                     unit.after_update(states, cls.State)

@@ -171,10 +171,10 @@ class FlatUnit:
         for view in self.grad_views:
             view[...] = gate_gradient(view, gate, xp=self.xp)
 
-    def update(self, kernel: Any, block: int | None) -> None:
-        """Run ``kernel(param, grad, state) -> (param, state)``, an elementwise in-place update,
-        over the unit: in one piece, or block by block when ``block`` (elements) is smaller
-        than the unit.
+    def update(self, kernel: Any, block: int | None, *args: Any) -> None:
+        """Run ``kernel(param, grad, state, *args) -> (param, state)``, an elementwise in-place
+        update, over the unit: in one piece, or block by block when ``block`` (elements) is
+        smaller than the unit.
 
         Blocked, each block's arrays stay in the CPU's cache across the kernel's operations
         (:func:`nnxp.backend.update_block_bytes`) and the kernel's temporaries are the size of
@@ -189,7 +189,7 @@ class FlatUnit:
         fields = None if block is None or total <= block else \
             self._block_fields(self.state, block, total)
         if fields is None:
-            _, self.state = kernel(self.param, self.grad, self.state)
+            _, self.state = kernel(self.param, self.grad, self.state, *args)
             return
         state = self.state
         scalars = {name: getattr(state, name) for name in fields["scalars"]}
@@ -198,7 +198,7 @@ class FlatUnit:
         for (lo, hi), views in zip(fields["bounds"], fields["views"]):
             p = self.param[lo:hi]
             record = type(state)(**views, **scalars)
-            new_p, record = kernel(p, self.grad[lo:hi], record)
+            new_p, record = kernel(p, self.grad[lo:hi], record, *args)
             if new_p is not p:  # a kernel that returned a new array: copied into its block
                 p[...] = new_p
             for name in fields["arrays"]:  # likewise for a state array
