@@ -641,6 +641,9 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     step_options: dict[str, Any] = ({} if replica is not None
                                     else {"guard": guard, "precision": precision})
     undo = _StepUndo(model)
+    # the plain steps (not a replica's, not a recorded one, whose copy must be device work
+    # inside its graph) share the undo's copy of the buffers
+    share = replica is None and static is None
     progress = EpochProgress(epochs=last_epoch, n_batches=n_batches, verbose=verbose)
     before_update = None if recorder is None else recorder.before_update
     if static is not None:
@@ -660,6 +663,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                 for batch, micro in enumerate(_step_groups(
                         batches(X, y, bs, sample_weight, order, xp=xp), accumulate)):
                     with undo:
+                        if share:  # the gate reads the undo's copy of the buffers
+                            step_options["saved"] = undo.buffers
                         if accumulate == 1:
                             xb, yb, wb = micro[0]
                             value, out = step_fn(model, xb, yb, optimizer,
@@ -766,7 +771,8 @@ class _StepUndo:
     writes into them (``buffers_in_place``: BatchNorm1d on numpy, cupy, torch) from a copy
     taken here, written back in place (two ``(C,)`` vectors per batch-norm layer and step, the
     cost of keeping its arrays alive across steps, which a recorded step needs). Plus a small
-    dict per layer with extra state.
+    dict per layer with extra state. An unrecorded step's divergence gate and loss scaler use
+    the same copies (:attr:`buffers`) instead of taking their own.
     """
 
     def __init__(self, model: Sequential) -> None:
@@ -781,15 +787,15 @@ class _StepUndo:
                        get_state() if callable(get_state) else None)
                       for layer, get_state in self.layers]
 
+    @property
+    def buffers(self) -> _Buffers:
+        """The buffers saved for this step, in the form of :func:`_buffer_refs`."""
+        return [(layer, saved) for layer, saved, _ in self.saved if saved[0]]
+
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         if kind is not None:
-            for layer, (buffers, inplace), extra in self.saved:
-                if buffers and inplace:
-                    for key, value in buffers.items():
-                        layer.buffers[key][...] = value
-                elif buffers:
-                    layer.buffers.clear()
-                    layer.buffers.update(buffers)
+            _put_back(self.buffers)
+            for layer, _, extra in self.saved:
                 if extra is not None:
                     layer.set_extra_state(extra)
         self.saved = []
@@ -855,7 +861,8 @@ def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array |
                       optimizer: Optimizer,
                       before_update: Callable[[Array], None] | None = None, *,
                       guard: _FiniteGuard | None = None,
-                      precision: prec.Policy | None = None) -> tuple[Array, list[Array]]:
+                      precision: prec.Policy | None = None,
+                      saved: _Buffers | None = None) -> tuple[Array, list[Array]]:
     """One optimizer step from several micro-batches: ``(0-d loss of the step, outputs)``.
 
     Each micro-batch ``i`` of ``n_i`` samples runs forward and backward on its own (its own
@@ -868,10 +875,12 @@ def _accumulated_step(model: Sequential, micro: list[tuple[Array, Array, Array |
     :func:`_step`: the divergence guard's gate and a loss scaler look at the summed gradient
     (an overflow in any micro-batch makes it non-finite), once per step. With ``precision``,
     each micro-batch runs in the low precision and hands back float32, unscaled gradients.
+    ``saved`` as in :func:`_step`.
     """
     xp = model.xp
     total = sum(xb.shape[0] for xb, _, _ in micro)
-    buffers = _buffer_refs(model) if _watched(guard, precision) else []
+    buffers = ((_buffer_refs(model) if saved is None else saved)
+               if _watched(guard, precision) else [])
     grads = GradientSum(model, total)
     value: Array | None = None
     outs: list[Array] = []
@@ -923,7 +932,8 @@ def _first_rows(X: Any, k: int) -> Array:
 def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
           before_update: Callable[[Array], None] | None = None,
           wb: Array | None = None, *, guard: _FiniteGuard | None = None,
-          precision: prec.Policy | None = None) -> tuple[Array, Array]:
+          precision: prec.Policy | None = None,
+          saved: _Buffers | None = None) -> tuple[Array, Array]:
     """One optimizer step on a batch; returns ``(0-d loss before the update, outputs)``.
 
     ``before_update(loss)`` runs after the backward pass, before ``optimizer.step()`` (for
@@ -937,6 +947,8 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
     skips the update on inf/NaN gradients, as ``torch.amp.GradScaler`` does.
     The gradients of the previous step are released before the forward pass (torch's
     ``zero_grad(set_to_none=True)``), so that they and the new ones never coexist.
+    ``saved``: the layers' buffers as saved before this step (:attr:`_StepUndo.buffers`),
+    used by the gate instead of a second copy.
     """
     xp = model.xp
 
@@ -970,7 +982,8 @@ def _step(model: Sequential, xb: Array, yb: Array, optimizer: Optimizer,
             before_update(first[0][0])
         model.apply_constraints()
         return first[0]
-    buffers = _buffer_refs(model) if _watched(guard, precision) else []
+    buffers = ((_buffer_refs(model) if saved is None else saved)
+               if _watched(guard, precision) else [])
     value, out = loss_and_backward()
     _update(model, value, optimizer, buffers, before_update=before_update, guard=guard,
             precision=precision)
@@ -1337,12 +1350,15 @@ def _all_finite(model: Sequential, value: Array, buffers: _Buffers
 
 
 def _put_back(buffers: _Buffers) -> None:
-    """A skipped step (known on the host): the buffers as they were before its forward pass."""
+    """The buffers as they were before a step's forward pass (a skipped step, known on the
+    host; a step that raised): written back into the arrays of layers that write in place,
+    the old arrays put back (and nothing else) for layers that replace them."""
     for layer, (old, inplace) in buffers:
         if inplace:
             for key, value in old.items():
                 layer.buffers[key][...] = value
         else:
+            layer.buffers.clear()
             layer.buffers.update(old)
 
 

@@ -126,3 +126,19 @@ def test_gated_steps_do_not_count_their_batches(momentum: float | None) -> None:
     assert failing.layers[1].num_batches_tracked == 3
     for a, b in zip(_weights(reference), _weights(failing)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_copy_of_the_running_statistics_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's undo and the divergence gate share one copy of an in-place BatchNorm's
+    running statistics (they took one each)."""
+    from nnxp import training
+
+    calls: list[Any] = []
+    real = training._saved_buffers
+    monkeypatch.setattr(training, "_saved_buffers",
+                        lambda layer: calls.append(layer) or real(layer))
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    model = Sequential([Dense(3, 4), BatchNorm1d(4), ReLU(), Dense(4, 2)], seed=0)
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0, optimizer=SGD(lr=0.1))
+    assert len(calls) == 2 * 5  # one per step, for the one layer with buffers
