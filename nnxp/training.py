@@ -437,6 +437,9 @@ def check_memory_plan(model: Sequential, optimizer: Any, *, batch_size: int,
     advice = (f"the largest batch size that fits is {fits}" if fits else
               "no batch size fits: the parameters, gradients, optimizer state and the "
               "update's temporaries alone need more; use a smaller model")
+    if stream_bytes:
+        advice += (f", or stream smaller chunks (two of the largest take "
+                   f"{format_bytes(stream_bytes)}: cut the nnxp.data.Chunks parts smaller)")
     parts = (f": {format_bytes(total)} for the step plus "
              + " plus ".join(f"{format_bytes(n)} for {what}" for n, what in extras)
              if extras else "")
