@@ -675,3 +675,17 @@ def test_recording_nadam_keeps_its_running_product_as_the_steps_left_it(
     (w0, host0, _), (w1, host1, report) = runs
     assert np.array_equal(w0, w1) and host0 == host1
     assert report["not_recorded"] is None and report["graphs"] == len(recorder.graphs) > 0
+
+
+def test_fit_turns_off_only_the_step_tables_it_turned_on(monkeypatch: Any) -> None:
+    X, y, w = _data()
+    with nnxp.use_backend("numpy"):
+        for before in (False, True):
+            model, opt = _mlp(), nnxp.optim.Adam(lr=0.01)
+            opt.bind(model.parameters())
+            opt.use_step_tables(before)
+            _recording(monkeypatch, model)
+            history = model.fit(X, y, optimizer=opt, epochs=1, batch_size=5, sample_weight=w,
+                                verbose=0, capture=True)
+            assert history.capture["replays"] > 0
+            assert opt.uses_step_tables is before
