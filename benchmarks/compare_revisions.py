@@ -174,9 +174,9 @@ more often than one fused pass — while thread CPU time counts only the time th
 def interleave(cands: dict[str, Callable[[], Any]], seconds: float,
                min_batch: float = 0.005, clock: str = "wall") -> dict[str, dict[str, float]]:
     """Per round, each candidate runs ``reps`` calls in a row (enough for ``min_batch``
-    seconds, so that a 0.1 ms step is not timed one call at a time), in an order shuffled
-    afresh every round (a fixed or alternating order favours some positions). Times are per
-    call."""
+    seconds, so that a 0.1 ms step is not timed one call at a time; ``min_batch=0``: one call
+    per timing), in an order shuffled afresh every round (a fixed or alternating order
+    favours some positions). Times are per call."""
     now = CLOCKS[clock]
     reps = {}
     for name, fn in cands.items():  # warm-up, and the calls per timing

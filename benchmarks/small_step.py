@@ -28,11 +28,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -56,29 +53,6 @@ def step_candidates(old_pkg: Any, opt: str) -> dict[str, Callable[[], Any]]:
         if name.startswith(("torch", "numpy-by-hand")):
             cands[name.split(" ")[0]] = fn
     return cands
-
-
-def interleave(cands: dict[str, Callable[[], Any]], seconds: float) -> dict[str, Any]:
-    """One call per timing (as ``targets.interleave``), every candidate once per round, in an
-    order shuffled afresh every round: in a fixed order a candidate that follows another one
-    running the same Python code (old after new) finds it warm in the caches, which at 0.1 ms
-    a step is a difference of 10-15 % (an A/A pair in a fixed order differed by 14 %)."""
-    for fn in cands.values():  # warm-up
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in cands}
-    order = list(cands.items())
-    shuffler = random.Random(0)
-    start, rounds = time.perf_counter(), 0
-    while rounds < 5 or time.perf_counter() - start < seconds:
-        shuffler.shuffle(order)
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        rounds += 1
-    return {name: {"median": statistics.median(ts), "min": min(ts), "rounds": len(ts)}
-            for name, ts in times.items()}
 
 
 def fit_epoch(pkg: Any, opt: str, gate: bool) -> Callable[[], Any]:
@@ -127,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         old_pkg = compare_revisions.unpack_revision(args.rev, Path(tmp))
         for opt in args.optimizers.split(","):
-            res = interleave(step_candidates(old_pkg, opt), args.seconds)
+            # one call per timing (min_batch=0), in an order shuffled every round: in a fixed
+            # order a candidate that follows one running the same Python code (old after new)
+            # finds it warm in the caches, 10-15 % at 0.1 ms a step (an A/A pair differed 14 %)
+            res = compare_revisions.interleave(step_candidates(old_pkg, opt), args.seconds,
+                                               min_batch=0)
             rows.append({"case": f"small {opt} step",
                          "timing": "one call per timing, shuffled order",
                          "results": res, "ratios": ratios(res, PAIRS)})
