@@ -186,12 +186,11 @@ class FlatUnit:
         gathered into one flat buffer, once.
         """
         total = self.param.shape[0]
-        fields = None if block is None or total <= block else \
-            self._block_fields(self.state, block, total)
-        if fields is None:
+        if block is None or total <= block:
             _, self.state = kernel(self.param, self.grad, self.state, *args)
             return
         state = self.state
+        fields = self._block_fields(state, block, total)
         scalars = {name: getattr(state, name) for name in fields["scalars"]}
         made: dict[str, tuple[Array, int]] = {}  # buffers made on their first use, gathered
         first = None
@@ -222,19 +221,16 @@ class FlatUnit:
                                    "elementwise (set optimizer.update_block = 0)")
             setattr(state, name, buf)
 
-    def _block_fields(self, state: Any, block: int, total: int) -> dict[str, Any] | None:
+    def _block_fields(self, state: Any, block: int, total: int) -> dict[str, Any]:
         """The block bounds, the state's fields by kind and each block's views of the state's
-        flat arrays (cached while the state holds the same arrays); None when the state has an
-        array that is not one value per element (a user's 0-d device counter, say), which
-        the blocks would each update: then the unit is updated in one piece."""
+        flat arrays (cached while the state holds the same arrays). Every array of a grouped
+        flat record has one value per element (:meth:`prepare_state` groups nothing else)."""
         arrays, none, scalars = [], [], []
         for f in dataclasses.fields(state):
             value = getattr(state, f.name)
             if value is None:
                 none.append(f.name)
             elif backend.is_array(value):
-                if tuple(value.shape) != (total,):
-                    return None
                 arrays.append(f.name)
             else:
                 scalars.append(f.name)
