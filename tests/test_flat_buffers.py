@@ -271,3 +271,21 @@ def test_step_tables_follow_host_steps_and_advance(bk, name) -> None:
         runs.append((model, opt))
     _assert_same(*runs)
     assert runs[1][1].step_tables() and not runs[0][1].step_tables()
+
+
+def test_rewind_recomputes_each_records_host_state_with_its_own_group(bk) -> None:
+    """NAdam's running product after rewind(k) is the one before the k gated steps, for every
+    parameter group (each with its own momentum decay): rewind used the last group's options
+    for every record."""
+    model = _model()
+    opt = optim.NAdam(lr=0.01, param_groups=[{"params": lambda layer, key: key == "b",
+                                              "momentum_decay": 0.5}])
+    _train(model, opt, steps=3)
+    before = {i: record.mu_product for i, record in opt.state.items()}
+    X, y = _data()
+    for _ in range(2):  # two gated steps, known to be skipped afterwards
+        model.loss_and_grads(nnxp.asarray(X[:8]), nnxp.asarray(y[:8]))
+        opt.step(gate=bk.xp.asarray(False, device=bk.device))
+    opt.rewind(2)
+    assert {i: record.mu_product for i, record in opt.state.items()} == before
+    assert len(set(before.values())) == 2  # the two groups' products differ

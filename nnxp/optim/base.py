@@ -429,7 +429,6 @@ class Optimizer:
             self._clip(units_of_groups)
         states = self.state
         cls = type(self)
-        blocking = self._update_block
         bind, read, init, init_names = (cls._bind_update, cls._read_options, cls.init_state,
                                         cls._init_options)
         for group, units in zip(self.param_groups, units_of_groups):
@@ -442,12 +441,10 @@ class Optimizer:
                 if type(unit) is FlatUnit:
                     # all of the unit's parameters in one pass per operation (block by block
                     # on a CPU: FlatUnit.update)
-                    block = unit.default_block if blocking is None else (blocking or None)
-                    if not (unit.grouped and unit.prepare_state(states, cls.State, init, group,
-                                                                 init_names)):
+                    block = self._block_of(unit)
+                    if not self._grouped(unit, group):
                         # state that cannot be grouped (loaded with unequal step counts, say):
                         # one by one, in place on the views, until the next bind
-                        unit.grouped = False
                         self._update_each(unit.members, group, update, gate)
                         continue
                     table = None
@@ -493,14 +490,22 @@ class Optimizer:
         replacement by the step that gathers them."""
         if self._pending is not None:
             self._materialize()
-        cls = type(self)
         for group, units in zip(self.param_groups, self._units or ()):
             for unit in units:
-                if type(unit) is FlatUnit and unit.grouped and any(
+                if type(unit) is FlatUnit and any(
                         self.state.get(i) is not None for _, _, i in unit.members):
-                    if not unit.prepare_state(self.state, cls.State, cls.init_state, group,
-                                              cls._init_options):
-                        unit.grouped = False
+                    self._grouped(unit, group)
+
+    def _grouped(self, unit: FlatUnit, group: dict[str, Any]) -> bool:
+        """Whether ``unit``'s flat record is ready for an update over the whole unit (made or
+        gathered now if needed); when it cannot be, the unit is marked to update its
+        parameters one by one until the next bind."""
+        cls = type(self)
+        if unit.grouped and unit.prepare_state(self.state, cls.State, cls.init_state, group,
+                                               cls._init_options):
+            return True
+        unit.grouped = False
+        return False
 
     def rewind(self, steps: int) -> None:
         """Take back the host-side step counts of ``steps`` gated steps that were skipped.
@@ -513,7 +518,7 @@ class Optimizer:
         if steps <= 0:
             return
         self.iterations = max(0, self.iterations - steps)
-        options = self.param_groups[-1]
+        group_of = self._groups_by_index()
         for i, record in list(self.state.items()):
             count = getattr(record, "step", None)
             if not isinstance(count, int):
@@ -522,7 +527,7 @@ class Optimizer:
                 del self.state[i]
                 continue
             record.step = count - steps
-            type(self).rewind_state(record, options)
+            type(self).rewind_state(record, group_of[i])
         for group_units in getattr(self, "_units", None) or ():
             for unit in group_units:
                 if type(unit) is FlatUnit:  # its flat record still holds the old counts
@@ -650,12 +655,11 @@ class Optimizer:
         """
         self.iterations += steps
         cls = type(self)
-        group_of = {i: group for group, records in zip(self.param_groups, self._plan)
-                    for _, _, i, _, _ in records}
+        group_of = self._groups_by_index()
         for i, record in self.state.items():
             if isinstance(getattr(record, "step", None), int):
                 record.step += steps
-                cls.advance_state(record, steps, group_of.get(i, self.param_groups[-1]))
+                cls.advance_state(record, steps, group_of[i])
         for group, group_units in zip(self.param_groups, getattr(self, "_units", None) or ()):
             for unit in group_units:
                 if type(unit) is FlatUnit and unit.advance(steps):
@@ -664,6 +668,11 @@ class Optimizer:
             for table in (self._step_tables or {}).values():
                 table.host_k += steps
         self.refresh_step_tables()  # out of date or used up: refilled now, between steps
+
+    def _groups_by_index(self) -> dict[int, dict[str, Any]]:
+        """The parameter group of each bound parameter, by its index in the state dict."""
+        return {i: group for group, records in zip(self.param_groups, self._plan)
+                for _, _, i, _, _ in records}
 
     @staticmethod
     def rewind_state(record: Any, options: dict[str, Any]) -> None:
