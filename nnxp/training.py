@@ -1012,7 +1012,7 @@ def _update(model: Sequential, value: Array, optimizer: Optimizer,
     if before_update is not None:
         before_update(value)
     if scaler is not None:  # the one host read per step of loss scaling
-        ok = _all_finite(model, value, buffers)
+        ok = _all_finite(model, value, buffers, optimizer)
         flags = backend.to_numpy(xp.stack([xp.astype(ok, xp.float32),
                                            xp.astype(xp.isfinite(value), xp.float32)]))
         halted = guard is not None and guard.halt(bool(flags[1] == 1.0))
@@ -1023,7 +1023,8 @@ def _update(model: Sequential, value: Array, optimizer: Optimizer,
         if not halted:
             scaler.update(found_inf=bool(flags[0] != 1.0))
     elif guard is not None and guard.mode == "gate":
-        optimizer.step(gate=guard.admit(_all_finite(model, value, buffers), buffers))
+        ok = _all_finite(model, value, buffers, optimizer)
+        optimizer.step(gate=guard.admit(ok, buffers))
     else:
         optimizer.step()
     model.apply_constraints()
@@ -1331,25 +1332,44 @@ def _changed_buffers(buffers: _Buffers, xp: Any
                 yield layer, key, now, before, inplace
 
 
-def _all_finite(model: Sequential, value: Array, buffers: _Buffers
-                ) -> Array:
+def _all_finite(model: Sequential, value: Array, buffers: _Buffers,
+                optimizer: Optimizer | None = None) -> Array:
     """0-d bool on the device: the loss, every gradient and every replaced buffer are finite
-    (one sum per array, no temporary; no host read).
+    (no temporary the size of an array; no host read).
 
-    ``isfinite(sum(g))`` rather than ``all(isfinite(g))``: a NaN or an infinity anywhere makes
-    the sum non-finite (``inf − inf`` is NaN), in one pass without a boolean array the size of
-    ``g`` (about half the cost of the gate on the CPU). Finite entries whose sum overflows
-    (|Σ g| > 3.4e38 in float32) also read as non-finite: such a gradient would overflow the
-    update anyway, and the step is skipped and reported rather than applied.
+    One sum per array, all added to the loss, and one ``isfinite`` of the total: a NaN or an
+    infinity anywhere makes the total non-finite (``inf − inf`` is NaN). That is one pass per
+    array without a boolean array of its size, and a single ``isfinite`` (four operations on
+    torch) rather than one per array. The gradients that ``optimizer``'s flat units hold
+    (:meth:`nnxp.optim.Optimizer.flat_gradients`) are summed once per unit, over a contiguous
+    1-D buffer: the small MLP's gate is 3 operations instead of 13 on numpy (6 instead of 28
+    on torch, each a kernel launch on a GPU; the big MLP's 8 instead of 40). Half-precision
+    arrays are summed in float32 (a float16 sum of ordinary gradients can pass 65504).
+
+    Finite values whose total overflows (beyond 3.4e38 in float32) also read as non-finite:
+    such a gradient or loss would overflow the update anyway, and the step is skipped and
+    reported rather than applied.
     """
     xp = model.xp
-    ok = xp.isfinite(value)
+    total = value
+    flat, covered = optimizer.flat_gradients() if optimizer is not None else ((), set())
+    for g in flat:
+        total = total + _sum(g, xp)
     for layer in model.layers:
         for g in layer.grads.values():
-            ok = ok & xp.isfinite(xp.sum(g))
+            if id(g) not in covered:
+                total = total + _sum(g, xp)
     for _, _, now, _, _ in _changed_buffers(buffers, xp):
-        ok = ok & xp.isfinite(xp.sum(now))
-    return ok
+        total = total + _sum(now, xp)
+    return xp.isfinite(total)
+
+
+def _sum(x: Array, xp: Any) -> Array:
+    """Σ x as a 0-d array; in float32 for half-precision ``x`` (a dtype test on the host)."""
+    dtype = x.dtype
+    if dtype == getattr(xp, "float16", None) or dtype == getattr(xp, "bfloat16", None):
+        return xp.sum(x, dtype=xp.float32)
+    return xp.sum(x)
 
 
 def _put_back(buffers: _Buffers) -> None:

@@ -142,3 +142,88 @@ def test_one_copy_of_the_running_statistics_per_step(monkeypatch: pytest.MonkeyP
     model = Sequential([Dense(3, 4), BatchNorm1d(4), ReLU(), Dense(4, 2)], seed=0)
     model.fit(X, y, epochs=2, batch_size=8, verbose=0, optimizer=SGD(lr=0.1))
     assert len(calls) == 2 * 5  # one per step, for the one layer with buffers
+
+
+# --- the gate reads each flat gradient buffer once ---------------------------------------------
+
+
+def _trained_small_mlp(bk: Any) -> tuple[Sequential, Any]:
+    """A Dense-ReLU-BatchNorm-Dense model after one fit step: its Dense layers write their
+    gradients into the optimizer's flat buffer; BatchNorm1d assigns its own arrays."""
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(16, 5)).astype(np.float32), np.arange(16) % 3
+    model = Sequential([Dense(5, 8), ReLU(), BatchNorm1d(8), Dense(8, 3)], seed=0)
+    opt = SGD(lr=0.1)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=opt, shuffle=False)
+    model.loss_and_grads(nnxp.asarray(X), nnxp.asarray(y))  # this step's gradients
+    return model, opt
+
+
+def test_the_gate_sums_each_flat_buffer_once_and_catches_a_nan_in_any_gradient(bk) -> None:
+    from nnxp.training import _all_finite  # noqa: PLC0415 - the gate itself
+
+    model, opt = _trained_small_mlp(bk)
+    xp = model.xp
+    value = xp.asarray(0.5, dtype=xp.float32, device=model.device)
+    flat, covered = opt.flat_gradients()
+    dense = [g for layer in (model.layers[0], model.layers[3]) for g in layer.grads.values()]
+    if not flat:  # a backend without in-place writes keeps no flat buffers: one sum per array
+        assert not covered
+    else:
+        # The Dense gradients are views into one flat buffer (one unit per dtype); BatchNorm's
+        # parameters share it too, but their gradients are arrays of their own, so the unit
+        # does not hold every current gradient and is summed parameter by parameter.
+        assert all(id(g) not in covered for g in model.layers[2].grads.values())
+    assert bool(_all_finite(model, value, [], opt))
+    for g in [*dense, *model.layers[2].grads.values()]:
+        saved = nnxp.to_numpy(g).copy()
+        g[(0,) * g.ndim] = float("nan")
+        assert not bool(_all_finite(model, value, [], opt))
+        g[...] = nnxp.asarray(saved)
+    assert bool(_all_finite(model, value, [], opt))
+
+
+def test_a_flat_buffer_holding_every_gradient_is_read_once(bk) -> None:
+    from nnxp.training import _all_finite  # noqa: PLC0415 - the gate itself
+
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(16, 5)).astype(np.float32), np.arange(16) % 3
+    model = Sequential([Dense(5, 8), ReLU(), Dense(8, 3)], seed=0)
+    opt = SGD(lr=0.1)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=opt, shuffle=False)
+    flat, covered = opt.flat_gradients()
+    grads = [g for layer in model.layers for g in layer.grads.values()]
+    if not flat:
+        pytest.skip(f"{bk.spec} keeps no flat buffers (no in-place writes)")
+    assert len(flat) == 1 and covered == {id(g) for g in grads}
+    # a stale NaN in a region of the buffer whose layer now holds an array of its own does not
+    # shut the gate (that array is what the step uses) ...
+    layer = model.layers[2]
+    own = layer.grads["b"] * 1.0
+    layer.grads["b"] = own
+    flat, covered = opt.flat_gradients()
+    assert flat == [] and id(own) not in covered
+    opt._units[0][0].grad_views[-1][0] = float("nan")  # noqa: SLF001 - the stale region
+    value = model.xp.asarray(0.5, dtype=model.xp.float32, device=model.device)
+    assert bool(_all_finite(model, value, [], opt))
+    # ... while a NaN in that array does
+    own[0] = float("nan")
+    assert not bool(_all_finite(model, value, [], opt))
+
+
+def test_the_gate_sums_half_precision_gradients_in_float32(bk) -> None:
+    """90 000 gradients of 1.0 in float16: their float16 sum would be inf (past 65504) and shut
+    the gate on a finite step."""
+    from nnxp.training import _all_finite  # noqa: PLC0415 - the gate itself
+
+    xp = bk.xp
+    if getattr(xp, "float16", None) is None:
+        pytest.skip(f"{bk.spec} has no float16")
+    model = Sequential([Dense(300, 300, dtype="float16")], seed=0)
+    layer = model.layers[0]
+    layer.grads["W"] = xp.ones((300, 300), dtype=xp.float16, device=model.device)
+    layer.grads["b"] = xp.zeros((300,), dtype=xp.float16, device=model.device)
+    value = xp.asarray(0.5, dtype=xp.float16, device=model.device)
+    assert bool(_all_finite(model, value, []))
+    layer.grads["b"][3] = float("inf")
+    assert not bool(_all_finite(model, value, []))

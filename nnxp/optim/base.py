@@ -680,6 +680,21 @@ class Optimizer:
         nothing besides ``step`` for most optimizers (NAdam overrides it)."""
 
 
+    def flat_gradients(self) -> tuple[list[Array], set[int]]:
+        """The flat gradient buffers that hold their members' current gradients
+        (:meth:`FlatUnit.holds_gradients`), and the ids of the members' gradient arrays they
+        cover: a caller that reads every gradient (the divergence gate of ``fit``) reads each
+        such buffer once instead of each parameter's view of it — one reduction per unit
+        rather than per parameter, over a contiguous 1-D array."""
+        buffers: list[Array] = []
+        covered: set[int] = set()
+        for group_units in self._units or ():
+            for unit in group_units:
+                if type(unit) is FlatUnit and unit.holds_gradients():
+                    buffers.append(unit.grad)
+                    covered.update(map(id, unit.grad_views))
+        return buffers, covered
+
     def _update_each(self, members: list[tuple[Any, str, int]], group: dict[str, Any],
                      update: Callable[..., Any], gate: Array | None = None) -> None:
         """The per-parameter update of ``members`` (a unit whose state cannot be grouped)."""

@@ -258,6 +258,15 @@ class FlatUnit:
             start += size
         return views
 
+    def holds_gradients(self) -> bool:
+        """Whether every member's ``layer.grads[key]`` is its view into :attr:`grad` (as after
+        a backward pass that wrote into the views): the buffer then holds exactly the members'
+        current gradients, and nothing else."""
+        for layer, key, _, gv, _ in self._slots:
+            if layer.grads.get(key) is not gv:
+                return False
+        return True
+
     def release(self) -> None:
         """Stop the layers writing gradients into this unit (the arrays stay valid)."""
         for (layer, key, _), view in zip(self.members, self.grad_views):
