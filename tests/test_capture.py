@@ -689,3 +689,12 @@ def test_fit_turns_off_only_the_step_tables_it_turned_on(monkeypatch: Any) -> No
                                 verbose=0, capture=True)
             assert history.capture["replays"] > 0
             assert opt.uses_step_tables is before
+
+
+def test_use_step_tables_takes_a_flag_only() -> None:
+    opt = nnxp.optim.Adam()
+    with pytest.raises(TypeError, match=r"on must be True or False, got str 'no'"):
+        opt.use_step_tables("no")  # type: ignore[arg-type]
+    assert not opt.uses_step_tables
+    assert opt.use_step_tables(True) and opt.uses_step_tables
+    assert not opt.use_step_tables(False) and not opt.uses_step_tables

@@ -35,7 +35,7 @@ from .. import backend
 from ..kernels import clipping as clip_k
 from ..kernels import optimizers as opt_k
 from ..typing import Array
-from ..validation import check_above_zero, check_int, check_nonneg
+from ..validation import check_above_zero, check_flag, check_int, check_nonneg
 from .flat import FlatUnit, flat_backend, unit_bounds
 from .steptable import StepTable
 
@@ -563,6 +563,7 @@ class Optimizer:
         :attr:`step_scalars`). ``on=False`` drops the tables. Only grouped flat units of
         float32 or float64 read tables; while any other unit exists, :meth:`reads_host_state`
         still names ``step``, so a recording is refused rather than frozen."""
+        check_flag(on, argument="on")
         if not on or type(self).step_scalars is None:
             self._step_tables = None
             return False
