@@ -742,6 +742,30 @@ def out_writer(xp: Any) -> OutWriter | None:
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def row_taker(xp: Any) -> Callable[[Array, Array], Array]:
+    """``take(x, idx, axis=0)`` for ``xp``'s arrays, where the caller knows every index is
+    non-negative (a slice of a permutation, a device counter).
+
+    On torch: ``torch.index_select`` itself. array-api-compat's torch ``take`` first maps
+    negative indices, ``where(idx < 0, idx + n, idx)`` — three more operations per call, each a
+    kernel launch on a GPU, and ``fit`` gathers two or three arrays per step (inputs, targets,
+    sample weights) and Adam's step table reads one row per flat unit inside the step. The
+    rows are the same (``tests/test_backend.py``). Elsewhere: the namespace's ``take``."""
+    if _name_of_namespace(xp) == "torch":
+        torch = _import("torch", "torch")
+
+        def take(x: Array, idx: Array) -> Array:
+            return torch.index_select(x, 0, idx)
+
+        return take
+
+    def take_any(x: Array, idx: Array) -> Array:
+        return xp.take(x, idx, axis=0)
+
+    return take_any
+
+
 UPDATE_BLOCK_BYTES = 256 * 1024
 """Bytes per array of one block of a cache-blocked elementwise update on a CPU (see
 :func:`update_block_bytes`)."""

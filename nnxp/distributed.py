@@ -297,8 +297,8 @@ class Replica:
                 yield X[lo:hi, ...], y[lo:hi, ...], None if w is None else w[lo:hi]
             else:
                 idx = order[lo:hi]
-                yield (xp.take(X, idx, axis=0), xp.take(y, idx, axis=0),
-                       None if w is None else xp.take(w, idx, axis=0))
+                take = backend.row_taker(xp)  # a permutation's indices are non-negative
+                yield take(X, idx), take(y, idx), None if w is None else take(w, idx)
 
     def step(self, model: Any, xb: Array, yb: Array, optimizer: Any,
              before_update: Any = None, wb: Array | None = None) -> tuple[Array, Array]:

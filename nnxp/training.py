@@ -680,14 +680,19 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                                                            **step_options)
                     size = sum(part[0].shape[0] for part in micro)
                     step += 1
-                    loss_sum = loss_sum + xp.astype(value, xp.float64) * size
+                    # a new array, which the guard keeps: a replayed step's loss is the graph's
+                    # output array, which the next replay overwrites (not copied for nothing)
+                    value64 = xp.astype(value, xp.float64)
+                    loss_sum = loss_sum + value64 * size
                     for i, metric in enumerate(metrics):
                         for out, (_, yb, _) in zip(outs, micro):
                             states[i] = metric.update(states[i], out, yb, xp=xp)
-                    guard.record(value, epoch, batch, step)
+                    guard.record(value64, epoch, batch, step)
                     if guard.due(step):
                         guard.check(f"after step {step} (epoch {epoch})")
                     if batch_hooks:
+                        if static is not None:  # the callback may keep it
+                            value = xp.asarray(value, copy=True)
                         cbs.on_batch_end(batch, {"loss": value, "size": size})
                         if static is not None:
                             static.notice_host_code()
@@ -836,14 +841,14 @@ def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array 
     y: (n,) labels or (n, k) targets; w: (n,) sample weights or None.
     """
     n = X.shape[0]
+    take = backend.row_taker(xp)  # a permutation's indices are non-negative
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)  # the standard leaves out-of-bounds stops unspecified
         if order is None:
             yield X[start:stop, ...], y[start:stop, ...], None if w is None else w[start:stop]
         else:
             idx = order[start:stop]
-            yield (xp.take(X, idx, axis=0), xp.take(y, idx, axis=0),
-                   None if w is None else xp.take(w, idx, axis=0))
+            yield take(X, idx), take(y, idx), None if w is None else take(w, idx)
 
 
 def _step_groups(stream: Iterable[tuple[Array, Array, Array | None]], k: int,
@@ -1051,9 +1056,10 @@ class _StaticStep:
     is a copy into the buffers and one replay. A change of the optimizer's options (a schedule
     editing ``lr``) records the graph again. When the check fails, recording is given up for
     the run with a RuntimeWarning giving the reason, and the steps run unrecorded from the
-    static buffers. The loss and outputs of a replay are the graph's static output arrays; the
-    loss is copied before the loop keeps it. The divergence guard's gate is kept in one array
-    updated in place (:meth:`_FiniteGuard.use_static_flag`).
+    static buffers. The loss and outputs of a replay are the graph's static output arrays,
+    which the next replay overwrites: the loop reads them before it (stream order) and keeps
+    only copies (the float64 loss it sums; a copy for batch callbacks). The divergence guard's
+    gate is kept in one array updated in place (:meth:`_FiniteGuard.use_static_flag`).
     """
 
     def __init__(self, model: Sequential, optimizer: Optimizer) -> None:
@@ -1185,8 +1191,7 @@ class _StaticStep:
         for layer in self.counting:
             layer.advance_host_state(1)
         self.report["replays"] += 1
-        value, out = slot["outputs"]
-        return model.xp.asarray(value, copy=True), out
+        return slot["outputs"]  # the graph's arrays: the loop copies what it keeps
 
     def _check_counts(self, before: list[Any]) -> str | None:
         """Whether advancing each counting layer by hand from its state before the check step

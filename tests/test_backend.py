@@ -351,3 +351,40 @@ def test_zero_unless_zeroes_only_behind_a_shut_gate(name: str) -> None:
                 zero(g, gate_value)
             expected = host if flag else np.zeros_like(host)
             assert backend.to_numpy(g).tobytes() == expected.tobytes()
+
+
+def test_row_taker_takes_the_rows_take_takes(bk) -> None:
+    xp = bk.xp
+    x = nnxp.asarray(np.arange(30, dtype=np.float32).reshape(10, 3))
+    labels = nnxp.asarray(np.arange(10) % 4)
+    idx = nnxp.asarray(np.array([7, 0, 9, 3, 3]))
+    take = backend.row_taker(xp)
+    assert take is backend.row_taker(xp)  # made once per namespace
+    for a in (x, labels):
+        got, want = take(a, idx), xp.take(a, idx, axis=0)
+        assert got.dtype == want.dtype and backend.device_of(got) == backend.device_of(want)
+        np.testing.assert_array_equal(nnxp.to_numpy(got), nnxp.to_numpy(want))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_row_taker_on_torch_is_one_index_select() -> None:
+    import torch  # noqa: PLC0415
+    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x, idx = torch.arange(12.0).reshape(4, 3), torch.tensor([2, 0])
+    xp = backend.namespace_of(x)
+    with Ops() as ops:
+        backend.row_taker(xp)(x, idx)
+    assert ops.names == ["index_select"]
+    with Ops() as ops:  # array-api-compat's take maps negative indices first
+        xp.take(x, idx, axis=0)
+    assert len(ops.names) > 1

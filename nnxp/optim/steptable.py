@@ -64,7 +64,7 @@ class StepTable:
     def scalars(self) -> tuple[Array, ...]:
         """This step's numbers as 0-d arrays, read with the device counter (no host value)."""
         assert self.rows is not None
-        row = self.xp.take(self.rows, self.k, axis=0)
+        row = backend.row_taker(self.xp)(self.rows, self.k)  # k >= 0: no index mapping
         return tuple(row[0, j] for j in range(row.shape[1]))
 
     def advance(self) -> None:
