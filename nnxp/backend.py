@@ -743,25 +743,49 @@ def out_writer(xp: Any) -> OutWriter | None:
 
 
 @functools.lru_cache(maxsize=16)
-def row_taker(xp: Any) -> Callable[[Array, Array], Array]:
-    """``take(x, idx, axis=0)`` for ``xp``'s arrays, where the caller knows every index is
-    non-negative (a slice of a permutation, a device counter).
+def row_taker(xp: Any) -> Callable[..., Array]:
+    """``take(x, idx, out=None)``: ``xp.take(x, idx, axis=0)`` for ``xp``'s arrays, where the
+    caller knows every index is non-negative and in range (a slice of a permutation, a device
+    counter); with ``out``, the rows are written into that array (of their shape and dtype)
+    and it is returned.
 
     On torch: ``torch.index_select`` itself. array-api-compat's torch ``take`` first maps
     negative indices, ``where(idx < 0, idx + n, idx)`` — three more operations per call, each a
     kernel launch on a GPU, and ``fit`` gathers two or three arrays per step (inputs, targets,
     sample weights) and Adam's step table reads one row per flat unit inside the step. The
-    rows are the same (``tests/test_backend.py``). Elsewhere: the namespace's ``take``."""
-    if _name_of_namespace(xp) == "torch":
+    rows are the same (``tests/test_backend.py``). ``out`` saves a copy where the library
+    writes into it (``fit(capture=True)`` gathers each batch straight into its static
+    buffers): torch ``index_select(out=)``, NumPy ``take(out=, mode="clip")`` (unbuffered:
+    with the default ``mode="raise"`` NumPy gathers into a temporary first; the indices are in
+    range), CuPy ``take(out=)``; elsewhere the rows are taken and copied in."""
+    name = _name_of_namespace(xp)
+    if name == "torch":
         torch = _import("torch", "torch")
 
-        def take(x: Array, idx: Array) -> Array:
-            return torch.index_select(x, 0, idx)
+        def take_torch(x: Array, idx: Array, out: Array | None = None) -> Array:
+            if out is None:
+                return torch.index_select(x, 0, idx)
+            return torch.index_select(x, 0, idx, out=out)
 
-        return take
+        return take_torch
+    if name in ("numpy", "cupy"):
+        lib = np if name == "numpy" else _import("cupy", "cupy")
+        mode = {"mode": "clip"} if name == "numpy" else {}
 
-    def take_any(x: Array, idx: Array) -> Array:
-        return xp.take(x, idx, axis=0)
+        def take_into(x: Array, idx: Array, out: Array | None = None) -> Array:
+            if out is None:
+                return xp.take(x, idx, axis=0)
+            lib.take(x, idx, axis=0, out=out, **mode)
+            return out
+
+        return take_into
+
+    def take_any(x: Array, idx: Array, out: Array | None = None) -> Array:
+        rows = xp.take(x, idx, axis=0)
+        if out is None:
+            return rows
+        out[...] = rows
+        return out
 
     return take_any
 

@@ -364,6 +364,9 @@ def test_row_taker_takes_the_rows_take_takes(bk) -> None:
         got, want = take(a, idx), xp.take(a, idx, axis=0)
         assert got.dtype == want.dtype and backend.device_of(got) == backend.device_of(want)
         np.testing.assert_array_equal(nnxp.to_numpy(got), nnxp.to_numpy(want))
+        out = xp.zeros(tuple(want.shape), dtype=want.dtype, device=backend.device_of(a))
+        assert take(a, idx, out=out) is out  # written into the given array
+        np.testing.assert_array_equal(nnxp.to_numpy(out), nnxp.to_numpy(want))
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
