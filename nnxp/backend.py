@@ -1725,8 +1725,11 @@ class CapturedGraph:
         self.replays = 0
 
     def replay(self) -> None:
-        self._launch()
+        # counted first: an interrupt (Ctrl-C) during the launch, a C call, is raised as soon
+        # as it returns, with the work queued; whoever advances host counts after a replay
+        # reads this count to tell whether the launch was made
         self.replays += 1
+        self._launch()
 
 
 class GraphRecorder:
@@ -1751,21 +1754,33 @@ class GraphRecorder:
 
 
 class _TorchGraphRecorder(GraphRecorder):
-    """``torch.cuda.CUDAGraph`` recorded under ``torch.cuda.graph`` (which records on a side
-    stream, synchronises once before recording and gives the graph a private memory pool)."""
+    """``torch.cuda.CUDAGraph`` recorded under ``torch.cuda.graph`` (which synchronises once
+    before recording and gives the graph a private memory pool), on a side stream of the
+    recorder's own: the same stream for the warm-up steps and the recordings. Libraries keep
+    per-stream state (cuBLAS workspaces) that is then made by a warm-up, not inside a
+    recording; and ``torch.cuda.graph``'s default stream is made once per process on whichever
+    GPU records first, which for a model on another GPU would record on the wrong device."""
 
     kind = "torch.cuda.CUDAGraph"
 
     def __init__(self, device: Any) -> None:
         self.device = device
+        self._stream: Any = None
+
+    def _side(self) -> Any:
+        import torch  # noqa: PLC0415 - imported lazily: only this module may name it
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
 
     def warm_up(self, fn: Callable[[], Any]) -> Any:
-        """On a side stream, as torch's CUDA-graph notes ask of the iterations before a
+        """On the side stream, as torch's CUDA-graph notes ask of the iterations before a
         recording; the current stream then waits for it (stream order, no host wait)."""
         import torch  # noqa: PLC0415 - imported lazily: only this module may name it
 
         current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        side = self._side()
         side.wait_stream(current)
         with torch.cuda.stream(side):
             result = fn()
@@ -1776,7 +1791,7 @@ class _TorchGraphRecorder(GraphRecorder):
         import torch  # noqa: PLC0415 - imported lazily: only this module may name it
 
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.device), torch.cuda.graph(graph):
+        with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=self._side()):
             outputs = fn()
         return CapturedGraph(graph.replay, keep=graph), outputs
 

@@ -645,7 +645,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                          gated=replica is None, host=scaled, optimizer=optimizer)
     step_options: dict[str, Any] = ({} if replica is not None
                                     else {"guard": guard, "precision": precision})
-    undo = _StepUndo(model)
+    undo = _StepUndo(model, optimizer)
     # the plain steps (not a replica's, not a recorded one, whose copy must be device work
     # inside its graph) share the undo's copy of the buffers
     share = replica is None and static is None
@@ -783,16 +783,24 @@ class _StepUndo:
     cost of keeping its arrays alive across steps, which a recorded step needs). Plus a small
     dict per layer with extra state. An unrecorded step's divergence gate and loss scaler use
     the same copies (:attr:`buffers`) instead of taking their own.
+
+    An exception that arrives once the update is applied (the optimizer's ``iterations`` moved:
+    an interrupt as a recorded step's launch returns, an error in a constraint after the
+    update) keeps the whole step — the parameters cannot be taken back, so the buffers and
+    counts stay with them rather than one step behind.
     """
 
-    def __init__(self, model: Sequential) -> None:
+    def __init__(self, model: Sequential, optimizer: Optimizer) -> None:
         self.layers: list[tuple[Any, Any]] = [
             (layer, getattr(layer, "get_extra_state", None)) for layer in model.layers
             if getattr(layer, "buffers", None)
             or callable(getattr(layer, "get_extra_state", None))]
+        self.optimizer = optimizer
+        self.iterations = optimizer.iterations
         self.saved: list[tuple[Any, tuple[dict[str, Any], bool], Any]] = []
 
     def __enter__(self) -> None:
+        self.iterations = self.optimizer.iterations
         self.saved = [(layer, _saved_buffers(layer),
                        get_state() if callable(get_state) else None)
                       for layer, get_state in self.layers]
@@ -803,7 +811,7 @@ class _StepUndo:
         return [(layer, saved) for layer, saved, _ in self.saved if saved[0]]
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
-        if kind is not None:
+        if kind is not None and self.optimizer.iterations == self.iterations:
             _put_back(self.buffers)
             for layer, _, extra in self.saved:
                 if extra is not None:
@@ -1082,11 +1090,16 @@ class _StaticStep:
         self.slots: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.host_code_ran = False  # see notice_host_code
         self.last_view: list[tuple[str, Any]] | None = None  # after the last step Python ran
-        self.repair = False  # the next check step puts back arrays a callback replaced
+        # the next check step puts back arrays replaced from outside: by a callback, or before
+        # this fit (resume_from=, restore_weights, EarlyStopping's best weights), which the
+        # first step copies into the optimizer's flat buffers
+        self.repair = True
         # an update that computes numbers from the step count (Adam) reads them from device
         # tables while steps are recorded (nnxp.optim.steptable): bit for bit the same
-        self.tables = (self.recorder is not None and not optimizer.uses_step_tables
-                       and optimizer.use_step_tables(True))  # turned off again by close()
+        # turned on at the first step (inside fit's try block, whose finally calls close(),
+        # which turns them off again: an error before the first step leaves them as they were)
+        self.tables = False
+        self.tables_pending = self.recorder is not None
         self.report: dict[str, Any] = {
             "recorder": None if self.recorder is None else self.recorder.kind,
             "graphs": 0, "replays": 0, "static_steps": 0, "not_recorded": None}
@@ -1107,6 +1120,13 @@ class _StaticStep:
         if self.recorder is not None and before_update is not None:
             self.report["not_recorded"] = ("diagnostics=True runs host code between the "
                                            "backward pass and the update of every step")
+        precision = options.get("precision")
+        if self.recorder is not None and precision is not None \
+                and precision.scaler is not None:
+            self.report["not_recorded"] = (
+                "loss scaling (precision='float16') reads on the host, every step, whether "
+                "the gradients overflowed, and skips or applies the update and moves its "
+                "scale accordingly")
         result = self._run(slot, before_update, options)
         if guard is not None:
             guard.note_step()
@@ -1179,50 +1199,69 @@ class _StaticStep:
         model, optimizer = self.model, self.optimizer
         if self.recorder is None or self.report["not_recorded"] is not None:
             return self._eager(slot, before_update, options)
+        if self.tables_pending:
+            self.tables_pending = False
+            self.tables = not optimizer.uses_step_tables and optimizer.use_step_tables(True)
         if self.host_code_ran:
             self._revalidate()
+        settings = _step_settings(optimizer)
+        if slot["checked"] and slot["options"] != settings:
+            # The options changed since this shape was checked (a schedule, a callback). A new
+            # option may make state or constants on its first use (SGD's momentum buffer,
+            # AMSGrad's maximum, AdamW's 1 − γλ), which must happen in an eager step: inside a
+            # recording it would happen again at every replay. Checked again, then recorded.
+            slot.update(graph=None, checked=False)
+            self.repair = True  # new state may re-spread the records: views made anew
         if not slot["checked"]:
+            slot["options"] = settings
             optimizer.prepare_state()  # loaded records gathered now, not by the checked step
             reads = _reads_problem(optimizer)
             before = _host_view(model, optimizer)
             extra = [layer.get_extra_state() for layer in self.counting]
             result = self.recorder.warm_up(lambda: self._eager(slot, None, options))
             after = self.last_view = _host_view(model, optimizer)
-            changed = _compare_host_views(before, after)
+            # the first step after arrays were replaced from outside puts them back into the
+            # optimizer's buffers (a replacement by the step itself): then the next is checked
+            changed = _compare_host_views(before, after, replaced_ok=self.repair)
             if changed in (None, "new"):
                 changed = self._check_counts(extra) or changed
-            if changed not in (None, "new") and self.repair:
-                # the first step after a callback replaced arrays puts them back into the
-                # optimizer's buffers (a replacement by the step itself): check the next one
-                changed = "new"
             self.repair = False
             problem = reads or changed
             slot["checked"] = problem != "new"  # state made by this step: check the next one
             if problem not in (None, "new"):
                 self._give_up(problem)
             return result
-        settings = _group_options(optimizer)
-        if slot["graph"] is None or slot["options"] != settings:
+        if slot["graph"] is None:
             problem = _reads_problem(optimizer)  # new options may make the update read more
             if problem is not None:
                 self._give_up(problem)
                 return self._eager(slot, None, options)
             optimizer.refresh_step_tables()  # refilled now, not inside the recording
             counts = optimizer.host_counts()
-            slot["graph"], slot["outputs"] = self.recorder.capture(  # records, runs nothing
-                lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"], **options))
-            # the recording ran the step's Python once: its host counts are put back as they
-            # were (the optimizer's exactly; the layers' batch counts moved back by one)
-            optimizer.restore_host_counts(counts)
-            for layer in self.counting:
-                layer.advance_host_state(-1)
-            slot["options"] = settings
+            try:
+                slot["graph"], slot["outputs"] = self.recorder.capture(  # runs no device work
+                    lambda: _step(model, slot["x"], slot["y"], optimizer, wb=slot["w"],
+                                  **options))
+            finally:
+                # the recording ran the step's Python once (also when it failed or was
+                # interrupted): its host counts are put back as they were (the optimizer's
+                # exactly; the layers' batch counts moved back by one)
+                optimizer.restore_host_counts(counts)
+                for layer in self.counting:
+                    layer.advance_host_state(-1)
             self.last_view = _host_view(model, optimizer)  # what the graph holds (_revalidate)
             self.report["graphs"] += 1
-        slot["graph"].replay()
-        self.optimizer.advance(1, replayed=True)  # the host counts a replay does not move
-        for layer in self.counting:
-            layer.advance_host_state(1)
+        graph = slot["graph"]
+        launched = graph.replays
+        try:
+            graph.replay()
+        finally:
+            if graph.replays != launched:
+                # the host counts a replay does not move, moved also when an interrupt arrived
+                # as the launch returned (its device work queued: the weights move on)
+                self.optimizer.advance(1, replayed=True)
+                for layer in self.counting:
+                    layer.advance_host_state(1)
         self.report["replays"] += 1
         return slot["outputs"]  # the graph's arrays: the loop copies what it keeps
 
@@ -1285,10 +1324,13 @@ def _state_fields(optimizer: Optimizer) -> set[str]:
     return {field.name for field in dataclasses.fields(state_cls)}
 
 
-def _group_options(optimizer: Optimizer) -> str:
-    """The optimizer's options as the step reads them (everything but the parameters)."""
-    return repr([{k: v for k, v in group.items() if k != "params"}
-                 for group in optimizer.param_groups])
+def _step_settings(optimizer: Optimizer) -> str:
+    """The optimizer's options as the step reads them on the host: every group's (everything
+    but the parameters), clipping and the flat layout's."""
+    return repr(([{k: v for k, v in group.items() if k != "params"}
+                  for group in optimizer.param_groups],
+                 optimizer.clip_norm, optimizer.clip_value, optimizer.flat,
+                 optimizer.update_block))
 
 
 def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]:
@@ -1329,26 +1371,32 @@ def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]
             and not getattr(layer, "reads_host_state", True)
         if callable(extra) and not counted:
             walk(f"{where} extra state", extra())
+        config = getattr(layer, "get_config", None)
+        if callable(config):  # options the forward and backward passes read (momentum, ε)
+            view.append((f"{where} options", ("value", repr(config()))))
     walk(f"{type(optimizer).__name__} state", dict(getattr(optimizer, "state", {}) or {}),
          counters=True)
     return view
 
 
-def _compare_host_views(before: list[tuple[str, Any]],
-                        after: list[tuple[str, Any]]) -> str | None:
+def _compare_host_views(before: list[tuple[str, Any]], after: list[tuple[str, Any]], *,
+                        replaced_ok: bool = False) -> str | None:
     """None when a step left every entry as it was, else the first difference, in words;
     ``"new"`` when the only differences are entries the step created (optimizer state made
-    on the first step: the next step decides)."""
+    on the first step: the next step decides) or, with ``replaced_ok``, arrays it replaced."""
     old = dict(before)
     created = False
     for name, value in after:
         was = old.get(name)
         if was == value:
             continue
-        if was is None:
-            created = True
+        if was is None or (was == ("value", None) and value[0] == "array"):
+            created = True  # an entry, or a buffer in an existing record (momentum, AMSGrad)
             continue
         if value[0] == "array" and was[0] == "array":
+            if replaced_ok:
+                created = True
+                continue
             return (f"{name} was replaced by a new array (a recorded step must write it in "
                     "place)")
         return f"{name} is a host value that changed from {was[1]!r} to {value[1]!r}"
