@@ -37,6 +37,7 @@ import collections
 import datetime
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -76,6 +77,10 @@ only the summation order of products and reductions differs, about 1e-6 relative
 
 ACCURACY_ATOL = 0.01
 """Training accuracy after the smoke fit, GPU backend against numpy."""
+
+
+TEST_TIMEOUT = 120
+"""Seconds one test may take in the tests part, where pytest-timeout is installed."""
 
 
 class PartTimeout(Exception):
@@ -569,7 +574,7 @@ def _capture_fit(spec: str, opt_name: str, capture: bool, X: Any, y: Any, epochs
 
     cfg = bench.MODELS[model_name]
     cls, options = CAPTURE_OPTIMIZERS[model_name][opt_name]
-    with nnxp.use_backend(spec):
+    with nnxp.use_backend(spec) as info:
         model = bench.build_mlp(cfg["widths"])
         opt = getattr(nnxp.optim, cls)(**options)
         history = model.fit(X, y, optimizer=opt, epochs=epochs, batch_size=cfg["batch"],
@@ -577,11 +582,14 @@ def _capture_fit(spec: str, opt_name: str, capture: bool, X: Any, y: Any, epochs
         weights = np.concatenate([np.ravel(nnxp.to_numpy(p)) for p, _ in
                                   ((layer.params[k], k) for layer in model.layers
                                    for k in layer.params)])
+        # why a GPU backend recorded nothing (CuPy refusing cuBLAS calls in a recording)
+        problem = (nnxp.backend.cupy_capture_problem(info.device)
+                   if capture and info.name == "cupy" else None)
     steps = -(-X.shape[0] // cfg["batch"])
     times = history.history["epoch_time"][1:]  # the first epoch records and warms up
     return {"spec": spec, "optimizer": opt_name, "capture": capture,
             "step_ms": min(times) / steps * 1e3, "epochs": epochs, "steps_per_epoch": steps,
-            "report": history.capture, "weights": weights}
+            "report": history.capture, "capture_problem": problem, "weights": weights}
 
 
 def _capture_runs(runs: list[tuple[str, bool]], opt_name: str, X: Any, y: Any, epochs: int,
@@ -741,8 +749,9 @@ def issue13_targets(rows: list[dict[str, Any]], big_rows: list[dict[str, Any]],
                 status, note = "not measured", "dry run on torch CPU"
             elif not report.get("graphs"):
                 status = "not met"
-                note = ("nothing was recorded: " + str(report.get("not_recorded")
-                                                      or f"recorder {report.get('recorder')}"))
+                note = "nothing was recorded: " + str(
+                    report.get("not_recorded") or r.get("capture_problem")
+                    or f"recorder {report.get('recorder')}")
             else:
                 status = "met" if ratio is not None and ratio <= 1.0 else "not met"
                 note = ""
@@ -802,9 +811,16 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
     else:
         targets, keyword = ["tests"], "cupy or cuda"
     cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE",
-           "--maxfail=100", "-o", "console_output_style=classic"]
+           "--maxfail=100", "-o", "console_output_style=classic", "--durations=15"]
     if keyword:
         cmd += ["-k", keyword]
+    workers = check.args.test_workers
+    if workers is None:  # on a GPU the ~2,100 tests are Python- and compile-bound: spread them
+        workers = 0 if check.dry_run else 4
+    if workers > 0 and importlib.util.find_spec("xdist") is not None:
+        cmd += ["-n", str(workers)]
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        cmd += ["--timeout", str(TEST_TIMEOUT)]  # a hanging test costs one test, not the part
     env = {**os.environ, "NNXP_TEST_BACKENDS": ",".join(check.specs)}
     log_path = check.out / f"{check.stem}-tests.log"
     timeout = max(cap - 5, 1.0)
@@ -838,6 +854,12 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
     return "" if v is None else format(v, spec)
+
+
+def _not_recorded(row: dict[str, Any]) -> str:
+    """Why a recorded fit recorded nothing, for a table cell."""
+    why = (row.get("report") or {}).get("not_recorded") or row.get("capture_problem") or ""
+    return str(why).replace("|", "/")[:200]
 
 
 def targets_markdown(cap_part: dict[str, Any]) -> list[str]:
@@ -963,7 +985,7 @@ def markdown(res: dict[str, Any]) -> str:
                          f"{r['step_ms']:.3f} | {_fmt(r.get('cpu_numpy_step_ms'), '.3f')} | "
                          f"{_fmt(r.get('numpy_over_this'), '.2f')} | "
                          f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
-                         f"{rep_.get('not_recorded') or ''} | "
+                         f"{_not_recorded(r)} | "
                          f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
     if cap_part.get("big_rows"):
         lines += ["", f"## Recorded step (issue 13): big MLP 784-1024-1024-10 fit, "
@@ -984,7 +1006,7 @@ def markdown(res: dict[str, Any]) -> str:
                          f"{r['step_ms']:.3f} | {_fmt(r.get('torch_eager_step_ms'), '.3f')}"
                          f"{source} | {_fmt(r.get('this_over_torch'), '.2f')} | "
                          f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
-                         f"{rep_.get('not_recorded') or ''} | "
+                         f"{_not_recorded(r)} | "
                          f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
     tests = parts.get("tests", {})
     if tests.get("command"):
@@ -1019,6 +1041,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smallest workloads (a test of this script, well under 20 s)")
     parser.add_argument("--skip", default="", type=lambda s: {p for p in s.split(",") if p},
                         help=f"comma-separated parts to skip: {', '.join(PART_CAPS)}")
+    parser.add_argument("--test-workers", type=int, default=None,
+                        help="pytest-xdist workers of the tests part, where pytest-xdist is "
+                        "installed (default: 4 on a GPU, 0 in a dry run; 0: one process)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not install the wheels carried in .whl/")
     return parser
