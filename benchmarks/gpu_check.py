@@ -130,9 +130,11 @@ def install_wheels(wheel_dir: Path) -> dict[str, Any]:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
     importlib.invalidate_caches()
+    refusal = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+    why = next((ln for ln in refusal if ln.lower().startswith("error")),
+               refusal[-1] if refusal else "")
     return {"status": "ok", "wheels": [Path(w).name for w in wheels], "where": str(site),
-            "note": "installed with --target: " + done.stderr.strip().splitlines()[-1][:200]
-            if done.stderr.strip() else "installed with --target"}
+            "note": f"installed with --target ({why[:200]})" if why else "installed with --target"}
 
 
 # ----------------------------------------------------------------------------------------------
