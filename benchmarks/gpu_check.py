@@ -229,7 +229,8 @@ def part_environment(check: Check, cap: float) -> dict[str, Any]:
                            "versions": {d: _version(d) for d in (
                                "numpy", "torch", "cupy-cuda13x", "cupy-cuda12x",
                                "array-api-compat", "array-api-strict", "pytest",
-                               "pytest-benchmark", "hypothesis")}}
+                               "pytest-benchmark", "pytest-xdist", "pytest-timeout",
+                               "hypothesis")}}
     import nnxp
 
     env["tf32"] = nnxp.get_tf32()  # float32 matmul mode: nnxp.set_tf32 / NNXP_TF32
@@ -812,7 +813,8 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
         keyword = "" if check.args.quick else "torch"
     else:
         targets, keyword = ["tests"], "cupy or cuda"
-    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE",
+    # -v: one line per test, so a run cut short by its timeout still names what failed so far
+    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE", "-v",
            "--maxfail=100", "-o", "console_output_style=classic", "--durations=15"]
     if keyword:
         cmd += ["-k", keyword]
@@ -840,6 +842,10 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
     counts = {k: int(v) for v, k in re.findall(
         r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)", summary)}
     failed = [ln[:200] for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    if not failed:  # no short summary (cut short): the per-test lines that failed
+        failed = list(dict.fromkeys(
+            m.group(0) for ln in text.splitlines() if re.search(r"\b(FAILED|ERROR)\b", ln)
+            for m in [re.search(r"tests/\S+::\S+", ln)] if m))
     if rc not in (0, None):
         status = "failed"
         note = summary or f"pytest exited with {rc}"

@@ -537,6 +537,31 @@ def test_gpu_check_issue13_verdicts_by_hand() -> None:
         "", "## issue 13 GPU targets: not measured (capture part skipped)"]
 
 
+def test_gpu_check_tests_part_cut_short_still_names_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
+    seen: list[list[str]] = []
+
+    def killed(cmd: list[str], stdout: Any, timeout: float, **kwargs: Any) -> None:
+        seen.append(cmd)
+        stdout.write("[gw0] [ 1%] PASSED tests/test_a.py::test_x[torch:cuda]\n"
+                     "[gw1] [ 2%] FAILED tests/test_a.py::test_x[cupy]\n"
+                     "tests/test_b.py::test_y[cupy] ERROR\n")
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", killed)
+    check = types.SimpleNamespace(dry_run=False, specs=["cupy", "torch:cuda"], out=tmp_path,
+                                  stem="gpu", args=types.SimpleNamespace(quick=False,
+                                                                         test_workers=0))
+    part = gpu_check.part_tests(check, 60.0)
+    assert part["status"] == "timeout" and part["note"] == "pytest ran past 55 s"
+    assert part["failed"] == ["tests/test_a.py::test_x[cupy]", "tests/test_b.py::test_y[cupy]"]
+    assert part["NNXP_TEST_BACKENDS"] == "cupy,torch:cuda"
+    assert seen[0][seen[0].index("-k") + 1] == "cupy or cuda" and "-n" not in seen[0]
+
+
 def test_gpu_check_ratios_by_hand() -> None:
     gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
     key = "mlp-big.step[big/adam]"
