@@ -813,8 +813,9 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
         keyword = "" if check.args.quick else "torch"
     else:
         targets, keyword = ["tests"], "cupy or cuda"
-    # -v: one line per test, so a run cut short by its timeout still names what failed so far
-    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE", "-v",
+    # -vv (over the -q of pyproject.toml): one line per test, so a run cut short by its timeout
+    # still names what failed so far
+    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE", "-vv",
            "--maxfail=100", "-o", "console_output_style=classic", "--durations=15"]
     if keyword:
         cmd += ["-k", keyword]
