@@ -96,7 +96,7 @@ bench: $(VENV)/.test-installed
 # The GPU check of issue 10 (docs/backends.md, "make gpu-check"): under 8 minutes on one NVIDIA GPU,
 # results in benchmarks/results/gpu-<date>-<device>.{md,json}; installs the wheels carried in .whl/.
 # Without a GPU: a dry run on torch CPU into a temporary directory. GPU_CHECK_ARGS: --quick,
-# --dry-run, --budget SECONDS, --out DIR, --skip tests,bench,...; PYTHON: an interpreter with
+# --dry-run, --budget SECONDS, --out DIR, --skip tests,bench,..., --test-workers N; PYTHON: an interpreter with
 # numpy and torch/cupy (the GPU machine's python3; here e.g. PYTHON=.venv/bin/python).
 GPU_CHECK_ARGS ?=
 gpu-check:

@@ -16,8 +16,11 @@ the parts before it on disk):
    eager and torch's fused Adam; and the big MLP's peak memory against its live set.
 5. ``capture`` — issue 13's recorded step: ``fit`` epochs of the small MLP (64-128-10, batch
    32) with ``capture=True`` against ``capture=False`` on each GPU backend and against numpy on
-   the CPU (SGD with momentum, Adam): time per step, what was recorded and replayed, and how far
-   the weights of the two GPU runs are apart (rounding only).
+   the CPU (SGD with momentum, Adam), and of the big MLP (784-1024-1024-10, batch 256; Adam,
+   then SGD with momentum) against torch CUDA eager's step (the bench part's row, else timed
+   here): time per step, what was recorded and replayed, how far the weights of the two GPU
+   runs are apart (rounding only), and a verdict on each of issue 13's two GPU targets
+   (``met`` / ``not met`` / ``not measured``, shown right below the parts in the Markdown).
 6. ``tests`` — the GPU parametrisations of the test suite
    (``NNXP_TEST_BACKENDS=cupy,torch:cuda pytest tests -k "cupy or cuda"``).
 
@@ -34,6 +37,7 @@ import collections
 import datetime
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -60,7 +64,7 @@ DEFAULT_BUDGET = 450.0
 """Seconds for the whole run (7.5 minutes; the parts' caps add up to more, the budget wins)."""
 
 PART_CAPS = {"environment": 30.0, "smoke": 90.0, "syncs": 60.0, "bench": 150.0,
-             "capture": 45.0, "tests": 240.0}
+             "capture": 60.0, "tests": 240.0}
 """Seconds each part may take at most (less when the total budget has less left)."""
 
 PART_MIN = {"environment": 1.0, "smoke": 10.0, "syncs": 10.0, "bench": 20.0, "capture": 10.0,
@@ -73,6 +77,10 @@ only the summation order of products and reductions differs, about 1e-6 relative
 
 ACCURACY_ATOL = 0.01
 """Training accuracy after the smoke fit, GPU backend against numpy."""
+
+
+TEST_TIMEOUT = 120
+"""Seconds one test may take in the tests part, where pytest-timeout is installed."""
 
 
 class PartTimeout(Exception):
@@ -122,9 +130,11 @@ def install_wheels(wheel_dir: Path) -> dict[str, Any]:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
     importlib.invalidate_caches()
+    refusal = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+    why = next((ln for ln in refusal if ln.lower().startswith("error")),
+               refusal[-1] if refusal else "")
     return {"status": "ok", "wheels": [Path(w).name for w in wheels], "where": str(site),
-            "note": "installed with --target: " + done.stderr.strip().splitlines()[-1][:200]
-            if done.stderr.strip() else "installed with --target"}
+            "note": f"installed with --target ({why[:200]})" if why else "installed with --target"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +229,8 @@ def part_environment(check: Check, cap: float) -> dict[str, Any]:
                            "versions": {d: _version(d) for d in (
                                "numpy", "torch", "cupy-cuda13x", "cupy-cuda12x",
                                "array-api-compat", "array-api-strict", "pytest",
-                               "pytest-benchmark", "hypothesis")}}
+                               "pytest-benchmark", "pytest-xdist", "pytest-timeout",
+                               "hypothesis")}}
     import nnxp
 
     env["tf32"] = nnxp.get_tf32()  # float32 matmul mode: nnxp.set_tf32 / NNXP_TF32
@@ -546,65 +557,226 @@ def _with_status(out: dict[str, Any], rows: list[dict[str, Any]],
     return out
 
 
-def _capture_fit(spec: str, opt_name: str, capture: bool, X: Any, y: Any,
-                 epochs: int) -> dict[str, Any]:
+CAPTURE_OPTIMIZERS = {"small": {"sgd": ("SGD", {"lr": 0.05, "momentum": 0.9}),
+                                  "adam": ("Adam", {"lr": 1e-3})},
+                        "big": {"adam": ("Adam", {"lr": 1e-3}),
+                                "sgd": ("SGD", {"lr": 0.01, "momentum": 0.9})}}
+"""The optimizers of the capture part per MLP, in the order they run (the big MLP's Adam first:
+issue 13's big-step target is stated for Adam, SGD comes second in case time runs out)."""
+
+
+def _capture_fit(spec: str, opt_name: str, capture: bool, X: Any, y: Any, epochs: int,
+                 model_name: str = "small") -> dict[str, Any]:
+    """``fit`` of MLP ``model_name`` (``nnxp.bench.MODELS``) with ``capture`` on or off: the
+    time per step is the best later epoch's ``epoch_time`` over its steps (the first epoch
+    checks and records the step), and the weights come back for the comparison."""
     import numpy as np
 
     import nnxp
     from nnxp import bench
 
-    with nnxp.use_backend(spec):
-        model = bench.build_mlp(bench.MODELS["small"]["widths"])
-        opt = (nnxp.optim.SGD(lr=0.05, momentum=0.9) if opt_name == "sgd"
-               else nnxp.optim.Adam(lr=1e-3))
-        history = model.fit(X, y, optimizer=opt, epochs=epochs, batch_size=32, verbose=0,
-                            shuffle=False, capture=capture)
+    cfg = bench.MODELS[model_name]
+    cls, options = CAPTURE_OPTIMIZERS[model_name][opt_name]
+    with nnxp.use_backend(spec) as info:
+        model = bench.build_mlp(cfg["widths"])
+        opt = getattr(nnxp.optim, cls)(**options)
+        history = model.fit(X, y, optimizer=opt, epochs=epochs, batch_size=cfg["batch"],
+                            verbose=0, shuffle=False, capture=capture)
         weights = np.concatenate([np.ravel(nnxp.to_numpy(p)) for p, _ in
                                   ((layer.params[k], k) for layer in model.layers
                                    for k in layer.params)])
-    steps = -(-X.shape[0] // 32)
+        # why a GPU backend recorded nothing (CuPy refusing cuBLAS calls in a recording)
+        problem = (nnxp.backend.cupy_capture_problem(info.device)
+                   if capture and info.name == "cupy" else None)
+    steps = -(-X.shape[0] // cfg["batch"])
     times = history.history["epoch_time"][1:]  # the first epoch records and warms up
     return {"spec": spec, "optimizer": opt_name, "capture": capture,
             "step_ms": min(times) / steps * 1e3, "epochs": epochs, "steps_per_epoch": steps,
-            "report": history.capture, "weights": weights}
+            "report": history.capture, "capture_problem": problem, "weights": weights}
+
+
+def _capture_runs(runs: list[tuple[str, bool]], opt_name: str, X: Any, y: Any, epochs: int,
+                  model_name: str, t_end: float, notes: list[str],
+                  ) -> tuple[list[dict[str, Any]], dict[tuple[str, bool], dict[str, Any]]]:
+    """The fits of ``runs`` (spec, capture) until ``t_end``: error rows for the fits that
+    raised, and the others by (spec, capture) with their weights."""
+    errors, found = [], {}
+    for spec, capture in runs:
+        if time.monotonic() > t_end:
+            notes.append(f"{model_name} {spec}/{opt_name}/capture={capture} skipped: "
+                         "time ran out")
+            continue
+        try:
+            found[(spec, capture)] = _capture_fit(spec, opt_name, capture, X, y, epochs,
+                                                  model_name)
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+            errors.append({"model": model_name, "spec": spec, "optimizer": opt_name,
+                           "capture": capture, "error": f"{type(exc).__name__}: {exc}"[:500]})
+    return errors, found
+
+
+def _weight_diff_rows(found: dict[tuple[str, bool], dict[str, Any]],
+                      model_name: str) -> list[dict[str, Any]]:
+    """The rows of ``found`` without their weights; a recorded run gets the largest weight
+    difference to the same backend's unrecorded run."""
+    import numpy as np
+
+    rows = []
+    for (spec, capture), r in found.items():
+        row = {"model": model_name, **{k: v for k, v in r.items() if k != "weights"}}
+        plain = found.get((spec, False))
+        if capture and plain is not None:
+            row["max_abs_weight_diff_vs_uncaptured"] = float(
+                np.max(np.abs(r["weights"] - plain["weights"])))
+        rows.append(row)
+    return rows
+
+
+def _torch_eager_step(check: Check, opt_name: str, t_end: float,
+                      notes: list[str]) -> dict[str, Any] | None:
+    """torch eager's training step of the big MLP with ``opt_name`` (torch's unfused default
+    optimizer, on CUDA, or on the CPU in a dry run): the median of the bench part's row when
+    that part timed it, else timed here with the same case (``peers.model_peer_cases``)."""
+    import peers
+
+    from nnxp import bench
+
+    key = f"mlp-big.step[big/{opt_name}]"
+    for r in check.results["parts"].get("bench", {}).get("rows", []):
+        if r.get("key") == key and r.get("impl") == "torch" and "median" in r:
+            return {"ms": r["median"] * 1e3, "min_ms": r["min"] * 1e3, "backend": r["backend"],
+                    "source": "bench part", "timer": r.get("timer")}
+    device = "cpu" if check.dry_run else "cuda"
+    if not peers.HAS_TORCH or (device == "cuda" and not peers.peer_devices(["torch:cuda"])):
+        notes.append(f"no torch {device} peer for big/{opt_name}")
+        return None
+    if time.monotonic() > t_end:
+        notes.append(f"torch eager big/{opt_name} not timed: time ran out")
+        return None
+    (case,) = [c for c in peers.model_peer_cases(device, "big", opt_name)
+               if c.group == "step" and c.impl == "torch"]
+    t = bench.time_case(case, budget=0.05 if check.dry_run else 0.5)
+    return {"ms": t.median * 1e3, "min_ms": t.min * 1e3, "backend": case.backend,
+            "source": "timed in the capture part", "timer": t.timer}
 
 
 def part_capture(check: Check, cap: float) -> dict[str, Any]:
-    """Issue 13: is the small MLP's recorded step on a GPU at least as fast as its step on the
-    CPU (numpy)? Per-step times from ``fit``'s own epoch times (best later epoch)."""
-    import numpy as np
-
+    """Issue 13's recorded step, for its two GPU targets: is the small MLP's recorded step on a
+    GPU at least as fast as its step on the CPU (numpy), and is the big MLP's recorded step at
+    most torch CUDA eager's? Per-step times from ``fit``'s own epoch times (best later epoch);
+    the torch figure from the bench part (:func:`_torch_eager_step`)."""
     t_end = time.monotonic() + cap - 5
     n = 640 if check.args.quick else 3200
     epochs = 3 if check.args.quick else 4
     X, _ = _smoke_data(n)
     X = X[:, :16].repeat(4, axis=1)  # 64 features
     y = X[:, :10].argmax(axis=1)
-    rows, notes = [], []
-    for opt_name in ("sgd", "adam"):
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for opt_name in CAPTURE_OPTIMIZERS["small"]:
         runs = [("numpy", False)] + [(spec, c) for spec in check.specs for c in (False, True)]
-        found: dict[tuple[str, bool], dict[str, Any]] = {}
-        for spec, capture in runs:
-            if time.monotonic() > t_end:
-                notes.append(f"{spec}/{opt_name}/capture={capture} skipped: time ran out")
-                continue
-            try:
-                found[(spec, capture)] = _capture_fit(spec, opt_name, capture, X, y, epochs)
-            except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
-                rows.append({"spec": spec, "optimizer": opt_name, "capture": capture,
-                             "error": f"{type(exc).__name__}: {exc}"[:500]})
+        errors, found = _capture_runs(runs, opt_name, X, y, epochs, "small", t_end, notes)
+        rows += errors
         cpu = found.get(("numpy", False))
-        for (spec, capture), r in found.items():
-            row = {k: v for k, v in r.items() if k != "weights"}
-            plain = found.get((spec, False))
-            if capture and plain is not None:
-                row["max_abs_weight_diff_vs_uncaptured"] = float(
-                    np.max(np.abs(r["weights"] - plain["weights"])))
-            if cpu is not None and spec != "numpy":
+        for row in _weight_diff_rows(found, "small"):
+            if cpu is not None and row["spec"] != "numpy":
                 row["cpu_numpy_step_ms"] = cpu["step_ms"]
-                row["numpy_over_this"] = cpu["step_ms"] / r["step_ms"]
+                row["numpy_over_this"] = cpu["step_ms"] / row["step_ms"]
             rows.append(row)
-    return _with_status({"rows": rows, "samples": n}, rows, notes)
+    # the big MLP (issue 13's second target): tiny on torch CPU, 32 steps an epoch on a GPU
+    big = _big_data(512 if check.dry_run else 8192)
+    big_epochs = 2 if check.dry_run else 3
+    big_rows: list[dict[str, Any]] = []
+    for opt_name in CAPTURE_OPTIMIZERS["big"]:
+        runs = [(spec, c) for spec in check.specs for c in (False, True)]
+        errors, found = _capture_runs(runs, opt_name, *big, big_epochs, "big", t_end, notes)
+        big_rows += errors
+        if not found:
+            continue
+        peer = _torch_eager_step(check, opt_name, t_end, notes)
+        for row in _weight_diff_rows(found, "big"):
+            if peer is not None:
+                row.update(torch_eager_step_ms=peer["ms"], torch_backend=peer["backend"],
+                           torch_source=peer["source"], torch_timer=peer["timer"],
+                           this_over_torch=row["step_ms"] / peer["ms"])
+            big_rows.append(row)
+    out = _with_status({"rows": rows, "samples": n, "big_rows": big_rows,
+                        "big_samples": big[0].shape[0], "big_epochs": big_epochs},
+                       rows + big_rows, notes)
+    out["targets"] = issue13_targets(rows, big_rows, check.dry_run)
+    return out
+
+
+def _big_data(n: int) -> tuple[Any, Any]:
+    """``n`` samples for the big MLP (784 features, 10 classes; the class is the largest of the
+    first ten features, so the fit has something to learn)."""
+    import numpy as np
+
+    X = np.random.default_rng(1).standard_normal((n, 784)).astype(np.float32)
+    return X, X[:, :10].argmax(axis=1)
+
+
+ISSUE13_TARGETS = {
+    "small": "small MLP step with capture at least as fast as numpy on the CPU",
+    "big": "big MLP step with capture at most torch CUDA eager's",
+}
+"""Issue 13's GPU targets, as the capture part checks them (ratio ≤ 1.0 is met)."""
+
+
+def issue13_targets(rows: list[dict[str, Any]], big_rows: list[dict[str, Any]],
+                    dry_run: bool) -> list[dict[str, Any]]:
+    """One verdict per target, GPU backend and optimizer: ``met`` when the recorded step's time
+    over its peer's is at most 1.0, ``not met`` above or when nothing was recorded (the step
+    then ran unrecorded: no test of the target), ``not measured`` in a dry run or when a row is
+    missing or raised. Peers: numpy's step (small), torch eager's step (big)."""
+    out = []
+    for target, table, peer_key in (("small", rows, "cpu_numpy_step_ms"),
+                                    ("big", big_rows, "torch_eager_step_ms")):
+        runs = {(r["spec"], r["optimizer"], r["capture"]): r for r in table}
+        pairs = sorted({(r["spec"], r["optimizer"]) for r in table if r["spec"] != "numpy"})
+        for spec, opt_name in pairs:
+            r = runs.get((spec, opt_name, True))
+            verdict: dict[str, Any] = {"target": target, "spec": spec, "optimizer": opt_name,
+                                       "ratio": None, "nnxp_ms": None, "peer_ms": None}
+            if r is None or "error" in r:
+                why = "the recorded fit raised" if r is not None else "no recorded fit"
+                out.append({**verdict, "status": "not measured", "note": why})
+                continue
+            peer = r.get(peer_key)
+            ratio = None if peer is None else r["step_ms"] / peer  # recorded step / peer
+            verdict.update(nnxp_ms=r["step_ms"], peer_ms=peer, ratio=ratio)
+            report = r.get("report") or {}
+            if peer is None:
+                status, note = "not measured", "no peer figure"
+            elif dry_run:
+                status, note = "not measured", "dry run on torch CPU"
+            elif not report.get("graphs"):
+                status = "not met"
+                note = "nothing was recorded: " + str(
+                    report.get("not_recorded") or r.get("capture_problem")
+                    or f"recorder {report.get('recorder')}")
+            else:
+                status = "met" if ratio is not None and ratio <= 1.0 else "not met"
+                note = ""
+            out.append({**verdict, "status": status, "note": note})
+    return out
+
+
+def targets_summary(targets: list[dict[str, Any]]) -> str:
+    """``met`` when every verdict is met, ``not met`` when one is not, else ``not measured``
+    (with the counts)."""
+    counts = collections.Counter(t["status"] for t in targets)
+    if not targets:
+        overall = "not measured"
+    elif counts["not met"]:
+        overall = "not met"
+    elif counts["not measured"]:
+        overall = "not measured"
+    else:
+        overall = "met"
+    detail = ", ".join(f"{counts[s]} {s}" for s in ("met", "not met", "not measured")
+                       if counts[s])
+    return f"issue 13 GPU targets: {overall}" + (f" ({detail})" if detail else "")
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -641,10 +813,19 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
         keyword = "" if check.args.quick else "torch"
     else:
         targets, keyword = ["tests"], "cupy or cuda"
-    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE",
-           "--maxfail=100", "-o", "console_output_style=classic"]
+    # -vv (over the -q of pyproject.toml): one line per test, so a run cut short by its timeout
+    # still names what failed so far
+    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-rfE", "-vv",
+           "--maxfail=100", "-o", "console_output_style=classic", "--durations=15"]
     if keyword:
         cmd += ["-k", keyword]
+    workers = check.args.test_workers
+    if workers is None:  # on a GPU the ~2,100 tests are Python- and compile-bound: spread them
+        workers = 0 if check.dry_run else 4
+    if workers > 0 and importlib.util.find_spec("xdist") is not None:
+        cmd += ["-n", str(workers)]
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        cmd += ["--timeout", str(TEST_TIMEOUT)]  # a hanging test costs one test, not the part
     env = {**os.environ, "NNXP_TEST_BACKENDS": ",".join(check.specs)}
     log_path = check.out / f"{check.stem}-tests.log"
     timeout = max(cap - 5, 1.0)
@@ -662,6 +843,10 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
     counts = {k: int(v) for v, k in re.findall(
         r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)", summary)}
     failed = [ln[:200] for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    if not failed:  # no short summary (cut short): the per-test lines that failed
+        failed = list(dict.fromkeys(
+            m.group(0) for ln in text.splitlines() if re.search(r"\b(FAILED|ERROR)\b", ln)
+            for m in [re.search(r"tests/\S+::\S+", ln)] if m))
     if rc not in (0, None):
         status = "failed"
         note = summary or f"pytest exited with {rc}"
@@ -678,6 +863,34 @@ def part_tests(check: Check, cap: float) -> dict[str, Any]:
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
     return "" if v is None else format(v, spec)
+
+
+def _not_recorded(row: dict[str, Any]) -> str:
+    """Why a recorded fit recorded nothing, for a table cell."""
+    why = (row.get("report") or {}).get("not_recorded") or row.get("capture_problem") or ""
+    return str(why).replace("|", "/")[:200]
+
+
+def targets_markdown(cap_part: dict[str, Any]) -> list[str]:
+    """The verdicts on issue 13's GPU targets, right below the parts (``not measured`` when
+    the capture part did not run)."""
+    targets = cap_part.get("targets", [])
+    why = "" if targets else f" (capture part {cap_part.get('status', 'not run')})"
+    lines = ["", f"## {targets_summary(targets)}{why}", ""]
+    if not targets:
+        return lines[:-1]
+    lines += ["Ratio: the recorded step's ms over the peer's (met when ≤ 1.0). Peers: numpy's "
+              "step on the CPU (small MLP, fit), torch eager's step (big MLP, see the capture "
+              "tables).", "",
+              "| target | backend | optimizer | recorded ms / step | peer ms / step | ratio | "
+              "verdict | note |", "|---|---|---|---:|---:|---:|---|---|"]
+    for t in targets:
+        verdict = t["status"] if t["status"] != "not met" else "**not met**"
+        lines.append(f"| {ISSUE13_TARGETS[t['target']]} | {t['spec']} | {t['optimizer']} | "
+                     f"{_fmt(t['nnxp_ms'], '.3f')} | {_fmt(t['peer_ms'], '.3f')} | "
+                     f"{_fmt(t['ratio'], '.2f')} | {verdict} | "
+                     f"{str(t['note']).replace('|', '/')[:200]} |")
+    return lines
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -710,6 +923,7 @@ def markdown(res: dict[str, Any]) -> str:
         note = str(part.get("note", "")).replace("|", "/").replace("\n", " ")[:300]
         lines.append(f"| {name} | {part['status']} | {part.get('seconds', '')} | {note} |")
     parts = res["parts"]
+    lines += targets_markdown(parts.get("capture", {}))
     smoke = parts.get("smoke", {})
     if smoke.get("rows"):
         tol = smoke["tolerance"]
@@ -780,7 +994,28 @@ def markdown(res: dict[str, Any]) -> str:
                          f"{r['step_ms']:.3f} | {_fmt(r.get('cpu_numpy_step_ms'), '.3f')} | "
                          f"{_fmt(r.get('numpy_over_this'), '.2f')} | "
                          f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
-                         f"{rep_.get('not_recorded') or ''} | "
+                         f"{_not_recorded(r)} | "
+                         f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
+    if cap_part.get("big_rows"):
+        lines += ["", f"## Recorded step (issue 13): big MLP 784-1024-1024-10 fit, "
+                  f"{cap_part['big_samples']} samples, batch 256, {cap_part['big_epochs']} "
+                  "epochs", "",
+                  "| backend | optimizer | capture | ms / step | torch eager step ms | "
+                  "this / torch | graphs | replays | not recorded | max weight diff |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+        for r in cap_part["big_rows"]:
+            if "error" in r:
+                lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | error: "
+                             f"{r['error'][:120]} | | | | | | |")
+                continue
+            rep_ = r.get("report") or {}
+            source = (f" ({r['torch_backend']}, {r['torch_source']})"
+                      if r.get("torch_source") else "")
+            lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | "
+                         f"{r['step_ms']:.3f} | {_fmt(r.get('torch_eager_step_ms'), '.3f')}"
+                         f"{source} | {_fmt(r.get('this_over_torch'), '.2f')} | "
+                         f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
+                         f"{_not_recorded(r)} | "
                          f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
     tests = parts.get("tests", {})
     if tests.get("command"):
@@ -815,6 +1050,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smallest workloads (a test of this script, well under 20 s)")
     parser.add_argument("--skip", default="", type=lambda s: {p for p in s.split(",") if p},
                         help=f"comma-separated parts to skip: {', '.join(PART_CAPS)}")
+    parser.add_argument("--test-workers", type=int, default=None,
+                        help="pytest-xdist workers of the tests part, where pytest-xdist is "
+                        "installed (default: 4 on a GPU, 0 in a dry run; 0: one process)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not install the wheels carried in .whl/")
     return parser

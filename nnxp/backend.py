@@ -1827,17 +1827,49 @@ class _CupyGraphRecorder(GraphRecorder):
         return CapturedGraph(launch, keep=(graph, pool, stream)), outputs
 
 
+def cupy_capture_problem(device: Any) -> str | None:
+    """Why CuPy cannot record a training step on ``device``, or None when it can.
+
+    CuPy refuses every cuBLAS call on a stream that is being captured (its ``cublas.setStream``
+    raises NotImplementedError, up to CuPy 14.2 at least), and every step multiplies matrices
+    with cuBLAS: the recording would stop at the first Dense layer. Asked of the installed CuPy
+    itself, with no kernel run: the device's cuBLAS handle is pointed at a stream while it
+    records nothing, and the empty recording is ended. Anything else that goes wrong on the way
+    is a problem too (the step then runs unrecorded, which is always correct).
+    """
+    import cupy  # noqa: PLC0415 - imported lazily: only this module may name it
+
+    try:
+        with cupy.cuda.Device(device):
+            handle = cupy.cuda.get_cublas_handle()
+            stream = cupy.cuda.Stream(non_blocking=True)
+            stream.begin_capture()
+            try:
+                cupy.cuda.cublas.setStream(handle, stream.ptr)
+            except NotImplementedError as exc:
+                return (f"CuPy {getattr(cupy, '__version__', '?')} refuses cuBLAS calls while a "
+                        f"stream is captured ({exc}), and every step multiplies matrices with "
+                        "cuBLAS")
+            finally:
+                stream.end_capture()
+            cupy.cuda.cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    except Exception as exc:  # noqa: BLE001 - any failure of the question: do not record
+        return f"asking CuPy whether it records cuBLAS calls failed: {type(exc).__name__}: {exc}"
+    return None
+
+
 def graph_capture(xp: Any, device: Any) -> GraphRecorder | None:
     """A :class:`GraphRecorder` for arrays of ``xp`` on ``device``, or None where the backend
     cannot record device work (numpy, array-api-strict, torch on the CPU).
 
     CuPy records with stream capture and torch CUDA with ``torch.cuda.CUDAGraph``; both need a
     GPU (not exercised by the test suite without one: ``docs/training.md`` lists the checks a
-    GPU run must make).
+    GPU run must make). CuPy only where :func:`cupy_capture_problem` finds nothing in the way
+    (CuPy up to 14.2 at least refuses the cuBLAS calls of every training step).
     """
     name = _name_of_namespace(xp)
     if name == "cupy":
-        return _CupyGraphRecorder(device)
+        return None if cupy_capture_problem(device) is not None else _CupyGraphRecorder(device)
     if name == "torch" and getattr(device, "type", str(device)) == "cuda":
         return _TorchGraphRecorder(device)
     return None

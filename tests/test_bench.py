@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import types
 from pathlib import Path
 from typing import Any
 
@@ -444,9 +445,25 @@ def test_gpu_check_dry_run_end_to_end(tmp_path: Path) -> None:
     static = captured[("torch:cpu", "adam", True)]
     assert static["report"]["static_steps"] > 0  # no recorder on the CPU: static buffers
     assert static["max_abs_weight_diff_vs_uncaptured"] == 0.0  # bit-identical there
+    big = {(r["spec"], r["optimizer"], r["capture"]): r
+           for r in res["parts"]["capture"]["big_rows"]}
+    assert set(big) == {("torch:cpu", o, c) for o in ("sgd", "adam") for c in (False, True)}
+    for r in big.values():
+        assert r["model"] == "big" and r["step_ms"] > 0 and r["torch_eager_step_ms"] > 0
+        assert r["this_over_torch"] == pytest.approx(r["step_ms"] / r["torch_eager_step_ms"])
+        assert r["torch_source"] == "timed in the capture part"  # --quick benches "small" only
+    assert big[("torch:cpu", "adam", True)]["max_abs_weight_diff_vs_uncaptured"] == 0.0
+    targets = res["parts"]["capture"]["targets"]
+    assert {(t["target"], t["optimizer"]) for t in targets} == {
+        (t, o) for t in ("small", "big") for o in ("sgd", "adam")}
+    assert all(t["status"] == "not measured" and t["note"] == "dry run on torch CPU"
+               and t["ratio"] > 0 for t in targets)
     assert res["parts"]["tests"]["counts"]["passed"] > 0
     text = json_path.with_suffix(".md").read_text()
     assert "| smoke | ok |" in text and "nnxp/torch" in text
+    assert "## issue 13 GPU targets: not measured (4 not measured)" in text
+    assert text.count("| big MLP step with capture at most torch CUDA eager's | torch:cpu |") == 2
+    assert "## Recorded step (issue 13): big MLP 784-1024-1024-10 fit" in text
 
 
 def test_gpu_check_budget_and_failures_still_write_results(
@@ -472,6 +489,77 @@ def test_gpu_check_budget_and_failures_still_write_results(
     assert res["parts"]["bench"]["status"] == "skipped"
     assert "time budget" in res["parts"]["bench"]["note"]
     assert "| bench | skipped |" in next(out2.glob("*.md")).read_text()
+
+
+def test_gpu_check_issue13_verdicts_by_hand() -> None:
+    gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
+    recorded = {"graphs": 2, "replays": 90, "not_recorded": None}
+
+    def run(spec: str, opt: str, ms: float, **more: Any) -> dict[str, Any]:
+        return {"spec": spec, "optimizer": opt, "capture": True, "step_ms": ms,
+                "report": recorded, **more}
+
+    small = [{"spec": "numpy", "optimizer": "sgd", "capture": False, "step_ms": 0.2},
+             run("cupy", "sgd", 0.1, cpu_numpy_step_ms=0.2),
+             run("torch:cuda", "sgd", 0.3, cpu_numpy_step_ms=0.2),
+             run("cupy", "adam", 0.1, cpu_numpy_step_ms=0.2,
+                 report={"graphs": 0, "recorder": None, "not_recorded": None},
+                 capture_problem="CuPy 14.2.0 refuses cuBLAS calls")]
+    big = [run("cupy", "adam", 0.5, torch_eager_step_ms=1.0),
+           {"spec": "torch:cuda", "optimizer": "adam", "capture": True, "error": "boom"},
+           run("cupy", "sgd", 0.5)]  # no torch figure
+    targets = gpu_check.issue13_targets(small, big, dry_run=False)
+    got = {(t["target"], t["spec"], t["optimizer"]): (t["status"], t["ratio"]) for t in targets}
+    assert got == {("small", "cupy", "sgd"): ("met", 0.5),
+                   ("small", "torch:cuda", "sgd"): ("not met", pytest.approx(1.5)),
+                   ("small", "cupy", "adam"): ("not met", 0.5),  # fast, but nothing recorded
+                   ("big", "cupy", "adam"): ("met", 0.5),
+                   ("big", "torch:cuda", "adam"): ("not measured", None),
+                   ("big", "cupy", "sgd"): ("not measured", None)}
+    unrecorded = next(t for t in targets if t["optimizer"] == "adam" and t["target"] == "small")
+    assert unrecorded["note"] == "nothing was recorded: CuPy 14.2.0 refuses cuBLAS calls"
+    assert gpu_check.targets_summary(targets) == (
+        "issue 13 GPU targets: not met (2 met, 2 not met, 2 not measured)")
+    met = [t for t in targets if t["status"] == "met"]
+    assert gpu_check.targets_summary(met) == "issue 13 GPU targets: met (2 met)"
+    assert gpu_check.targets_summary([]) == "issue 13 GPU targets: not measured"
+    dry = gpu_check.issue13_targets(small[:2], [], dry_run=True)
+    assert [(t["status"], t["ratio"]) for t in dry] == [("not measured", 0.5)]
+    text = "\n".join(gpu_check.targets_markdown({"targets": targets}))
+    assert "## issue 13 GPU targets: not met" in text and "| **not met** |" in text
+    bench_row = {"key": "mlp-big.step[big/adam]", "impl": "torch", "backend": "torch:cuda",
+                 "median": 0.002, "min": 0.0019, "timer": "events"}
+    check = types.SimpleNamespace(results={"parts": {"bench": {"rows": [bench_row]}}})
+    peer = gpu_check._torch_eager_step(check, "adam", 0.0, [])  # taken, not timed
+    assert peer == {"ms": 2.0, "min_ms": pytest.approx(1.9), "backend": "torch:cuda",
+                    "source": "bench part", "timer": "events"}
+    assert gpu_check.targets_markdown({"status": "skipped"}) == [
+        "", "## issue 13 GPU targets: not measured (capture part skipped)"]
+
+
+def test_gpu_check_tests_part_cut_short_still_names_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    gpu_check = _load("nnxp_gpu_check", GPU_CHECK)
+    seen: list[list[str]] = []
+
+    def killed(cmd: list[str], stdout: Any, timeout: float, **kwargs: Any) -> None:
+        seen.append(cmd)
+        stdout.write("[gw0] [ 1%] PASSED tests/test_a.py::test_x[torch:cuda]\n"
+                     "[gw1] [ 2%] FAILED tests/test_a.py::test_x[cupy]\n"
+                     "tests/test_b.py::test_y[cupy] ERROR\n")
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", killed)
+    check = types.SimpleNamespace(dry_run=False, specs=["cupy", "torch:cuda"], out=tmp_path,
+                                  stem="gpu", args=types.SimpleNamespace(quick=False,
+                                                                         test_workers=0))
+    part = gpu_check.part_tests(check, 60.0)
+    assert part["status"] == "timeout" and part["note"] == "pytest ran past 55 s"
+    assert part["failed"] == ["tests/test_a.py::test_x[cupy]", "tests/test_b.py::test_y[cupy]"]
+    assert part["NNXP_TEST_BACKENDS"] == "cupy,torch:cuda"
+    assert seen[0][seen[0].index("-k") + 1] == "cupy or cuda" and "-n" not in seen[0]
 
 
 def test_gpu_check_ratios_by_hand() -> None:

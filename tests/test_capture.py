@@ -54,10 +54,19 @@ def _full_model() -> nnxp.Sequential:
 
 
 def test_no_backend_here_records(bk: Any) -> None:
-    assert backend.graph_capture(bk.xp, bk.device) is None
+    recorder = backend.graph_capture(bk.xp, bk.device)
+    if bk.spec == "torch:cuda":
+        assert recorder is not None and recorder.kind == "torch.cuda.CUDAGraph"
+    elif bk.name == "cupy":  # on a CuPy that records cuBLAS calls
+        assert (recorder is None) == (backend.cupy_capture_problem(bk.device) is not None)
+    else:
+        assert recorder is None
 
 
 def test_static_buffers_give_bit_identical_results(bk: Any) -> None:
+    if backend.graph_capture(bk.xp, bk.device) is not None:
+        pytest.skip("a recorder records here (the model's Dropout is refused); make gpu-check's "
+                    "capture part compares recorded and unrecorded fits")
     if not backend.supports_inplace(bk.xp):
         with pytest.raises(ValueError, match="capture=True copies every batch into static "
                                              "input buffers, which needs a backend whose "
@@ -76,6 +85,35 @@ def test_static_buffers_give_bit_identical_results(bk: Any) -> None:
     assert report0 is None
     assert report1 == {"recorder": None, "graphs": 0, "replays": 0, "static_steps": 10,
                        "not_recorded": None}
+
+
+def _recorded_against_plain(make_optimizer: Any) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """The weights and histories of the BatchNorm1d model fitted without and with capture."""
+    fitted = []
+    for capture in (False, True):
+        model = _bn_model()
+        history = _fit(model, make_optimizer(), capture=capture)
+        fitted.append((_weights(model), history))
+    (w0, h0), (w1, h1) = fitted
+    return w0, w1, h0, h1
+
+
+def test_a_real_recording_matches_the_unrecorded_fit(bk: Any) -> None:
+    """On a GPU backend that records (torch CUDA; CuPy where it records cuBLAS calls): SGD with
+    momentum on a BatchNorm1d model, recorded and replayed, ends where the unrecorded fit does,
+    to rounding (the same kernels; cuBLAS may choose other algorithms inside a recording).
+    ``make gpu-check`` runs it; without a GPU it skips."""
+    recorder = backend.graph_capture(bk.xp, bk.device)
+    if recorder is None:
+        pytest.skip(f"nothing records on {bk.spec}")
+    w0, w1, h0, h1 = _recorded_against_plain(lambda: nnxp.optim.SGD(lr=0.1, momentum=0.9))
+    np.testing.assert_allclose(w1, w0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h1.history["loss"], h0.history["loss"], rtol=1e-5)
+    # epoch 1: batches of 5 checked twice (the momentum buffers are new at the first), then
+    # recorded and replayed twice; the last batch of 3 is checked. Epoch 2: four replays, and
+    # the last batch recorded and replayed (the fake recorder of the tests below counts alike)
+    assert h1.capture == {"recorder": recorder.kind, "graphs": 2, "replays": 7,
+                          "static_steps": 3, "not_recorded": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,8 +416,8 @@ def test_torch_recorder_uses_cuda_graph(monkeypatch: Any) -> None:
     assert calls[-2:] == ["replay", "replay"] and graph.replays == 2
 
 
-def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
-    calls: list[Any] = []
+def _fake_cupy(monkeypatch: Any, calls: list[Any], set_stream: Any) -> Any:
+    """A stand-in for CuPy's stream capture API (``cupy.cuda``), logging into ``calls``."""
 
     class Ctx:
         def __init__(self, name: str) -> None:
@@ -393,6 +431,8 @@ def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
             calls.append(f"exit {self.name}")
 
     class Stream(Ctx):
+        ptr = 7
+
         def __init__(self, non_blocking: bool = False) -> None:
             super().__init__("stream")
             calls.append(("Stream", non_blocking))
@@ -417,13 +457,49 @@ def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
     current = Stream()
     cuda = types.SimpleNamespace(
         Device=lambda device: Ctx(f"device {device}"), MemoryPool=Pool, Stream=Stream,
-        get_current_stream=lambda: current,
+        get_current_stream=lambda: current, get_cublas_handle=lambda: "handle",
+        cublas=types.SimpleNamespace(setStream=set_stream),
         using_allocator=lambda malloc: Ctx("private pool"))
     fake = types.ModuleType("cupy")
     fake.cuda = cuda  # type: ignore[attr-defined]
+    fake.__version__ = "14.2.0"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(backend, "_name_of_namespace", lambda xp: "cupy")
+    return current
+
+
+def test_cupy_refusing_cublas_in_a_recording_records_nothing(monkeypatch: Any) -> None:
+    """CuPy (up to 14.2 at least) raises in cublas.setStream on a capturing stream, so a step's
+    first matrix product would end the recording: nothing records on such a CuPy."""
+    calls: list[Any] = []
+
+    def refuse(handle: Any, stream: int) -> None:
+        calls.append(("setStream", handle, stream))
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently "
+                                  "unsupported")
+
+    _fake_cupy(monkeypatch, calls, refuse)
+    calls.clear()
+    problem = backend.cupy_capture_problem(0)
+    assert problem is not None and problem.startswith("CuPy 14.2.0 refuses cuBLAS calls")
+    assert calls == ["enter device 0", ("Stream", True), "begin_capture",
+                     ("setStream", "handle", 7), "end_capture", "exit device 0"]
+    assert backend.graph_capture(object(), 0) is None
+
+    def broken(handle: Any, stream: int) -> None:
+        raise RuntimeError("no handle")
+
+    _fake_cupy(monkeypatch, calls, broken)
+    assert backend.cupy_capture_problem(0) == (
+        "asking CuPy whether it records cuBLAS calls failed: RuntimeError: no handle")
+
+
+def test_cupy_recorder_uses_stream_capture(monkeypatch: Any) -> None:
+    calls: list[Any] = []
+    set_streams: list[Any] = []
+    current = _fake_cupy(monkeypatch, calls, lambda handle, stream: set_streams.append(stream))
     recorder = backend.graph_capture(object(), 0)
+    assert set_streams == [7, 7]  # the capturing stream, then back to the current one
     assert recorder is not None and recorder.kind == "cupy.cuda.Graph"
     calls.clear()
     graph, outputs = recorder.capture(lambda: calls.append("fn") or ("loss", "out"))
