@@ -226,3 +226,18 @@ def test_step_tables_are_not_left_on_by_a_fit_that_fails_before_its_first_step(
         with pytest.raises(ValueError, match="needs at least 2 samples per batch"):
             model.fit(X[:21], y[:21], optimizer=opt, batch_size=5, verbose=0, capture=True)
     assert not opt.uses_step_tables
+
+
+def test_the_counts_the_gpu_test_expects_hold_under_the_tape(monkeypatch: Any) -> None:
+    """``test_capture.py::test_a_real_recording_matches_the_unrecorded_fit`` runs only on a
+    GPU and expects 2 graphs, 7 replays and 3 checked steps: the same run under the tape."""
+    import test_capture  # noqa: PLC0415 - its model, data and fit
+
+    monkeypatch.setattr(backend, "update_block_bytes", lambda xp, device: None)
+    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: tape.TapeRecorder())
+    with nnxp.use_backend("torch"):
+        w0, w1, h0, h1 = test_capture._recorded_against_plain(  # noqa: SLF001
+            lambda: nnxp.optim.SGD(lr=0.1, momentum=0.9))
+    assert np.array_equal(w0, w1) and h0.history["loss"] == h1.history["loss"]
+    assert h1.capture == {"recorder": "tape", "graphs": 2, "replays": 7, "static_steps": 3,
+                          "not_recorded": None}
