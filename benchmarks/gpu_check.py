@@ -581,7 +581,7 @@ def _capture_fit(spec: str, opt_name: str, capture: bool, X: Any, y: Any, epochs
         model = bench.build_mlp(cfg["widths"])
         opt = getattr(nnxp.optim, cls)(**options)
         history = model.fit(X, y, optimizer=opt, epochs=epochs, batch_size=cfg["batch"],
-                            verbose=0, shuffle=False, capture=capture)
+                            verbose=0, capture=capture)  # shuffled, as fit does by default
         weights = np.concatenate([np.ravel(nnxp.to_numpy(p)) for p, _ in
                                   ((layer.params[k], k) for layer in model.layers
                                    for k in layer.params)])

@@ -1725,11 +1725,18 @@ class CapturedGraph:
         self.replays = 0
 
     def replay(self) -> None:
-        # counted first: an interrupt (Ctrl-C) during the launch, a C call, is raised as soon
-        # as it returns, with the work queued; whoever advances host counts after a replay
-        # reads this count to tell whether the launch was made
+        # Counted first: an interrupt (Ctrl-C) during the launch, a C call, is raised as soon
+        # as it returns, with the work queued, and whoever advances host counts after a replay
+        # reads this count to tell whether the launch was made. A launch that fails otherwise
+        # queued nothing: not counted.
         self.replays += 1
-        self._launch()
+        try:
+            self._launch()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.replays -= 1
+            raise
 
 
 class GraphRecorder:
@@ -1782,10 +1789,11 @@ class _TorchGraphRecorder(GraphRecorder):
         current = torch.cuda.current_stream(self.device)
         side = self._side()
         side.wait_stream(current)
-        with torch.cuda.stream(side):
-            result = fn()
-        current.wait_stream(side)
-        return result
+        try:
+            with torch.cuda.stream(side):
+                return fn()
+        finally:  # also when the step raised: what it queued on the side stream comes first
+            current.wait_stream(side)
 
     def capture(self, fn: Callable[[], Any]) -> tuple[CapturedGraph, Any]:
         import torch  # noqa: PLC0415 - imported lazily: only this module may name it

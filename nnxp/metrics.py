@@ -61,6 +61,11 @@ class Metric:
     name = "metric"
     greater_is_better = True
     task = "any"  # "classification", "regression" or "any"
+    holds_batch_arrays = True
+    """Whether :meth:`update` may keep references to the ``outputs`` and ``targets`` it is
+    given (to reduce them at :meth:`result`, e.g. an AUC). ``fit(capture=True)`` then hands it
+    copies: there the batch arrays are static buffers that the next step overwrites. The
+    metrics here reduce every batch on the spot and say False (no copies)."""
 
     def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
         """Fold one batch into ``state`` (``None`` at the start of an epoch)."""
@@ -128,6 +133,7 @@ class Accuracy(Metric):
     """
 
     name = "accuracy"
+    holds_batch_arrays = False  # reduced on the spot
     task = "classification"
 
     def __init__(self, *, loss: Any = None) -> None:
@@ -154,6 +160,8 @@ class TopKAccuracy(Metric):
     strictly higher than it, ``Σ_j [outputs_ij > outputs_{i,y_i}] < k`` (ties count in the
     label's favour). With ``k >= n_classes`` every sample counts as a hit.
     """
+
+    holds_batch_arrays = False  # reduced on the spot
 
     task = "classification"
 
@@ -202,6 +210,8 @@ def _regression_pair(metric: Metric, outputs: Array, targets: Array, xp: Any
 
 class _MeanElementwiseError(Metric):
     """``(1/(n k)) Σ_ij e(outputs_ij − y_ij)``; state: (sum of the errors, count)."""
+
+    holds_batch_arrays = False  # reduced on the spot
 
     greater_is_better = False
     task = "regression"
@@ -254,6 +264,7 @@ class R2Score(Metric):
     """
 
     name = "r2"
+    holds_batch_arrays = False  # reduced on the spot
     task = "regression"
 
     def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:

@@ -632,6 +632,9 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
         batches = _stream_batches
     _check_batch_sizes(model, n, bs)
     metrics = model.metrics or []
+    # with capture, a step's outputs and targets are static buffers: a metric that may keep
+    # them (Metric.holds_batch_arrays) gets copies
+    held = [static is not None and getattr(m, "holds_batch_arrays", True) for m in metrics]
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     quiet = any(getattr(cb, "handles_divergence", False) for cb in cbs)
     batch_hooks = cbs.has_batch_hooks
@@ -688,6 +691,8 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
                     loss_sum = loss_sum + value64 * size
                     for i, metric in enumerate(metrics):
                         for out, (_, yb, _) in zip(outs, micro):
+                            if held[i]:  # static buffers, overwritten by the next step
+                                out, yb = xp.asarray(out, copy=True), xp.asarray(yb, copy=True)
                             states[i] = metric.update(states[i], out, yb, xp=xp)
                     guard.record(value64, epoch, batch, step)
                     if guard.due(step):
@@ -1371,12 +1376,34 @@ def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]
             and not getattr(layer, "reads_host_state", True)
         if callable(extra) and not counted:
             walk(f"{where} extra state", extra())
-        config = getattr(layer, "get_config", None)
-        if callable(config):  # options the forward and backward passes read (momentum, ε)
-            view.append((f"{where} options", ("value", repr(config()))))
+        view.append((f"{where} options", ("value", _plain_options(layer))))
+    loss = model.loss
+    view.append(("the loss", ("value", (type(loss).__name__, id(loss), _plain_options(loss)))))
     walk(f"{type(optimizer).__name__} state", dict(getattr(optimizer, "state", {}) or {}),
          counters=True)
     return view
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_options(obj: Any) -> Any:
+    """The numbers, strings and flags of ``obj.get_config()`` (a layer's momentum and ε, a
+    loss's label smoothing or δ): options the step reads on the host, which a recording would
+    freeze. Other values (initialisers, nested objects) are left out: their repr may differ
+    from call to call. A ``get_config`` that raises gives nothing to compare."""
+    config = getattr(obj, "get_config", None)
+    if not callable(config):
+        return None
+    try:
+        options = config()
+    except Exception:  # noqa: BLE001 - a layer that cannot describe itself: nothing to watch
+        return None
+    if not isinstance(options, dict):
+        return None
+    return tuple(sorted((str(k), v) for k, v in options.items()
+                        if isinstance(v, _PLAIN) or (isinstance(v, tuple)
+                                                     and all(isinstance(e, _PLAIN) for e in v))))
 
 
 def _compare_host_views(before: list[tuple[str, Any]], after: list[tuple[str, Any]], *,

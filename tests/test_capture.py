@@ -411,6 +411,16 @@ def test_torch_recorder_uses_cuda_graph(monkeypatch: Any) -> None:
                      "fn", "end", "device restored"]
     assert recorder.warm_up(lambda: 8) == 8
     assert len([stream for stream in made if stream.name == "side"]) == 1
+    calls.clear()
+
+    def interrupted() -> None:
+        calls.append("step queued")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a check step that raises on the side stream:
+        recorder.warm_up(interrupted)  # the current stream still waits for what it queued
+    assert calls == ["side waits for current", "on side", "step queued", "off side",
+                     "current waits for side"]
     graph.replay()
     graph.replay()
     assert calls[-2:] == ["replay", "replay"] and graph.replays == 2
@@ -787,3 +797,35 @@ def test_use_step_tables_takes_a_flag_only() -> None:
     assert not opt.uses_step_tables
     assert opt.use_step_tables(True) and opt.uses_step_tables
     assert not opt.use_step_tables(False) and not opt.uses_step_tables
+
+
+class _KeepsArrays(nnxp.metrics.Metric):
+    """A metric that keeps the batches it is given and reduces them at the end (as an AUC
+    would): the mean target and the mean of the outputs' first column."""
+
+    name = "kept"
+
+    def update(self, state: Any, outputs: Any, targets: Any, *, xp: Any) -> Any:
+        return [*(state or []), (outputs, targets)]
+
+    def result(self, state: Any, *, xp: Any) -> Any:
+        ys = xp.concat([xp.astype(t, xp.float64) for _, t in state])
+        outs = xp.concat([xp.astype(o[:, 0], xp.float64) for o, _ in state])
+        return xp.mean(ys) + xp.mean(outs)
+
+
+def test_a_metric_that_keeps_its_batches_gets_copies(bk: Any) -> None:
+    """With capture a step's outputs and targets are static buffers, which the next step
+    overwrites; a metric that may keep them (``holds_batch_arrays``, True unless declared
+    otherwise) gets copies, and computes what it computes without capture."""
+    if not backend.supports_inplace(bk.xp):
+        pytest.skip("capture=True needs in-place writes")
+    X, y, _ = _data()
+    results = []
+    for capture in (False, True):
+        model = _mlp()
+        history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=2, batch_size=5,
+                            metrics=[_KeepsArrays()], verbose=0, capture=capture)
+        results.append(history.history["kept"])
+    assert results[0] == results[1]
+    assert nnxp.metrics.Accuracy.holds_batch_arrays is False  # reduced on the spot: no copy

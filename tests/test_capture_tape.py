@@ -241,3 +241,73 @@ def test_the_counts_the_gpu_test_expects_hold_under_the_tape(monkeypatch: Any) -
     assert np.array_equal(w0, w1) and h0.history["loss"] == h1.history["loss"]
     assert h1.capture == {"recorder": "tape", "graphs": 2, "replays": 7, "static_steps": 3,
                           "not_recorded": None}
+
+
+def test_a_change_of_the_loss_options_is_recorded_again(monkeypatch: Any) -> None:
+    def smooth(model: nnxp.Sequential) -> None:
+        model.loss.label_smoothing = 0.3
+
+    taped = _same_run(monkeypatch, _mlp, lambda: nnxp.optim.SGD(lr=0.1),
+                      callbacks=[_Edit(smooth)])
+    assert taped["report"]["graphs"] >= 2 and taped["report"]["not_recorded"] is None
+
+
+class _Opaque(Tanh):
+    """A layer whose options are not plain values, or that cannot describe itself."""
+
+    def __init__(self, raises: bool) -> None:
+        super().__init__()
+        self.raises = raises
+
+    def get_config(self) -> dict[str, Any]:
+        if self.raises:
+            raise NotImplementedError("this layer cannot be saved")
+        return {"helper": object(), "scale": 1.0}  # a repr that differs at every call
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_layers_whose_options_cannot_be_compared_are_still_recorded(monkeypatch: Any,
+                                                                     raises: bool) -> None:
+    def model() -> nnxp.Sequential:
+        return nnxp.Sequential([Dense(F, 6), _Opaque(raises), Dense(6, C)], seed=3)
+
+    taped = _same_run(monkeypatch, model, lambda: nnxp.optim.Adam(lr=0.01))
+    assert taped["report"]["graphs"] >= 1 and taped["report"]["not_recorded"] is None
+
+
+class _FailingLaunch(tape.TapeRecorder):
+    """The third replay's launch fails before queuing anything (a CUDA error)."""
+
+    def capture(self, fn: Any) -> Any:
+        graph, outputs = super().capture(fn)
+        launch, calls = graph._launch, []  # noqa: SLF001 - the stand-in wraps its own launch
+
+        def failing() -> None:
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("CUDA error: launch failure (emulated)")
+            launch()
+
+        graph._launch = failing  # noqa: SLF001
+        return graph, outputs
+
+
+def test_a_failed_launch_moves_no_count(monkeypatch: Any) -> None:
+    """Epoch 1: two check steps (Adam's state is new at the first), two replays, the smaller
+    last batch checked; epoch 2: its first launch fails. The counts say five steps, as the
+    weights do."""
+    X, y, w = _data()
+    monkeypatch.setattr(backend, "update_block_bytes", lambda xp, device: None)
+    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: _FailingLaunch())
+    with nnxp.use_backend("torch"):
+        taped = _bn_model()
+        with pytest.raises(RuntimeError, match="launch failure"):
+            taped.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=2, batch_size=5,
+                      sample_weight=w, verbose=0, shuffle=False, capture=True)
+        monkeypatch.setattr(backend, "graph_capture", lambda xp, device: None)
+        plain = _bn_model()
+        plain.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=1, batch_size=5,
+                  sample_weight=w, verbose=0, shuffle=False)
+    assert taped.optimizer.iterations == 5
+    assert _counts(taped) == _counts(plain)
+    assert np.array_equal(_state(taped), _state(plain))

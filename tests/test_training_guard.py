@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nnxp
-from nnxp import Sequential
+from nnxp import Sequential, backend
 from nnxp.backend import to_numpy
 from nnxp.callbacks import TerminateOnNaN
 from nnxp.layers import BatchNorm1d, Dense, ReLU
@@ -147,35 +147,37 @@ def test_one_copy_of_the_running_statistics_per_step(monkeypatch: pytest.MonkeyP
 # --- the gate reads each flat gradient buffer once ---------------------------------------------
 
 
-def _trained_small_mlp(bk: Any) -> tuple[Sequential, Any]:
-    """A Dense-ReLU-BatchNorm-Dense model after one fit step: its Dense layers write their
-    gradients into the optimizer's flat buffer; BatchNorm1d assigns its own arrays."""
+def _trained_small_mlp(bk: Any, batch_norm: bool) -> tuple[Sequential, Any]:
+    """A Dense-ReLU-(BatchNorm1d-)Dense model after one fit step, holding this step's
+    gradients: the Dense layers write theirs into the optimizer's flat buffer; BatchNorm1d,
+    whose parameters share the buffer, assigns arrays of its own."""
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(16, 5)).astype(np.float32), np.arange(16) % 3
-    model = Sequential([Dense(5, 8), ReLU(), BatchNorm1d(8), Dense(8, 3)], seed=0)
+    middle = [BatchNorm1d(8)] if batch_norm else []
+    model = Sequential([Dense(5, 8), ReLU(), *middle, Dense(8, 3)], seed=0)
     opt = SGD(lr=0.1)
     model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=opt, shuffle=False)
     model.loss_and_grads(nnxp.asarray(X), nnxp.asarray(y))  # this step's gradients
     return model, opt
 
 
-def test_the_gate_sums_each_flat_buffer_once_and_catches_a_nan_in_any_gradient(bk) -> None:
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["flat", "per-array"])
+def test_the_gate_catches_a_nan_in_any_gradient(bk, batch_norm: bool) -> None:
     from nnxp.training import _all_finite  # noqa: PLC0415 - the gate itself
 
-    model, opt = _trained_small_mlp(bk)
+    model, opt = _trained_small_mlp(bk, batch_norm)
     xp = model.xp
     value = xp.asarray(0.5, dtype=xp.float32, device=model.device)
     flat, covered = opt.flat_gradients()
-    dense = [g for layer in (model.layers[0], model.layers[3]) for g in layer.grads.values()]
-    if not flat:  # a backend without in-place writes keeps no flat buffers: one sum per array
-        assert not covered
+    grads = [g for layer in model.layers for g in layer.grads.values()]
+    if not backend.supports_inplace(xp) or batch_norm:
+        # no flat buffers (array-api-strict), or one whose BatchNorm members assigned their
+        # own gradients: the unit does not hold every current gradient, one sum per array
+        assert flat == [] and not covered
     else:
-        # The Dense gradients are views into one flat buffer (one unit per dtype); BatchNorm's
-        # parameters share it too, but their gradients are arrays of their own, so the unit
-        # does not hold every current gradient and is summed parameter by parameter.
-        assert all(id(g) not in covered for g in model.layers[2].grads.values())
+        assert len(flat) == 1 and covered == {id(g) for g in grads}  # the flat branch
     assert bool(_all_finite(model, value, [], opt))
-    for g in [*dense, *model.layers[2].grads.values()]:
+    for g in grads:
         saved = nnxp.to_numpy(g).copy()
         g[(0,) * g.ndim] = float("nan")
         assert not bool(_all_finite(model, value, [], opt))
