@@ -499,9 +499,23 @@ def _safe_namespace(x: Any) -> Any:
         return None
 
 
+_IS_ARRAY_TYPE: dict[type, bool] = {}
+""":func:`is_array`'s answer per type (array-api-compat decides from the type alone)."""
+
+
 def is_array(x: Any) -> bool:
-    """True for an array of any supported library (numpy, cupy, torch, array_api_strict, ...)."""
-    return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, complex))
+    """True for an array of any supported library (numpy, cupy, torch, array_api_strict, ...).
+
+    array-api-compat's test (``is_array_api_obj``) tries each library in turn, about 1.4 µs a
+    call; its answer depends on the type only (``isinstance`` against the libraries' array
+    classes, else a class with ``__array_namespace__``), so it is asked once per type: a
+    recorded step's check walks every parameter and state field with it."""
+    kind = type(x)
+    known = _IS_ARRAY_TYPE.get(kind)
+    if known is None:
+        known = _IS_ARRAY_TYPE[kind] = bool(array_api_compat.is_array_api_obj(x)) \
+            and not isinstance(x, (int, float, complex))
+    return known
 
 
 def dtype_name(dtype: Any) -> str:
