@@ -5,7 +5,7 @@ Usage::
     python benchmarks/replay_overhead.py [--seconds 60] [--out PATH]
 
 On a GPU a recorded step is one graph launch, and the host's share of a step is what ``fit``
-does around it: gather the batch, copy it into the static buffers, sum the loss and the
+does around it: gather the batch into the static buffers, sum the loss and the
 metrics, keep the gate's flag. Whether the small MLP's recorded step on a GPU beats its CPU
 step (issue 13's GPU target) depends on that share staying below both the CPU step and the
 graph's own run time. This measures it without a GPU: the recorder is replaced by one that runs
