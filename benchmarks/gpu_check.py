@@ -979,44 +979,20 @@ def markdown(res: dict[str, Any]) -> str:
                              f"{m['method']} |")
     cap_part = parts.get("capture", {})
     if cap_part.get("rows"):
-        lines += ["", f"## Recorded step (issue 13): small MLP fit, {cap_part['samples']} "
-                  "samples, batch 32", "",
-                  "| backend | optimizer | capture | ms / step | numpy CPU ms / step | "
-                  "numpy / this | graphs | replays | not recorded | max weight diff |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
-        for r in cap_part["rows"]:
-            if "error" in r:
-                lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | error: "
-                             f"{r['error'][:120]} | | | | | | |")
-                continue
-            rep_ = r.get("report") or {}
-            lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | "
-                         f"{r['step_ms']:.3f} | {_fmt(r.get('cpu_numpy_step_ms'), '.3f')} | "
-                         f"{_fmt(r.get('numpy_over_this'), '.2f')} | "
-                         f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
-                         f"{_not_recorded(r)} | "
-                         f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
+        lines += _capture_table(
+            f"small MLP fit, {cap_part['samples']} samples, batch 32",
+            "numpy CPU ms / step | numpy / this", cap_part["rows"],
+            lambda r: f"{_fmt(r.get('cpu_numpy_step_ms'), '.3f')} | "
+                      f"{_fmt(r.get('numpy_over_this'), '.2f')}")
     if cap_part.get("big_rows"):
-        lines += ["", f"## Recorded step (issue 13): big MLP 784-1024-1024-10 fit, "
-                  f"{cap_part['big_samples']} samples, batch 256, {cap_part['big_epochs']} "
-                  "epochs", "",
-                  "| backend | optimizer | capture | ms / step | torch eager step ms | "
-                  "this / torch | graphs | replays | not recorded | max weight diff |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
-        for r in cap_part["big_rows"]:
-            if "error" in r:
-                lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | error: "
-                             f"{r['error'][:120]} | | | | | | |")
-                continue
-            rep_ = r.get("report") or {}
-            source = (f" ({r['torch_backend']}, {r['torch_source']})"
-                      if r.get("torch_source") else "")
-            lines.append(f"| {r['spec']} | {r['optimizer']} | {r['capture']} | "
-                         f"{r['step_ms']:.3f} | {_fmt(r.get('torch_eager_step_ms'), '.3f')}"
-                         f"{source} | {_fmt(r.get('this_over_torch'), '.2f')} | "
-                         f"{rep_.get('graphs', '')} | {rep_.get('replays', '')} | "
-                         f"{_not_recorded(r)} | "
-                         f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
+        lines += _capture_table(
+            f"big MLP 784-1024-1024-10 fit, {cap_part['big_samples']} samples, batch 256, "
+            f"{cap_part['big_epochs']} epochs", "torch eager step ms | this / torch",
+            cap_part["big_rows"],
+            lambda r: f"{_fmt(r.get('torch_eager_step_ms'), '.3f')}"
+                      + (f" ({r['torch_backend']}, {r['torch_source']})"
+                         if r.get("torch_source") else "")
+                      + f" | {_fmt(r.get('this_over_torch'), '.2f')}")
     tests = parts.get("tests", {})
     if tests.get("command"):
         lines += ["", "## Tests", "", f"`NNXP_TEST_BACKENDS={tests['NNXP_TEST_BACKENDS']} "
@@ -1032,6 +1008,27 @@ def markdown(res: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
+
+
+def _capture_table(title: str, peer_columns: str, rows: list[dict[str, Any]],
+                   peer_cells: Callable[[dict[str, Any]], str]) -> list[str]:
+    """The Markdown of one model's rows of the capture part: two columns about the peer
+    (``peer_columns``, filled by ``peer_cells``) between the step time and the recording."""
+    lines = ["", f"## Recorded step (issue 13): {title}", "",
+             f"| backend | optimizer | capture | ms / step | {peer_columns} | graphs | "
+             "replays | not recorded | max weight diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        head = f"| {r['spec']} | {r['optimizer']} | {r['capture']} | "
+        if "error" in r:
+            lines.append(f"{head}error: {r['error'][:120]} | | | | | | |")
+            continue
+        report = r.get("report") or {}
+        lines.append(f"{head}{r['step_ms']:.3f} | {peer_cells(r)} | "
+                     f"{report.get('graphs', '')} | {report.get('replays', '')} | "
+                     f"{_not_recorded(r)} | "
+                     f"{_fmt(r.get('max_abs_weight_diff_vs_uncaptured'), '.1e')} |")
+    return lines
 
 
 def _slug(text: str) -> str:
