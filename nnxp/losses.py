@@ -113,8 +113,10 @@ class Loss:
         return outputs
 
     def n_correct(self, outputs: Array, targets: Array, *, xp: Any) -> Array:
-        """How many samples are classified correctly, as a 0-d int64 array."""
-        return xp.sum(xp.astype(self.predict(outputs, xp=xp) == targets, xp.int64))
+        """How many samples are classified correctly, as a 0-d array of the default integer
+        dtype (int64): ``count_nonzero`` of the hits, one operation where a cast and a sum
+        were two (one kernel launch less per metric and step on a GPU)."""
+        return xp.count_nonzero(self.predict(outputs, xp=xp) == targets)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
@@ -252,7 +254,7 @@ class _Binary(_Smoothed):
         hit = (outputs >= self._threshold) == (targets >= 0.5)
         if hit.ndim > 1:
             hit = xp.all(hit, axis=tuple(range(1, hit.ndim)))
-        return xp.sum(xp.astype(hit, xp.int64))
+        return xp.count_nonzero(hit)
 
 
 class BinaryCrossEntropy(_Binary, _OnProbabilities):
@@ -314,7 +316,7 @@ class CategoricalCrossEntropy(_OnProbabilities):
 
     def n_correct(self, outputs: Array, targets: Array, *, xp: Any) -> Array:
         hit = xp.argmax(outputs, axis=1) == xp.argmax(targets, axis=1)
-        return xp.sum(xp.astype(hit, xp.int64))
+        return xp.count_nonzero(hit)
 
 
 class _Sparse(Loss):

@@ -144,7 +144,7 @@ class Accuracy(Metric):
             hits = self.loss.n_correct(outputs, targets, xp=xp)
         else:
             pred, true = _class_predictions(self, outputs, targets, xp)
-            hits = xp.sum(xp.astype(pred == true, xp.int64))
+            hits = xp.count_nonzero(pred == true)
         if state is None:
             return hits, outputs.shape[0]
         return state[0] + hits, state[1] + outputs.shape[0]
@@ -178,7 +178,7 @@ class TopKAccuracy(Metric):
         zero = xp.zeros((), dtype=outputs.dtype, device=_device(outputs))
         true_score = xp.sum(xp.where(is_true, outputs, zero), axis=1)
         rank = xp.sum(xp.astype(outputs > true_score[:, None], xp.int64), axis=1)
-        hits = xp.sum(xp.astype(rank < self.k, xp.int64))
+        hits = xp.count_nonzero(rank < self.k)
         if state is None:
             return hits, outputs.shape[0]
         return state[0] + hits, state[1] + outputs.shape[0]

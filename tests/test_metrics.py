@@ -271,3 +271,25 @@ def test_one_host_transfer_per_epoch(monkeypatch, rng) -> None:
 
 def test_loss_is_not_a_metric_object() -> None:
     assert not isinstance(SoftmaxCrossEntropy(), Metric)
+
+
+def test_hit_counts_are_0d_int64_on_the_device(bk, rng) -> None:
+    """Accuracy's and top-k's per-batch counts (``count_nonzero`` of the hits): 0-d int64
+    arrays on the outputs' device, equal to the counts by hand, for every loss's rule."""
+    logits = rng.normal(size=(13, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=13)
+    outputs, targets = bk.asarray(logits), bk.asarray(labels)
+    hits = [SoftmaxCrossEntropy().n_correct(outputs, targets, xp=bk.xp),
+            Accuracy().update(None, outputs, targets, xp=bk.xp)[0],
+            TopKAccuracy(k=2).update(None, outputs, targets, xp=bk.xp)[0]]
+    top2 = np.argsort(-logits, axis=1)[:, :2]
+    right = int((logits.argmax(1) == labels).sum())
+    want = [right, right, int((top2 == labels[:, None]).any(1).sum())]
+    for got, expected in zip(hits, want):
+        assert got.ndim == 0 and got.dtype == bk.xp.int64
+        assert backend.device_of(got) == backend.device_of(outputs)
+        assert int(backend.to_float(got)) == expected
+    probs = bk.asarray(np.array([[0.2], [0.7], [0.9]], np.float32))
+    binary = BinaryCrossEntropy().n_correct(probs, bk.asarray(np.array([0.0, 0.0, 1.0],
+                                                                       np.float32)), xp=bk.xp)
+    assert binary.dtype == bk.xp.int64 and int(backend.to_float(binary)) == 2

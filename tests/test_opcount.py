@@ -130,12 +130,12 @@ class _RecordNothing:
 # Operations per replayed step of fit(capture=True) outside the graph (small MLP, accuracy
 # metric, shuffled batches), measured as the difference between one-epoch fits of 20 and 10
 # batches: the batch gathered straight into the static buffers (2 index_select), the loss
-# summed in float64 (astype, mul, add), the accuracy (argmax, eq, astype, sum, add) and the
-# gate's sticky flag kept (clone); 10.6 per step. It was 19.6: array-api-compat's torch take
+# summed in float64 (astype, mul, add), the accuracy (argmax, eq, count_nonzero, add) and the
+# gate's sticky flag kept (clone); 9.6 per step. It was 19.6: array-api-compat's torch take
 # adds where(idx < 0, idx + n, idx) to each gather (backend.row_taker skips it for a
 # permutation's indices), each batch was gathered and then copied into the static buffers,
-# and the loss was copied once more before the loop kept it.
-REPLAY_BUDGET = 11
+# the loss was copied once more before the loop kept it, and the hits were cast and summed.
+REPLAY_BUDGET = 10
 
 
 def test_launches_around_a_replayed_step(monkeypatch: Any) -> None:
