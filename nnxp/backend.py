@@ -500,22 +500,31 @@ def _safe_namespace(x: Any) -> Any:
 
 
 _IS_ARRAY_TYPE: dict[type, bool] = {}
-""":func:`is_array`'s answer per type (array-api-compat decides from the type alone)."""
+""":func:`is_array`'s answer per type, for the types whose answer the type decides."""
+
+_TYPE_DECIDES = frozenset({"builtins", "numpy", "torch", "cupy", "array_api_strict"})
+"""Top-level modules whose types' instances are arrays or not by their type alone (their
+classes fix ``__array_namespace__``; builtins take no instance attributes)."""
 
 
 def is_array(x: Any) -> bool:
     """True for an array of any supported library (numpy, cupy, torch, array_api_strict, ...).
 
     array-api-compat's test (``is_array_api_obj``) tries each library in turn, about 1.4 µs a
-    call; its answer depends on the type only (``isinstance`` against the libraries' array
-    classes, else a class with ``__array_namespace__``), so it is asked once per type: a
-    recorded step's check walks every parameter and state field with it."""
+    call: for the types of the array libraries and Python's builtins, whose answer their type
+    decides, it is asked once per type (a recorded step's check walks every parameter and
+    state field with it). Any other object is asked every time: one may carry
+    ``__array_namespace__`` as an instance attribute or through ``__getattr__``, and classes
+    made per object (``unittest.mock.Mock``) would fill a cache."""
     kind = type(x)
     known = _IS_ARRAY_TYPE.get(kind)
-    if known is None:
-        known = _IS_ARRAY_TYPE[kind] = bool(array_api_compat.is_array_api_obj(x)) \
-            and not isinstance(x, (int, float, complex))
-    return known
+    if known is not None:
+        return known
+    answer = bool(array_api_compat.is_array_api_obj(x)) and not isinstance(x, (int, float,
+                                                                                complex))
+    if kind.__module__.partition(".")[0] in _TYPE_DECIDES:
+        _IS_ARRAY_TYPE[kind] = answer
+    return answer
 
 
 def dtype_name(dtype: Any) -> str:
@@ -1739,16 +1748,15 @@ class CapturedGraph:
         self.replays = 0
 
     def replay(self) -> None:
-        # Counted first: an interrupt (Ctrl-C) during the launch, a C call, is raised as soon
-        # as it returns, with the work queued, and whoever advances host counts after a replay
-        # reads this count to tell whether the launch was made. A launch that fails otherwise
-        # queued nothing: not counted.
+        # Counted first: an exception a signal handler raises during the launch, a C call
+        # (KeyboardInterrupt from Ctrl-C, SystemExit from a scheduler's SIGTERM handler), is
+        # raised as soon as it returns, with the work queued; whoever advances host counts
+        # after a replay reads this count to tell whether the launch was made. A launch that
+        # fails (an Exception: a CUDA error) queued nothing: not counted.
         self.replays += 1
         try:
             self._launch()
-        except KeyboardInterrupt:
-            raise
-        except BaseException:
+        except Exception:
             self.replays -= 1
             raise
 

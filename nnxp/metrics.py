@@ -65,7 +65,9 @@ class Metric:
     """Whether :meth:`update` may keep references to the ``outputs`` and ``targets`` it is
     given (to reduce them at :meth:`result`, e.g. an AUC). ``fit(capture=True)`` then hands it
     copies: there the batch arrays are static buffers that the next step overwrites. The
-    metrics here reduce every batch on the spot and say False (no copies)."""
+    metrics here reduce every batch on the spot and say False (no copies). A declaration
+    holds for the ``update`` of the class that makes it (:func:`may_hold_batch_arrays`): a
+    subclass that overrides ``update`` declares again or counts as True."""
 
     def update(self, state: State | None, outputs: Array, targets: Array, *, xp: Any) -> State:
         """Fold one batch into ``state`` (``None`` at the start of an epoch)."""
@@ -118,6 +120,23 @@ def _class_predictions(metric: Metric, outputs: Array, targets: Array, xp: Any
     if not xp.isdtype(targets.dtype, "integral"):
         targets = xp.astype(targets, xp.int64)
     return xp.astype(pred, xp.int64), xp.astype(targets, xp.int64)
+
+
+def may_hold_batch_arrays(metric: Any) -> bool:
+    """Whether ``metric.update`` may keep references to the arrays it is given.
+
+    The metric's ``holds_batch_arrays`` (set on the object, or declared by its class), where
+    the class that declares it is the one whose ``update`` runs, or a subclass of it; True
+    otherwise: a subclass of :class:`Accuracy` that overrides ``update`` (to keep the batches
+    for a confusion matrix, say) has not declared what the shipped ``update`` declared."""
+    if "holds_batch_arrays" in getattr(metric, "__dict__", {}):
+        return bool(metric.holds_batch_arrays)
+    mro = type(metric).__mro__
+    declared = next((c for c in mro if "holds_batch_arrays" in vars(c)), None)
+    updating = next((c for c in mro if "update" in vars(c)), None)
+    if declared is None or updating is None or mro.index(declared) > mro.index(updating):
+        return True
+    return bool(vars(declared)["holds_batch_arrays"])
 
 
 class Accuracy(Metric):

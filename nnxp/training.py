@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +35,7 @@ from . import precision as prec
 from .accumulation import GradientSum, part_bounds
 from .callbacks import CallbackList, get_lr
 from .losses import Loss, get_loss
-from .metrics import get_metrics
+from .metrics import get_metrics, may_hold_batch_arrays
 from .optim import SGD, Optimizer
 from .progress import EpochProgress
 from .summary import format_bytes, memory_plan
@@ -634,7 +635,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     metrics = model.metrics or []
     # with capture, a step's outputs and targets are static buffers: a metric that may keep
     # them (Metric.holds_batch_arrays) gets copies
-    held = [static is not None and getattr(m, "holds_batch_arrays", True) for m in metrics]
+    held = [static is not None and may_hold_batch_arrays(m) for m in metrics]
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
     quiet = any(getattr(cb, "handles_divergence", False) for cb in cbs)
     batch_hooks = cbs.has_batch_hooks
@@ -1267,7 +1268,7 @@ class _StaticStep:
                 self.optimizer.advance(1, replayed=True)
                 for layer in self.counting:
                     layer.advance_host_state(1)
-        self.report["replays"] += 1
+                self.report["replays"] += 1
         return slot["outputs"]  # the graph's arrays: the loop copies what it keeps
 
     def _check_counts(self, before: list[Any]) -> str | None:
@@ -1384,14 +1385,19 @@ def _host_view(model: Sequential, optimizer: Optimizer) -> list[tuple[str, Any]]
     return view
 
 
-_PLAIN = (bool, int, float, str, type(None))
+def _plain(value: Any) -> bool:
+    """A host value whose repr is the value: a number (Python's or NumPy's: ``np.float32`` is a
+    ``numbers.Number``), a string, a flag, None. Not an array (its repr would read the device)."""
+    return (isinstance(value, (numbers.Number, str, type(None)))
+            or type(value).__name__ in ("bool", "bool_"))  # NumPy's flag, 2.x and 1.x
 
 
 def _plain_options(obj: Any) -> Any:
-    """The numbers, strings and flags of ``obj.get_config()`` (a layer's momentum and ε, a
-    loss's label smoothing or δ): options the step reads on the host, which a recording would
-    freeze. Other values (initialisers, nested objects) are left out: their repr may differ
-    from call to call. A ``get_config`` that raises gives nothing to compare."""
+    """The plain values of ``obj.get_config()`` (a layer's momentum and ε, a loss's label
+    smoothing or δ; NumPy scalars and lists or tuples of plain values too), as reprs: options
+    the step reads on the host, which a recording would freeze. Other values (initialisers,
+    nested objects) are left out: their repr may differ from call to call. A ``get_config``
+    that raises gives nothing to compare."""
     config = getattr(obj, "get_config", None)
     if not callable(config):
         return None
@@ -1401,9 +1407,9 @@ def _plain_options(obj: Any) -> Any:
         return None
     if not isinstance(options, dict):
         return None
-    return tuple(sorted((str(k), v) for k, v in options.items()
-                        if isinstance(v, _PLAIN) or (isinstance(v, tuple)
-                                                     and all(isinstance(e, _PLAIN) for e in v))))
+    return tuple(sorted((str(k), repr(v)) for k, v in options.items()
+                        if _plain(v) or (isinstance(v, (tuple, list))
+                                         and all(_plain(e) for e in v))))
 
 
 def _compare_host_views(before: list[tuple[str, Any]], after: list[tuple[str, Any]], *,

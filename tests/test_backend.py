@@ -391,3 +391,26 @@ def test_row_taker_on_torch_is_one_index_select() -> None:
     with Ops() as ops:  # array-api-compat's take maps negative indices first
         xp.take(x, idx, axis=0)
     assert len(ops.names) > 1
+
+
+def test_is_array_asks_per_object_where_the_type_does_not_decide() -> None:
+    """An object may carry ``__array_namespace__`` as an instance attribute, and a Mock makes
+    a class per object: such answers are not kept per type (nor do they fill a cache)."""
+    from unittest import mock  # noqa: PLC0415
+
+    class Holder:
+        pass
+
+    plain, tagged = Holder(), Holder()
+    tagged.__array_namespace__ = lambda api_version=None: np  # type: ignore[attr-defined]
+    for first, second in ((plain, tagged), (tagged, plain)):
+        assert not backend.is_array(first) if first is plain else backend.is_array(first)
+        assert backend.is_array(second) if second is tagged else not backend.is_array(second)
+    before = len(backend._IS_ARRAY_TYPE)  # noqa: SLF001 - the cache's size
+    for _ in range(50):
+        backend.is_array(mock.Mock())
+    assert len(backend._IS_ARRAY_TYPE) == before  # noqa: SLF001
+    # the libraries' and Python's own types: answered by the type, as before
+    assert backend.is_array(np.zeros(3)) and backend.is_array(np.float32(1.0))
+    assert not backend.is_array(np.float64(1.0)) and not backend.is_array(3)
+    assert not backend.is_array([1.0]) and not backend.is_array(None)

@@ -829,3 +829,39 @@ def test_a_metric_that_keeps_its_batches_gets_copies(bk: Any) -> None:
         results.append(history.history["kept"])
     assert results[0] == results[1]
     assert nnxp.metrics.Accuracy.holds_batch_arrays is False  # reduced on the spot: no copy
+
+
+class _AccuracyKeepingBatches(nnxp.metrics.Accuracy):
+    """Accuracy that also keeps its batches (for a confusion matrix, say): overrides ``update``
+    without declaring ``holds_batch_arrays``, so it inherits no False."""
+
+    name = "kept_accuracy"
+
+    def update(self, state: Any, outputs: Any, targets: Any, *, xp: Any) -> Any:
+        return [*(state or []), (outputs, targets)]
+
+    def result(self, state: Any, *, xp: Any) -> Any:
+        hits = [xp.astype(xp.argmax(o, axis=1) == t, xp.float64) for o, t in state]
+        return xp.mean(xp.concat(hits))
+
+
+def test_a_declaration_holds_for_the_update_that_makes_it(bk: Any) -> None:
+    from nnxp.metrics import Accuracy, MeanSquaredError, may_hold_batch_arrays
+
+    assert not may_hold_batch_arrays(Accuracy())
+    assert not may_hold_batch_arrays(MeanSquaredError())  # its parent's update, declared
+    assert may_hold_batch_arrays(_KeepsArrays())  # the base class's default
+    assert may_hold_batch_arrays(_AccuracyKeepingBatches())  # update overridden, undeclared
+    declared = _AccuracyKeepingBatches()
+    declared.holds_batch_arrays = False  # on the object: believed
+    assert not may_hold_batch_arrays(declared)
+    if not backend.supports_inplace(bk.xp):
+        return
+    X, y, _ = _data()
+    results = []
+    for capture in (False, True):
+        model = _mlp()
+        history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=2, batch_size=5,
+                            metrics=[_AccuracyKeepingBatches()], verbose=0, capture=capture)
+        results.append(history.history["kept_accuracy"])
+    assert results[0] == results[1]

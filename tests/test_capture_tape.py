@@ -311,3 +311,64 @@ def test_a_failed_launch_moves_no_count(monkeypatch: Any) -> None:
     assert taped.optimizer.iterations == 5
     assert _counts(taped) == _counts(plain)
     assert np.array_equal(_state(taped), _state(plain))
+
+
+class _Anneal(Callback):
+    """From epoch 2 on, set ``option`` of layer/loss ``owner(model)`` to NumPy float32 values
+    (np.float32 is no Python float: still an option the step reads)."""
+
+    def __init__(self, owner: Any, option: str, values: list[float]) -> None:
+        super().__init__()
+        self.owner, self.option, self.values = owner, option, values
+
+    def on_epoch_begin(self, epoch: int, logs: Any) -> None:
+        if epoch >= 2:
+            setattr(self.owner(self.model), self.option, np.float32(self.values[epoch - 2]))
+
+
+@pytest.mark.parametrize("owner, option", [
+    (lambda model: model.layers[1], "momentum"),
+    (lambda model: model.loss, "label_smoothing"),
+], ids=["batchnorm-momentum", "label-smoothing"])
+def test_numpy_scalar_options_are_watched(monkeypatch: Any, owner: Any, option: str) -> None:
+    taped = _same_run(monkeypatch, _bn_model, lambda: nnxp.optim.SGD(lr=0.1),
+                      callbacks=[_Anneal(owner, option, [0.5, 0.9])])
+    assert taped["report"]["graphs"] >= 3  # recorded again after each change
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_a_signal_as_a_launch_returns_keeps_the_step(monkeypatch: Any, error: Any) -> None:
+    """KeyboardInterrupt, or SystemExit from a SIGTERM handler, raised as the second replay's
+    launch returns (its work queued): the step is kept whole, as after four plain steps."""
+    rec_error = error
+
+    class Raising(_Interrupted):
+        def capture(self, fn: Any) -> Any:
+            graph, outputs = tape.TapeRecorder.capture(self, fn)
+            launch = graph._launch  # noqa: SLF001 - the stand-in wraps its own launch
+
+            def signalled() -> None:
+                launch()
+                self.launches += 1
+                if self.launches == 2:
+                    raise rec_error
+
+            graph._launch = signalled  # noqa: SLF001
+            return graph, outputs
+
+    rec = Raising(2)
+    X, y, w = _data()
+    monkeypatch.setattr(backend, "update_block_bytes", lambda xp, device: None)
+    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: rec)
+    with nnxp.use_backend("torch"):
+        taped = _bn_model()
+        with pytest.raises(error):
+            taped.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=3, batch_size=5,
+                      sample_weight=w, verbose=0, shuffle=False, capture=True)
+        assert taped.history.capture["replays"] == 2
+        monkeypatch.setattr(backend, "graph_capture", lambda xp, device: None)
+        plain = _bn_model()
+        plain.fit(X[:20], y[:20], optimizer=nnxp.optim.Adam(lr=0.01), epochs=1, batch_size=5,
+                  sample_weight=w[:20], verbose=0, shuffle=False)
+    assert _counts(taped) == _counts(plain)
+    assert np.array_equal(_state(taped), _state(plain))
