@@ -287,6 +287,7 @@ class Replica:
                 order: Array | None, *, xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
         """This rank's shard of every global batch of ``size * batch_size`` positions."""
         n, g = X.shape[0], batch_size * self.size
+        take = backend.row_taker(xp)  # a permutation's indices are non-negative
         self._shards.clear()
         for start in range(0, n, g):
             m = min(start + g, n) - start
@@ -297,7 +298,6 @@ class Replica:
                 yield X[lo:hi, ...], y[lo:hi, ...], None if w is None else w[lo:hi]
             else:
                 idx = order[lo:hi]
-                take = backend.row_taker(xp)  # a permutation's indices are non-negative
                 yield take(X, idx), take(y, idx), None if w is None else take(w, idx)
 
     def step(self, model: Any, xb: Array, yb: Array, optimizer: Any,

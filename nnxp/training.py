@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import numbers
 import time
@@ -628,7 +629,7 @@ def _run_epochs(model: Sequential, X: Array, y: Array, val: Any, *, optimizer: O
     if static is not None:
         step_fn = static
         if replica is None:
-            batches = static.batches
+            batches = functools.partial(_batches, into=static.buffers)
     if isinstance(X, data.Stream):
         batches = _stream_batches
     _check_batch_sizes(model, n, bs)
@@ -849,12 +850,16 @@ def _begin_callbacks(model: Sequential, cbs: CallbackList, states: list[Any] | N
 
 
 def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array | None, *,
-             xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
+             xp: Any, into: Callable[..., tuple[Array, Array, Array | None]] | None = None,
+             ) -> Iterator[tuple[Array, Array, Array | None]]:
     """The epoch's batches: slices in order, or gathered batch by batch along ``order``.
 
     Gathering each batch from the permutation (rather than taking a shuffled copy of the
     whole data set up front) keeps the extra memory of shuffling at one batch.
-    y: (n,) labels or (n, k) targets; w: (n,) sample weights or None.
+    y: (n,) labels or (n, k) targets; w: (n,) sample weights or None. ``into(x, y, w)``, given
+    :class:`_Like` descriptions of a batch, returns arrays to gather it into (the static
+    buffers of ``fit(capture=True)``, :meth:`_StaticStep.buffers`): a gathered batch is then
+    written there (:func:`nnxp.backend.row_taker` with ``out=``) rather than into new arrays.
     """
     n = X.shape[0]
     take = backend.row_taker(xp)  # a permutation's indices are non-negative
@@ -862,9 +867,15 @@ def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array 
         stop = min(start + batch_size, n)  # the standard leaves out-of-bounds stops unspecified
         if order is None:
             yield X[start:stop, ...], y[start:stop, ...], None if w is None else w[start:stop]
-        else:
-            idx = order[start:stop]
+            continue
+        idx = order[start:stop]
+        if into is None:
             yield take(X, idx), take(y, idx), None if w is None else take(w, idx)
+            continue
+        rows = stop - start
+        bx, by, bw = into(_Like(X, rows), _Like(y, rows), None if w is None else _Like(w, rows))
+        yield (take(X, idx, out=bx), take(y, idx, out=by),
+               None if w is None else take(w, idx, out=bw))
 
 
 def _step_groups(stream: Iterable[tuple[Array, Array, Array | None]], k: int,
@@ -1117,7 +1128,7 @@ class _StaticStep:
         if guard is not None and guard.mode == "gate":
             guard.use_static_flag()
         slot = self._slot(xb, yb, wb)
-        if xb is not slot["x"]:  # (gathered straight into the slot by batches())
+        if xb is not slot["x"]:  # (gathered straight into the slot: buffers())
             slot["x"][...] = xb
         if yb is not slot["y"]:
             slot["y"][...] = yb
@@ -1157,22 +1168,12 @@ class _StaticStep:
                 "checked": False, "options": None, "outputs": None}
         return slot
 
-    def batches(self, X: Array, y: Array, batch_size: int, w: Array | None,
-                order: Array | None, *, xp: Any) -> Iterator[tuple[Array, Array, Array | None]]:
-        """:func:`_batches`, but a shuffled batch is gathered straight into its shape's static
-        buffers (:func:`nnxp.backend.row_taker` with ``out=``), which :meth:`__call__` then
-        does not copy again: two or three device copies (launches) fewer per step."""
-        if order is None:
-            yield from _batches(X, y, batch_size, w, order, xp=xp)
-            return
-        take, n = backend.row_taker(xp), X.shape[0]
-        for start in range(0, n, batch_size):
-            rows = min(start + batch_size, n) - start
-            slot = self._slot(_Like(X, rows), _Like(y, rows),
-                              None if w is None else _Like(w, rows))
-            idx = order[start:start + rows]
-            yield (take(X, idx, out=slot["x"]), take(y, idx, out=slot["y"]),
-                   None if w is None else take(w, idx, out=slot["w"]))
+    def buffers(self, x: Any, y: Any, w: Any) -> tuple[Array, Array, Array | None]:
+        """The static buffers of a batch shape (``_batches(into=)``): a shuffled batch is
+        gathered straight into them, which :meth:`__call__` then does not copy again — two or
+        three device copies (launches) fewer per step."""
+        slot = self._slot(x, y, w)
+        return slot["x"], slot["y"], slot["w"]
 
     def close(self) -> None:
         """The end of ``fit``: the optimizer computes its step numbers on the host again."""
