@@ -820,15 +820,21 @@ def test_a_metric_that_keeps_its_batches_gets_copies(bk: Any) -> None:
     otherwise) gets copies, and computes what it computes without capture."""
     if not backend.supports_inplace(bk.xp):
         pytest.skip("capture=True needs in-place writes")
+    plain, captured = _metric_with_and_without_capture(_KeepsArrays)
+    assert plain == captured
+    assert nnxp.metrics.Accuracy.holds_batch_arrays is False  # reduced on the spot: no copy
+
+
+def _metric_with_and_without_capture(make: Any) -> list[list[float]]:
+    """The per-epoch values of metric ``make()`` in fits of the MLP without and with capture."""
     X, y, _ = _data()
     results = []
     for capture in (False, True):
-        model = _mlp()
-        history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=2, batch_size=5,
-                            metrics=[_KeepsArrays()], verbose=0, capture=capture)
-        results.append(history.history["kept"])
-    assert results[0] == results[1]
-    assert nnxp.metrics.Accuracy.holds_batch_arrays is False  # reduced on the spot: no copy
+        metric = make()
+        history = _mlp().fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=2, batch_size=5,
+                             metrics=[metric], verbose=0, capture=capture)
+        results.append(history.history[metric.name])
+    return results
 
 
 class _AccuracyKeepingBatches(nnxp.metrics.Accuracy):
@@ -857,11 +863,5 @@ def test_a_declaration_holds_for_the_update_that_makes_it(bk: Any) -> None:
     assert not may_hold_batch_arrays(declared)
     if not backend.supports_inplace(bk.xp):
         return
-    X, y, _ = _data()
-    results = []
-    for capture in (False, True):
-        model = _mlp()
-        history = model.fit(X, y, optimizer=nnxp.optim.SGD(lr=0.1), epochs=2, batch_size=5,
-                            metrics=[_AccuracyKeepingBatches()], verbose=0, capture=capture)
-        results.append(history.history["kept_accuracy"])
-    assert results[0] == results[1]
+    plain, captured = _metric_with_and_without_capture(_AccuracyKeepingBatches)
+    assert plain == captured

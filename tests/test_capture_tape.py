@@ -166,46 +166,49 @@ def test_arrays_replaced_before_fit_do_not_stop_the_recording(monkeypatch: Any) 
     assert taped["report"]["not_recorded"] is None and taped["report"]["graphs"] >= 1
 
 
-class _Interrupted(tape.TapeRecorder):
-    """Raises KeyboardInterrupt when recording (after the step's Python ran), or as the
-    ``on_replay``-th replay's launch returns (its work done)."""
+class _Fault(tape.TapeRecorder):
+    """Raises ``error`` while recording (``on_launch`` None: after the step's Python ran), or
+    at the ``on_launch``-th launch of a replay: as it returns, its work done (a signal), or
+    with ``launched=False`` before it queues anything (a failed launch, a CUDA error)."""
 
-    def __init__(self, on_replay: int | None = None) -> None:
+    def __init__(self, on_launch: int | None, error: Any = KeyboardInterrupt, *,
+                 launched: bool = True) -> None:
         super().__init__()
-        self.on_replay = on_replay
+        self.on_launch, self.error, self.launched = on_launch, error, launched
         self.launches = 0
 
     def capture(self, fn: Any) -> Any:
         graph, outputs = super().capture(fn)
-        if self.on_replay is None:
-            raise KeyboardInterrupt
+        if self.on_launch is None:
+            raise self.error
         launch = graph._launch  # noqa: SLF001 - the stand-in wraps its own launch
 
-        def interrupted() -> None:
-            launch()
+        def faulty() -> None:
             self.launches += 1
-            if self.launches == self.on_replay:
-                raise KeyboardInterrupt
+            due = self.launches == self.on_launch
+            if due and not self.launched:
+                raise self.error
+            launch()
+            if due:
+                raise self.error
 
-        graph._launch = interrupted  # noqa: SLF001
+        graph._launch = faulty  # noqa: SLF001
         return graph, outputs
 
 
-@pytest.mark.parametrize("on_replay", [None, 2])
-def test_an_interrupt_leaves_the_counts_with_the_weights(monkeypatch: Any,
-                                                         on_replay: int | None) -> None:
-    """Interrupted while recording (counts put back: the recording applied nothing) or as a
-    replay's launch returns (its update applied: counts, running statistics and batch counts
-    kept with it): the model is the model of as many plain steps as the weights took."""
-    steps = 2 + (on_replay or 0)  # Adam: two check steps (its state made by the first)
+def _faulty_fit_against_plain(monkeypatch: Any, recorder: _Fault, *, epochs: int,
+                              steps: int, match: str | None = None) -> nnxp.Sequential:
+    """Adam on the BatchNorm model with ``recorder`` until its fault, then checked against a
+    plain fit of the first ``steps`` batches: the same weights, running statistics and
+    counts. Returns the faulty run's model."""
     X, y, w = _data()
     monkeypatch.setattr(backend, "update_block_bytes", lambda xp, device: None)
-    rec = _Interrupted(on_replay)
-    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: rec)
+    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: recorder)
     with nnxp.use_backend("torch"):
         taped = _bn_model()
-        with pytest.raises(KeyboardInterrupt):
-            taped.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=3, batch_size=5,
+        error = recorder.error if isinstance(recorder.error, type) else type(recorder.error)
+        with pytest.raises(error, match=match):
+            taped.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=epochs, batch_size=5,
                       sample_weight=w, verbose=0, shuffle=False, capture=True)
         monkeypatch.setattr(backend, "graph_capture", lambda xp, device: None)
         plain = _bn_model()
@@ -215,6 +218,18 @@ def test_an_interrupt_leaves_the_counts_with_the_weights(monkeypatch: Any,
     assert taped.optimizer.iterations == steps
     assert _counts(taped) == _counts(plain)
     assert np.array_equal(_state(taped), _state(plain))
+    return taped
+
+
+@pytest.mark.parametrize("on_launch", [None, 2])
+def test_an_interrupt_leaves_the_counts_with_the_weights(monkeypatch: Any,
+                                                         on_launch: int | None) -> None:
+    """Interrupted while recording (counts put back: the recording applied nothing) or as a
+    replay's launch returns (its update applied: counts, running statistics and batch counts
+    kept with it): the model is the model of as many plain steps as the weights took (Adam:
+    two check steps, its state made by the first, then the replays)."""
+    _faulty_fit_against_plain(monkeypatch, _Fault(on_launch), epochs=3,
+                              steps=2 + (on_launch or 0))
 
 
 def test_step_tables_are_not_left_on_by_a_fit_that_fails_before_its_first_step(
@@ -275,42 +290,13 @@ def test_layers_whose_options_cannot_be_compared_are_still_recorded(monkeypatch:
     assert taped["report"]["graphs"] >= 1 and taped["report"]["not_recorded"] is None
 
 
-class _FailingLaunch(tape.TapeRecorder):
-    """The third replay's launch fails before queuing anything (a CUDA error)."""
-
-    def capture(self, fn: Any) -> Any:
-        graph, outputs = super().capture(fn)
-        launch, calls = graph._launch, []  # noqa: SLF001 - the stand-in wraps its own launch
-
-        def failing() -> None:
-            calls.append(1)
-            if len(calls) == 3:
-                raise RuntimeError("CUDA error: launch failure (emulated)")
-            launch()
-
-        graph._launch = failing  # noqa: SLF001
-        return graph, outputs
-
-
 def test_a_failed_launch_moves_no_count(monkeypatch: Any) -> None:
     """Epoch 1: two check steps (Adam's state is new at the first), two replays, the smaller
     last batch checked; epoch 2: its first launch fails. The counts say five steps, as the
     weights do."""
-    X, y, w = _data()
-    monkeypatch.setattr(backend, "update_block_bytes", lambda xp, device: None)
-    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: _FailingLaunch())
-    with nnxp.use_backend("torch"):
-        taped = _bn_model()
-        with pytest.raises(RuntimeError, match="launch failure"):
-            taped.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=2, batch_size=5,
-                      sample_weight=w, verbose=0, shuffle=False, capture=True)
-        monkeypatch.setattr(backend, "graph_capture", lambda xp, device: None)
-        plain = _bn_model()
-        plain.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=1, batch_size=5,
-                  sample_weight=w, verbose=0, shuffle=False)
-    assert taped.optimizer.iterations == 5
-    assert _counts(taped) == _counts(plain)
-    assert np.array_equal(_state(taped), _state(plain))
+    failure = RuntimeError("CUDA error: launch failure (emulated)")
+    _faulty_fit_against_plain(monkeypatch, _Fault(3, failure, launched=False), epochs=2,
+                              steps=5, match="launch failure")
 
 
 class _Anneal(Callback):
@@ -340,35 +326,5 @@ def test_numpy_scalar_options_are_watched(monkeypatch: Any, owner: Any, option: 
 def test_a_signal_as_a_launch_returns_keeps_the_step(monkeypatch: Any, error: Any) -> None:
     """KeyboardInterrupt, or SystemExit from a SIGTERM handler, raised as the second replay's
     launch returns (its work queued): the step is kept whole, as after four plain steps."""
-    rec_error = error
-
-    class Raising(_Interrupted):
-        def capture(self, fn: Any) -> Any:
-            graph, outputs = tape.TapeRecorder.capture(self, fn)
-            launch = graph._launch  # noqa: SLF001 - the stand-in wraps its own launch
-
-            def signalled() -> None:
-                launch()
-                self.launches += 1
-                if self.launches == 2:
-                    raise rec_error
-
-            graph._launch = signalled  # noqa: SLF001
-            return graph, outputs
-
-    rec = Raising(2)
-    X, y, w = _data()
-    monkeypatch.setattr(backend, "update_block_bytes", lambda xp, device: None)
-    monkeypatch.setattr(backend, "graph_capture", lambda xp, device: rec)
-    with nnxp.use_backend("torch"):
-        taped = _bn_model()
-        with pytest.raises(error):
-            taped.fit(X, y, optimizer=nnxp.optim.Adam(lr=0.01), epochs=3, batch_size=5,
-                      sample_weight=w, verbose=0, shuffle=False, capture=True)
-        assert taped.history.capture["replays"] == 2
-        monkeypatch.setattr(backend, "graph_capture", lambda xp, device: None)
-        plain = _bn_model()
-        plain.fit(X[:20], y[:20], optimizer=nnxp.optim.Adam(lr=0.01), epochs=1, batch_size=5,
-                  sample_weight=w[:20], verbose=0, shuffle=False)
-    assert _counts(taped) == _counts(plain)
-    assert np.array_equal(_state(taped), _state(plain))
+    taped = _faulty_fit_against_plain(monkeypatch, _Fault(2, error), epochs=3, steps=4)
+    assert taped.history.capture["replays"] == 2
