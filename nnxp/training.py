@@ -863,6 +863,7 @@ def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array 
     """
     n = X.shape[0]
     take = backend.row_taker(xp)  # a permutation's indices are non-negative
+    dests: dict[int, tuple[Array, Array, Array | None]] = {}  # into()'s arrays, per batch size
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)  # the standard leaves out-of-bounds stops unspecified
         if order is None:
@@ -873,7 +874,11 @@ def _batches(X: Array, y: Array, batch_size: int, w: Array | None, order: Array 
             yield take(X, idx), take(y, idx), None if w is None else take(w, idx)
             continue
         rows = stop - start
-        bx, by, bw = into(_Like(X, rows), _Like(y, rows), None if w is None else _Like(w, rows))
+        dest = dests.get(rows)
+        if dest is None:
+            dest = dests[rows] = into(_Like(X, rows), _Like(y, rows),
+                                      None if w is None else _Like(w, rows))
+        bx, by, bw = dest
         yield (take(X, idx, out=bx), take(y, idx, out=by),
                None if w is None else take(w, idx, out=bw))
 
@@ -1169,9 +1174,10 @@ class _StaticStep:
         return slot
 
     def buffers(self, x: Any, y: Any, w: Any) -> tuple[Array, Array, Array | None]:
-        """The static buffers of a batch shape (``_batches(into=)``): a shuffled batch is
-        gathered straight into them, which :meth:`__call__` then does not copy again — two or
-        three device copies (launches) fewer per step."""
+        """The static buffers of a batch shape (``_batches(into=)``, asked once per shape and
+        epoch; a slot's buffers are never replaced): a shuffled batch is gathered straight
+        into them, which :meth:`__call__` then does not copy again — two or three device copies
+        (launches) fewer per step."""
         slot = self._slot(x, y, w)
         return slot["x"], slot["y"], slot["w"]
 
